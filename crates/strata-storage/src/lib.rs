@@ -1,0 +1,23 @@
+//! Strata's storage layer: two small traits and their backends.
+//!
+//! ```text
+//!   strata-table ──segments (Parquet), checkpoints──▶ BlobStore  (immutable, ranged reads)
+//!                ──datasets, versions, tags, hints─▶ MetaStore  (small records, put-if-absent)
+//!
+//!   backends:  memory (tests) · local (embedded default: a directory) · cassandra (strata-cassandra)
+//! ```
+//!
+//! Invariants every backend keeps (each trait's docs state them in full):
+//! - a blob or record is visible whole or not at all, and durable once the call returns;
+//! - `MetaStore::put_if_absent` has exactly one winner per key, across processes;
+//! - damaged bytes are reported as [`Error::Corrupt`] naming the blob, never returned.
+//!
+//! [`conformance`] holds one test suite per trait; every backend runs it.
+
+pub mod error;
+pub mod memory;
+pub mod traits;
+
+pub use error::{Error, Result};
+pub use memory::{MemoryBlobStore, MemoryMetaStore};
+pub use traits::{BlobMeta, BlobStore, MetaStore, check_range, validate_path, validate_prefix};
