@@ -12,12 +12,18 @@
 //! - `MetaStore::put_if_absent` has exactly one winner per key, across processes;
 //! - damaged bytes are reported as [`Error::Corrupt`] naming the blob, never returned.
 //!
+//! [`LocalStore`] is the embedded default: blobs and records as checksummed files under
+//! one directory, crash safe, with `put_if_absent` atomic across processes.
+//!
 //! [`conformance`] holds one test suite per trait; every backend runs it.
 
+pub mod conformance;
 pub mod error;
+pub mod local;
 pub mod memory;
 pub mod traits;
 
 pub use error::{Error, Result};
+pub use local::LocalStore;
 pub use memory::{MemoryBlobStore, MemoryMetaStore};
 pub use traits::{BlobMeta, BlobStore, MetaStore, check_range, validate_path, validate_prefix};

@@ -1,0 +1,5 @@
+//! Integration tests of strata-storage: one binary, so the multi-process test can
+//! re-execute it.
+
+mod conformance;
+mod local;

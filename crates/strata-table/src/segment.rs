@@ -1,0 +1,439 @@
+//! Segments: immutable Parquet objects holding rows of one shard, sorted by primary key.
+//!
+//! ```text
+//!  RecordBatch (one shard) ──sort by (partition key, row key), last duplicate wins──▶
+//!      ArrowWriter (zstd, page statistics + page index) ──split at target size──▶ BlobStore.put
+//!      └─▶ SegmentMeta { id, shard, rows, bytes, pk min/max, per-column min/max/nulls }
+//!
+//!  read: BlobStore ranged reads ─▶ ParquetRecordBatchStream (projection = only those
+//!        columns' byte ranges; deletion vector = RowSelection) ─▶ batches in table schema
+//! ```
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array, new_null_array};
+use arrow::compute;
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow_row::{RowConverter, Rows, SortField};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, TryStreamExt};
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader, SortingColumn};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+use strata_storage::BlobStore;
+use strata_types::{ColumnStats, Value};
+
+use crate::error::{Error, Result};
+
+/// Rows per Parquet data page: the granularity of page-index pruning.
+const PAGE_ROWS: usize = 8192;
+/// Rows per row group: the unit DataFusion parallelises a single file on.
+const ROW_GROUP_ROWS: usize = 256 * 1024;
+/// Rows handed to the writer between size checks.
+const WRITE_CHUNK_ROWS: usize = 16 * 1024;
+
+/// What a version record and a manifest know about a segment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SegmentMeta {
+    /// Unique id (UUID v7, so ids sort by creation time).
+    pub id: String,
+    pub shard: u32,
+    /// Blob path of the Parquet object.
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Primary key (partition key then row key columns) of the first and last row.
+    /// Rows are sorted by primary key, so these bound every key in the segment.
+    pub pk_min: Vec<Value>,
+    pub pk_max: Vec<Value>,
+    /// Statistics of every column the segment was written with, in schema order.
+    pub columns: Vec<ColumnStats>,
+    pub created_ms: i64,
+}
+
+impl SegmentMeta {
+    /// Statistics of `column`; a column the segment predates is all null.
+    pub fn column_stats(&self, column: &str) -> ColumnStats {
+        self.columns
+            .iter()
+            .find(|c| c.name == column)
+            .cloned()
+            .unwrap_or_else(|| ColumnStats {
+                name: column.to_string(),
+                min: None,
+                max: None,
+                null_count: self.rows,
+            })
+    }
+}
+
+/// Parquet writer settings and the split size.
+#[derive(Clone, Debug)]
+pub struct SegmentOptions {
+    /// A segment is closed once its encoded size reaches this many bytes.
+    pub target_bytes: u64,
+    pub zstd_level: i32,
+}
+
+impl Default for SegmentOptions {
+    fn default() -> Self {
+        Self {
+            target_bytes: 128 * 1024 * 1024,
+            zstd_level: 1,
+        }
+    }
+}
+
+/// Primary-key machinery for one dataset: which columns, and their row encoding.
+#[derive(Debug)]
+pub struct KeyCodec {
+    /// Indices of partition key then row key columns in the table schema.
+    pub pk_indices: Vec<usize>,
+    pub partition_indices: Vec<usize>,
+    pub pk_names: Vec<String>,
+    converter: RowConverter,
+}
+
+impl KeyCodec {
+    pub fn new(schema: &Schema, partition_key: &[String], row_key: &[String]) -> Result<Self> {
+        let index = |n: &String| {
+            schema
+                .index_of(n)
+                .map_err(|_| Error::SchemaMismatch(format!("key column {n:?} missing")))
+        };
+        let partition_indices = partition_key.iter().map(index).collect::<Result<Vec<_>>>()?;
+        let pk_names: Vec<String> = partition_key.iter().chain(row_key).cloned().collect();
+        let pk_indices = pk_names.iter().map(index).collect::<Result<Vec<_>>>()?;
+        let converter = RowConverter::new(
+            pk_indices
+                .iter()
+                .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+                .collect(),
+        )?;
+        Ok(Self {
+            pk_indices,
+            partition_indices,
+            pk_names,
+            converter,
+        })
+    }
+
+    /// Row-encodes the primary key of `batch` (whose columns are in table-schema order).
+    /// Byte order of the encoded rows equals primary-key order.
+    pub fn encode(&self, batch: &RecordBatch) -> Result<Rows> {
+        let cols: Vec<ArrayRef> = self.pk_indices.iter().map(|&i| batch.column(i).clone()).collect();
+        Ok(self.converter.convert_columns(&cols)?)
+    }
+
+    /// Row-encodes key columns given directly (in primary-key order).
+    pub fn encode_columns(&self, cols: &[ArrayRef]) -> Result<Rows> {
+        Ok(self.converter.convert_columns(cols)?)
+    }
+
+    fn pk_values(&self, batch: &RecordBatch, row: usize) -> Result<Vec<Value>> {
+        self.pk_indices
+            .iter()
+            .map(|&i| Ok(Value::from_array(batch.column(i), row)?))
+            .collect()
+    }
+}
+
+/// Sorts `batch` by primary key. With `dedupe`, keeps only the last row (in input order)
+/// of each primary key — "last write wins" inside a batch.
+pub fn sort_and_dedupe(keys: &KeyCodec, batch: &RecordBatch, dedupe: bool) -> Result<RecordBatch> {
+    if batch.num_rows() <= 1 {
+        return Ok(batch.clone());
+    }
+    let rows = keys.encode(batch)?;
+    let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+    // Stable: equal keys keep input order, so the last of a run is the latest write.
+    order.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+    if dedupe {
+        let mut kept = Vec::with_capacity(order.len());
+        for (pos, &idx) in order.iter().enumerate() {
+            let last_of_run = order
+                .get(pos + 1)
+                .is_none_or(|&next| rows.row(next as usize) != rows.row(idx as usize));
+            if last_of_run {
+                kept.push(idx);
+            }
+        }
+        order = kept;
+    }
+    let indices = UInt32Array::from(order);
+    Ok(compute::take_record_batch(batch, &indices)?)
+}
+
+pub(crate) fn writer_properties(keys: &KeyCodec, opts: &SegmentOptions) -> WriterProperties {
+    let level = ZstdLevel::try_new(opts.zstd_level).unwrap_or_default();
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_sorting_columns(Some(
+            keys.pk_indices
+                .iter()
+                .map(|&i| SortingColumn {
+                    column_idx: i as i32,
+                    descending: false,
+                    nulls_first: false,
+                })
+                .collect(),
+        ))
+        .build()
+}
+
+/// Writes rows of one shard, already sorted (and deduplicated) by primary key, as one
+/// or more segments of about `opts.target_bytes` each. Returns their metadata; the
+/// blobs are durable when this returns, but belong to no version until committed.
+pub async fn write_segments(
+    blobs: &dyn BlobStore,
+    dir: &str,
+    shard: u32,
+    keys: &KeyCodec,
+    batch: &RecordBatch,
+    opts: &SegmentOptions,
+) -> Result<Vec<SegmentMeta>> {
+    let props = writer_properties(keys, opts);
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < batch.num_rows() {
+        let id = uuid::Uuid::now_v7().to_string();
+        let path = format!("{dir}/{shard:05}/{id}.parquet");
+        let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props.clone()))
+            .map_err(|e| Error::parquet(&path, e))?;
+        let mut end = start;
+        while end < batch.num_rows() {
+            let len = WRITE_CHUNK_ROWS.min(batch.num_rows() - end);
+            writer
+                .write(&batch.slice(end, len))
+                .map_err(|e| Error::parquet(&path, e))?;
+            end += len;
+            if (writer.bytes_written() + writer.in_progress_size()) as u64 >= opts.target_bytes {
+                break;
+            }
+        }
+        let data = writer.into_inner().map_err(|e| Error::parquet(&path, e))?;
+        let part = batch.slice(start, end - start);
+        let columns = part
+            .schema()
+            .fields()
+            .iter()
+            .zip(part.columns())
+            .map(|(f, c)| ColumnStats::compute(f.name(), c))
+            .collect::<strata_types::Result<Vec<_>>>()?;
+        let meta = SegmentMeta {
+            id,
+            shard,
+            path: path.clone(),
+            rows: part.num_rows() as u64,
+            bytes: data.len() as u64,
+            pk_min: keys.pk_values(&part, 0)?,
+            pk_max: keys.pk_values(&part, part.num_rows() - 1)?,
+            columns,
+            created_ms: now_ms(),
+        };
+        blobs.put(&path, Bytes::from(data)).await?;
+        out.push(meta);
+        start = end;
+    }
+    Ok(out)
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// [`AsyncFileReader`] over a blob: every read is a ranged read of the store.
+#[derive(Debug, Clone)]
+pub struct BlobReader {
+    blobs: Arc<dyn BlobStore>,
+    path: String,
+    size: u64,
+}
+
+impl BlobReader {
+    pub fn new(blobs: Arc<dyn BlobStore>, path: impl Into<String>, size: u64) -> Self {
+        Self {
+            blobs,
+            path: path.into(),
+            size,
+        }
+    }
+}
+
+fn to_parquet_err(e: strata_storage::Error) -> parquet::errors::ParquetError {
+    parquet::errors::ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for BlobReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            self.blobs
+                .get_range(&self.path, range)
+                .await
+                .map_err(to_parquet_err)
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.blobs
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(to_parquet_err)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let meta = ParquetMetaDataReader::new()
+                .with_prefetch_hint(Some(64 * 1024))
+                .with_page_index_policy(PageIndexPolicy::Optional)
+                .load_and_finish(&mut *self, size)
+                .await?;
+            Ok(Arc::new(meta))
+        }
+        .boxed()
+    }
+}
+
+/// A deletion vector as a Parquet row selection over `rows` rows (deleted rows skipped).
+pub fn deletion_selection(dv: &RoaringBitmap, rows: u64) -> RowSelection {
+    let mut selectors = Vec::new();
+    let mut pos: u64 = 0;
+    for deleted in dv.iter().map(u64::from).filter(|&d| d < rows) {
+        if deleted > pos {
+            selectors.push(RowSelector::select((deleted - pos) as usize));
+        }
+        match selectors.last_mut() {
+            Some(s) if s.skip => s.row_count += 1,
+            _ => selectors.push(RowSelector::skip(1)),
+        }
+        pos = deleted + 1;
+    }
+    if pos < rows {
+        selectors.push(RowSelector::select((rows - pos) as usize));
+    }
+    selectors.into()
+}
+
+/// Reads `columns` (names in the table schema `schema`) of a segment, skipping rows in
+/// `deleted`. Columns the segment predates come back as nulls; only the byte ranges
+/// of the requested columns that exist in the segment are read.
+pub async fn read_segment(
+    blobs: Arc<dyn BlobStore>,
+    seg: &SegmentMeta,
+    schema: &SchemaRef,
+    columns: &[usize],
+    deleted: Option<&RoaringBitmap>,
+) -> Result<Vec<RecordBatch>> {
+    let path = seg.path.as_str();
+    let out_schema = Arc::new(schema.project(columns)?);
+    if let Some(dv) = deleted
+        && dv.len() >= seg.rows
+    {
+        return Ok(vec![]);
+    }
+    let reader = BlobReader::new(blobs, path, seg.bytes);
+    let builder = ParquetRecordBatchStreamBuilder::new_with_options(
+        reader,
+        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
+    )
+    .await
+    .map_err(|e| Error::parquet(path, e))?;
+    let file_schema = builder.schema().clone();
+    // Map each wanted column to its position in the file, if the file has it.
+    let in_file: Vec<Option<usize>> = columns
+        .iter()
+        .map(|&c| file_schema.index_of(schema.field(c).name()).ok())
+        .collect();
+    let mut leaves: Vec<usize> = in_file.iter().flatten().copied().collect();
+    leaves.sort_unstable();
+    leaves.dedup();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), leaves.iter().copied());
+    let mut builder = builder.with_projection(mask).with_batch_size(8192);
+    if let Some(dv) = deleted
+        && !dv.is_empty()
+    {
+        builder = builder.with_row_selection(deletion_selection(dv, seg.rows));
+    }
+    let stream = builder.build().map_err(|e| Error::parquet(path, e))?;
+    let batches: Vec<RecordBatch> = stream
+        .try_collect()
+        .await
+        .map_err(|e| Error::parquet(path, e))?;
+    batches
+        .into_iter()
+        .map(|b| {
+            let cols = in_file
+                .iter()
+                .zip(columns)
+                .map(|(pos, &c)| match pos {
+                    Some(p) => {
+                        let at = leaves.binary_search(p).expect("projected column");
+                        b.column(at).clone()
+                    }
+                    None => new_null_array(schema.field(c).data_type(), b.num_rows()),
+                })
+                .collect::<Vec<_>>();
+            Ok(RecordBatch::try_new_with_options(
+                out_schema.clone(),
+                cols,
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+            )?)
+        })
+        .collect()
+}
+
+/// Stable shard of each row: xxh3 of the partition key values, modulo `shards`.
+/// The hash covers each value's canonical bytes, so it never changes across releases.
+pub fn shard_of_rows(batch: &RecordBatch, partition_indices: &[usize], shards: u32) -> Result<Vec<u32>> {
+    let n = batch.num_rows();
+    let mut hashes = vec![0u64; n];
+    let mut buf = Vec::with_capacity(64);
+    for &c in partition_indices {
+        let col = batch.column(c);
+        for (row, h) in hashes.iter_mut().enumerate() {
+            buf.clear();
+            buf.extend_from_slice(&h.to_le_bytes());
+            canonical_bytes(col.as_ref(), row, &mut buf)?;
+            *h = xxhash_rust::xxh3::xxh3_64(&buf);
+        }
+    }
+    Ok(hashes.into_iter().map(|h| (h % shards as u64) as u32).collect())
+}
+
+fn canonical_bytes(col: &dyn Array, row: usize, buf: &mut Vec<u8>) -> Result<()> {
+    match Value::from_array(col, row)? {
+        Value::Null => buf.push(0),
+        Value::Bool(b) => buf.push(1 + b as u8),
+        Value::Int(i) => buf.extend_from_slice(&i.to_le_bytes()),
+        Value::UInt(u) => buf.extend_from_slice(&u.to_le_bytes()),
+        Value::Float(f) => buf.extend_from_slice(&f.to_bits().to_le_bytes()),
+        Value::Str(s) => buf.extend_from_slice(s.as_bytes()),
+        Value::Bytes(b) => buf.extend_from_slice(&b),
+        Value::Decimal(d) => buf.extend_from_slice(&d.to_le_bytes()),
+    }
+    Ok(())
+}
