@@ -186,16 +186,26 @@ pub async fn blob_store_suite(store: &dyn BlobStore, prefix: &str) {
 
     // get_ranges: several, overlapping, empty, in any order.
     let multi: Vec<Range<u64>> = vec![B..B + 100, 0..10, 5..5, 0..n, 150_000..150_001, 0..10];
-    let got = ok(
-        "get_ranges",
-        store.get_ranges(&big_path, &multi).await,
+    let got = ok("get_ranges", store.get_ranges(&big_path, &multi).await);
+    assert_eq!(
+        got.len(),
+        multi.len(),
+        "get_ranges: wrong number of results"
     );
-    assert_eq!(got.len(), multi.len(), "get_ranges: wrong number of results");
     for (r, g) in multi.iter().zip(&got) {
-        assert!(*g == slice(&big, r), "get_ranges {big_path}: range {r:?} wrong bytes");
+        assert!(
+            *g == slice(&big, r),
+            "get_ranges {big_path}: range {r:?} wrong bytes"
+        );
     }
-    let none = ok("get_ranges with no ranges", store.get_ranges(&big_path, &[]).await);
-    assert!(none.is_empty(), "get_ranges with no ranges: returned results");
+    let none = ok(
+        "get_ranges with no ranges",
+        store.get_ranges(&big_path, &[]).await,
+    );
+    assert!(
+        none.is_empty(),
+        "get_ranges with no ranges: returned results"
+    );
     expect_invalid(
         "get_ranges with a range past the end",
         store.get_ranges(&big_path, &[0..1, n..n + 1]).await,
@@ -204,18 +214,27 @@ pub async fn blob_store_suite(store: &dyn BlobStore, prefix: &str) {
     // Missing blobs.
     let missing = p("rt/missing");
     expect_not_found("get of missing blob", store.get(&missing).await);
-    expect_not_found("get_range of missing blob", store.get_range(&missing, 0..0).await);
+    expect_not_found(
+        "get_range of missing blob",
+        store.get_range(&missing, 0..0).await,
+    );
     expect_not_found(
         "get_ranges of missing blob",
-        store.get_ranges(&missing, &[0..1]).await,
+        store.get_ranges(&missing, &[0..1, 1..2]).await,
     );
     expect_not_found("head of missing blob", store.head(&missing).await);
     // A path that is only a prefix of other blobs is not a blob.
-    expect_not_found("head of a directory-like prefix", store.head(&p("rt")).await);
+    expect_not_found(
+        "head of a directory-like prefix",
+        store.head(&p("rt")).await,
+    );
 
     // Overwrite replaces the whole blob.
     let ow = p("ow/blob");
-    ok("put before overwrite", store.put(&ow, pseudo_random(100_000, 3)).await);
+    ok(
+        "put before overwrite",
+        store.put(&ow, pseudo_random(100_000, 3)).await,
+    );
     let newer = pseudo_random(777, 4);
     ok("overwrite", store.put(&ow, newer.clone()).await);
     assert!(
@@ -233,9 +252,15 @@ pub async fn blob_store_suite(store: &dyn BlobStore, prefix: &str) {
     expect_not_found("get after delete", store.get(&ow).await);
     expect_not_found("head after delete", store.head(&ow).await);
     ok("delete of a deleted blob", store.delete(&ow).await);
-    ok("delete of a never written blob", store.delete(&p("ow/never")).await);
+    ok(
+        "delete of a never written blob",
+        store.delete(&p("ow/never")).await,
+    );
     let listed = ok("list after delete", store.list(&p("ow/")).await);
-    assert!(listed.is_empty(), "list after delete still shows {listed:?}");
+    assert!(
+        listed.is_empty(),
+        "list after delete still shows {listed:?}"
+    );
 
     // Listing with prefixes, including ones ending mid-segment.
     let list_rels = [
@@ -256,13 +281,21 @@ pub async fn blob_store_suite(store: &dyn BlobStore, prefix: &str) {
     let check_list = |listed: Vec<crate::traits::BlobMeta>, list_prefix: &str, want: &[&str]| {
         let got: Vec<&str> = listed.iter().map(|m| m.path.as_str()).collect();
         let want: Vec<String> = want.iter().map(|r| p(r)).collect();
-        assert_eq!(got, want, "list({list_prefix:?}): wrong paths (or not sorted)");
+        assert_eq!(
+            got, want,
+            "list({list_prefix:?}): wrong paths (or not sorted)"
+        );
         for m in &listed {
             let i = list_rels
                 .iter()
                 .position(|r| p(r) == m.path)
                 .expect("listed path was written");
-            assert_eq!(m.size, i as u64 * 10, "list({list_prefix:?}): wrong size of {}", m.path);
+            assert_eq!(
+                m.size,
+                i as u64 * 10,
+                "list({list_prefix:?}): wrong size of {}",
+                m.path
+            );
         }
     };
     let all = [
@@ -288,14 +321,21 @@ pub async fn blob_store_suite(store: &dyn BlobStore, prefix: &str) {
         ("nothing/here/", &[][..]),
     ] {
         let lp = p(q);
-        check_list(ok(&format!("list({lp:?})"), store.list(&lp).await), &lp, want);
+        check_list(
+            ok(&format!("list({lp:?})"), store.list(&lp).await),
+            &lp,
+            want,
+        );
     }
 
     // Invalid paths are rejected by every call.
     for bad in INVALID_PATHS {
         expect_invalid(&format!("put {bad:?}"), store.put(bad, Bytes::new()).await);
         expect_invalid(&format!("get {bad:?}"), store.get(bad).await);
-        expect_invalid(&format!("get_range {bad:?}"), store.get_range(bad, 0..0).await);
+        expect_invalid(
+            &format!("get_range {bad:?}"),
+            store.get_range(bad, 0..0).await,
+        );
         expect_invalid(&format!("head {bad:?}"), store.head(bad).await);
         expect_invalid(&format!("delete {bad:?}"), store.delete(bad).await);
     }
@@ -332,10 +372,17 @@ pub async fn meta_store_suite(store: Arc<dyn MetaStore>, prefix: &str) {
 
     // get of a missing key.
     let k = p("basic/k1");
-    assert_eq!(ok("get missing", store.get(&k).await), None, "get of a missing key");
+    assert_eq!(
+        ok("get missing", store.get(&k).await),
+        None,
+        "get of a missing key"
+    );
 
     // put_if_absent once wins, twice conflicts and leaves the value alone.
-    ok("put_if_absent", store.put_if_absent(&k, Bytes::from_static(b"first")).await);
+    ok(
+        "put_if_absent",
+        store.put_if_absent(&k, Bytes::from_static(b"first")).await,
+    );
     assert_eq!(
         ok("get after put_if_absent", store.get(&k).await).as_deref(),
         Some(&b"first"[..]),
@@ -359,7 +406,10 @@ pub async fn meta_store_suite(store: Arc<dyn MetaStore>, prefix: &str) {
         "put did not replace the value"
     );
     let empty = p("basic/empty");
-    ok("put_if_absent empty", store.put_if_absent(&empty, Bytes::new()).await);
+    ok(
+        "put_if_absent empty",
+        store.put_if_absent(&empty, Bytes::new()).await,
+    );
     assert_eq!(
         ok("get empty", store.get(&empty).await).as_deref(),
         Some(&b""[..]),
@@ -373,7 +423,10 @@ pub async fn meta_store_suite(store: Arc<dyn MetaStore>, prefix: &str) {
         "large record: wrong bytes"
     );
     let fresh = p("basic/fresh");
-    ok("put of a new key", store.put(&fresh, Bytes::from_static(b"v")).await);
+    ok(
+        "put of a new key",
+        store.put(&fresh, Bytes::from_static(b"v")).await,
+    );
     expect_conflict(
         "put_if_absent after put",
         store.put_if_absent(&fresh, Bytes::from_static(b"w")).await,
@@ -381,9 +434,16 @@ pub async fn meta_store_suite(store: Arc<dyn MetaStore>, prefix: &str) {
 
     // delete, delete again, and the key is free again.
     ok("delete", store.delete(&k).await);
-    assert_eq!(ok("get after delete", store.get(&k).await), None, "get after delete");
+    assert_eq!(
+        ok("get after delete", store.get(&k).await),
+        None,
+        "get after delete"
+    );
     ok("delete of a deleted key", store.delete(&k).await);
-    ok("delete of a never written key", store.delete(&p("basic/never")).await);
+    ok(
+        "delete of a never written key",
+        store.delete(&p("basic/never")).await,
+    );
     ok(
         "put_if_absent after delete",
         store.put_if_absent(&k, Bytes::from_static(b"again")).await,
@@ -395,15 +455,37 @@ pub async fn meta_store_suite(store: Arc<dyn MetaStore>, prefix: &str) {
     );
 
     // list: sorted, only the prefix, mid-segment prefixes.
-    for rel in ["ls/t/b", "ls/t/a", "ls/t-x", "ls/tags/z", "ls/tag", "ls/u/1"] {
+    for rel in [
+        "ls/t/b",
+        "ls/t/a",
+        "ls/t-x",
+        "ls/tags/z",
+        "ls/tag",
+        "ls/u/1",
+    ] {
         ok(
             &format!("put {rel}"),
-            store.put(&p(rel), Bytes::copy_from_slice(rel.as_bytes())).await,
+            store
+                .put(&p(rel), Bytes::copy_from_slice(rel.as_bytes()))
+                .await,
         );
     }
     for (q, want) in [
-        ("ls/", &["ls/t-x", "ls/t/a", "ls/t/b", "ls/tag", "ls/tags/z", "ls/u/1"][..]),
-        ("ls/t", &["ls/t-x", "ls/t/a", "ls/t/b", "ls/tag", "ls/tags/z"][..]),
+        (
+            "ls/",
+            &[
+                "ls/t-x",
+                "ls/t/a",
+                "ls/t/b",
+                "ls/tag",
+                "ls/tags/z",
+                "ls/u/1",
+            ][..],
+        ),
+        (
+            "ls/t",
+            &["ls/t-x", "ls/t/a", "ls/t/b", "ls/tag", "ls/tags/z"][..],
+        ),
         ("ls/t/", &["ls/t/a", "ls/t/b"][..]),
         ("ls/ta", &["ls/tag", "ls/tags/z"][..]),
         ("ls/tags/", &["ls/tags/z"][..]),
@@ -489,7 +571,10 @@ async fn race_versions(store: &Arc<dyn MetaStore>, dir: &str) {
             let mut attempts = 0;
             while won.len() < COMMITS {
                 attempts += 1;
-                assert!(attempts < 100_000, "task {t}: no progress committing versions");
+                assert!(
+                    attempts < 100_000,
+                    "task {t}: no progress committing versions"
+                );
                 let keys = ok("list versions", store.list(&list_prefix).await);
                 let max = match keys.last() {
                     Some(k) => k[list_prefix.len()..]
@@ -527,7 +612,10 @@ async fn race_versions(store: &Arc<dyn MetaStore>, dir: &str) {
     let want: Vec<String> = (1..=total)
         .map(|v| format!("{list_prefix}{v:020}"))
         .collect();
-    assert_eq!(keys, want, "version keys after the race are not dense 1..={total}");
+    assert_eq!(
+        keys, want,
+        "version keys after the race are not dense 1..={total}"
+    );
     for (v, value) in &winners {
         let key = format!("{list_prefix}{v:020}");
         assert_eq!(

@@ -66,8 +66,7 @@ impl LocalStore {
         let root = root.as_ref().to_path_buf();
         let root_existed = root.is_dir();
         fs::create_dir_all(&root).map_err(|e| io_err(&root, e))?;
-        if !root_existed && let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty())
-        {
+        if !root_existed && let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
         }
         let inner = Inner {
@@ -115,7 +114,9 @@ impl LocalStore {
         match tokio::task::spawn_blocking(move || f(&inner)).await {
             Ok(r) => r,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(Error::Backend(format!("blocking file I/O task failed: {e}"))),
+            Err(e) => Err(Error::Backend(format!(
+                "blocking file I/O task failed: {e}"
+            ))),
         }
     }
 }
@@ -264,6 +265,10 @@ fn ensure_parent_dirs(base: &Path, rel: &str, sync: bool) -> Result<()> {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 if !dir.is_dir() {
                     return Err(parent_is_entry(rel, &dir, base));
+                }
+                // Another writer may have just created it and not yet made it durable.
+                if sync {
+                    sync_dir(&parent)?;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
@@ -587,6 +592,12 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64, path: &str, fs_path: &Path)
 impl BlobStore for LocalStore {
     async fn put(&self, path: &str, data: Bytes) -> Result<()> {
         validate_path(path)?;
+        if (data.len() as u64).div_ceil(BLOCK_SIZE) > u64::from(u32::MAX) {
+            return Err(invalid(format!(
+                "blob {path:?} of {} bytes is too large",
+                data.len()
+            )));
+        }
         let path = path.to_string();
         self.blocking(move |inner| {
             let trailer = blob_trailer(&data);
@@ -641,6 +652,8 @@ impl BlobStore for LocalStore {
             .await
     }
 
+    /// Reads each listed blob's footer for its size; a damaged footer fails the listing
+    /// with [`Error::Corrupt`] naming that blob rather than reporting a wrong size.
     async fn list(&self, prefix: &str) -> Result<Vec<BlobMeta>> {
         validate_prefix(prefix)?;
         let prefix = prefix.to_string();

@@ -104,7 +104,12 @@ impl MemoryMetaStore {
 impl MetaStore for MemoryMetaStore {
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         validate_path(key)?;
-        Ok(self.records.read().expect("lock poisoned").get(key).cloned())
+        Ok(self
+            .records
+            .read()
+            .expect("lock poisoned")
+            .get(key)
+            .cloned())
     }
 
     async fn put_if_absent(&self, key: &str, value: Bytes) -> Result<()> {

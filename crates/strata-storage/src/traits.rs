@@ -88,7 +88,11 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
 /// Checks a blob path or record key: non-empty, relative, `/`-separated segments of
 /// ASCII letters, digits, `.`, `_`, `-` and `=`, no empty, `.` or `..` segment.
 pub fn validate_path(path: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::InvalidArgument(format!("invalid path {path:?}: {why}")));
+    let bad = |why: &str| {
+        Err(Error::InvalidArgument(format!(
+            "invalid path {path:?}: {why}"
+        )))
+    };
     if path.is_empty() || path.len() > 1024 {
         return bad("must be 1..=1024 bytes");
     }
