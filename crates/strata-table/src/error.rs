@@ -35,6 +35,14 @@ pub enum Error {
     /// Another writer committed first and retrying did not help (or was not safe).
     #[error("commit conflict on dataset {dataset:?}: {reason}")]
     Conflict { dataset: String, reason: String },
+    /// A commit came too late: its new blobs are older than the vacuum grace period, so a
+    /// vacuum may already have removed them. Nothing was committed; write again.
+    #[error("commit to dataset {dataset:?} abandoned: its segments were written {elapsed_ms} ms ago, longer than the vacuum grace period of {grace_ms} ms")]
+    TransactionExpired {
+        dataset: String,
+        elapsed_ms: i64,
+        grace_ms: i64,
+    },
     /// Stored metadata cannot be decoded.
     #[error("corrupt metadata {what}: {reason}")]
     CorruptMetadata { what: String, reason: String },

@@ -623,9 +623,10 @@ impl Table {
         if let Some(since) = txn.blobs_since_ms
             && now - since > self.options().blob_grace_ms
         {
-            return Err(Error::Conflict {
+            return Err(Error::TransactionExpired {
                 dataset: self.name().to_string(),
-                reason: "the transaction took longer than the vacuum grace period; its segments may have been vacuumed".into(),
+                elapsed_ms: now - since,
+                grace_ms: self.options().blob_grace_ms,
             });
         }
         let record = VersionRecord {
@@ -908,21 +909,21 @@ impl Table {
         keyset: &HashSet<&[u8]>,
     ) -> Result<(Vec<DvUpdate>, Vec<SegmentRef>, u64)> {
         let keys = &self.inner.keys;
-        let reads = futures::stream::iter(candidates.iter().map(|seg| {
-            let blobs = self.inner.blobs.clone();
-            let schema = base.schema.clone();
-            async move {
-                let batches = read_segment(blobs, &seg.meta, &schema, &keys.pk_indices, None).await?;
-                Ok::<_, Error>((*seg, batches))
-            }
-        }))
-        .buffered(self.options().read_parallelism.max(1));
+        let reads = read_segments(
+            self.inner.blobs.clone(),
+            base.schema.clone(),
+            keys.pk_indices.clone(),
+            candidates.iter().map(|s| (*s).clone()).collect(),
+            false,
+            self.options().read_parallelism,
+        );
         let mut reads = std::pin::pin!(reads);
         let mut deletes = Vec::new();
         let mut removes = Vec::new();
         let mut removed = 0;
         while let Some(next) = reads.next().await {
             let (seg, batches) = next?;
+            let seg = &seg;
             let mut hits = RoaringBitmap::new();
             let mut offset = 0u32;
             for b in &batches {
@@ -1028,16 +1029,14 @@ impl Table {
                 .live_segments()
                 .filter(|s| bound.may_match(&|c| s.meta.column_stats(c), s.meta.rows))
                 .collect();
-            let reads = futures::stream::iter(candidates.into_iter().map(|seg| {
-                let blobs = self.inner.blobs.clone();
-                let schema = base.schema.clone();
-                let columns = &columns;
-                async move {
-                    let batches = read_segment(blobs, &seg.meta, &schema, columns, None).await?;
-                    Ok::<_, Error>((seg, batches))
-                }
-            }))
-            .buffered(self.options().read_parallelism.max(1));
+            let reads = read_segments(
+                self.inner.blobs.clone(),
+                base.schema.clone(),
+                columns.clone(),
+                candidates.into_iter().cloned().collect(),
+                false,
+                self.options().read_parallelism,
+            );
             let mut reads = std::pin::pin!(reads);
             while let Some(next) = reads.next().await {
                 let (seg, batches) = next?;
@@ -1057,7 +1056,7 @@ impl Table {
                 }
                 if !hits.is_empty() {
                     txn.rows_removed += hits.len();
-                    self.push_deletion(seg, hits, &mut txn.deletes, &mut txn.remove);
+                    self.push_deletion(&seg, hits, &mut txn.deletes, &mut txn.remove);
                 }
             }
             Ok(txn)
@@ -1471,6 +1470,32 @@ fn diff_rows(from: &Manifest, to: &Manifest) -> (u64, u64) {
     (added, removed)
 }
 
+/// Reads `columns` of each segment, up to `parallelism` at a time, in order; with
+/// `apply_deletes`, deleted rows are skipped, otherwise row positions are the segment's.
+/// The futures own their inputs, so the stream can move between threads.
+fn read_segments(
+    blobs: Arc<dyn BlobStore>,
+    schema: SchemaRef,
+    columns: Vec<usize>,
+    segments: Vec<LiveSegment>,
+    apply_deletes: bool,
+    parallelism: usize,
+) -> impl futures::Stream<Item = Result<(LiveSegment, Vec<RecordBatch>)>> + Send {
+    let columns: Arc<[usize]> = columns.into();
+    futures::stream::iter(segments)
+        .map(move |seg| {
+            let blobs = blobs.clone();
+            let schema = schema.clone();
+            let columns = columns.clone();
+            async move {
+                let deleted = if apply_deletes { seg.deleted.as_deref() } else { None };
+                let batches = read_segment(blobs, &seg.meta, &schema, &columns, deleted).await?;
+                Ok((seg, batches))
+            }
+        })
+        .buffered(parallelism.max(1))
+}
+
 /// Bounds of a set of new keys, to skip segments that cannot hold any of them.
 struct KeyBounds {
     pk_min: Vec<Value>,
@@ -1550,17 +1575,17 @@ impl Snapshot {
                 .collect::<Result<_>>()?,
             None => (0..schema.fields().len()).collect(),
         };
-        let parallelism = self.table.options().read_parallelism.max(1);
-        let per_segment: Vec<Vec<RecordBatch>> = futures::stream::iter(self.manifest.live_segments())
-            .map(|seg| {
-                let blobs = self.table.inner.blobs.clone();
-                let indices = &indices;
-                async move { read_segment(blobs, &seg.meta, schema, indices, seg.deleted.as_deref()).await }
-            })
-            .buffered(parallelism)
-            .try_collect()
-            .await?;
-        Ok(per_segment.into_iter().flatten().collect())
+        let per_segment: Vec<(LiveSegment, Vec<RecordBatch>)> = read_segments(
+            self.table.inner.blobs.clone(),
+            schema.clone(),
+            indices,
+            self.manifest.live_segments().cloned().collect(),
+            true,
+            self.table.options().read_parallelism,
+        )
+        .try_collect()
+        .await?;
+        Ok(per_segment.into_iter().flat_map(|(_, b)| b).collect())
     }
 
     /// All live rows as one batch.

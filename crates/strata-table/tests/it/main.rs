@@ -1,0 +1,4 @@
+//! Integration tests of the table core over the memory backend.
+
+mod common;
+mod table;
