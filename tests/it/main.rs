@@ -1,0 +1,4 @@
+//! System tests: one binary for the whole suite.
+
+mod crash;
+mod model;
