@@ -1,4 +1,5 @@
 //! Integration tests of the table core over the memory backend.
 
 mod common;
+mod storage;
 mod table;
