@@ -15,7 +15,9 @@ pub enum Error {
         head: u64,
     },
     /// The version existed but vacuum removed it.
-    #[error("version {version} of dataset {dataset:?} was vacuumed (oldest retained version: {oldest})")]
+    #[error(
+        "version {version} of dataset {dataset:?} was vacuumed (oldest retained version: {oldest})"
+    )]
     VersionVacuumed {
         dataset: String,
         version: u64,
@@ -37,7 +39,9 @@ pub enum Error {
     Conflict { dataset: String, reason: String },
     /// A commit came too late: its new blobs are older than the vacuum grace period, so a
     /// vacuum may already have removed them. Nothing was committed; write again.
-    #[error("commit to dataset {dataset:?} abandoned: its segments were written {elapsed_ms} ms ago, longer than the vacuum grace period of {grace_ms} ms")]
+    #[error(
+        "commit to dataset {dataset:?} abandoned: its segments were written {elapsed_ms} ms ago, longer than the vacuum grace period of {grace_ms} ms"
+    )]
     TransactionExpired {
         dataset: String,
         elapsed_ms: i64,

@@ -55,7 +55,9 @@ pub struct Dv(pub Arc<RoaringBitmap>);
 impl Serialize for Dv {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let mut buf = Vec::with_capacity(self.0.serialized_size());
-        self.0.serialize_into(&mut buf).map_err(serde::ser::Error::custom)?;
+        self.0
+            .serialize_into(&mut buf)
+            .map_err(serde::ser::Error::custom)?;
         s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(buf))
     }
 }
@@ -207,7 +209,9 @@ impl Manifest {
         for r in &record.remove {
             self.segments
                 .remove(&(r.shard, r.id.clone()))
-                .ok_or_else(|| Error::corrupt(what(), format!("removes unknown segment {}", r.id)))?;
+                .ok_or_else(|| {
+                    Error::corrupt(what(), format!("removes unknown segment {}", r.id))
+                })?;
         }
         for meta in &record.add {
             self.segments.insert(
@@ -219,9 +223,12 @@ impl Manifest {
             );
         }
         for u in &record.deletes {
-            let seg = self.segments.get_mut(&(u.shard, u.id.clone())).ok_or_else(|| {
-                Error::corrupt(what(), format!("deletes from unknown segment {}", u.id))
-            })?;
+            let seg = self
+                .segments
+                .get_mut(&(u.shard, u.id.clone()))
+                .ok_or_else(|| {
+                    Error::corrupt(what(), format!("deletes from unknown segment {}", u.id))
+                })?;
             seg.deleted = Some(u.deleted.0.clone());
         }
         for (producer, seq) in &record.producers {
@@ -267,7 +274,8 @@ pub fn encode_checkpoint(m: &Manifest) -> Result<Vec<u8>> {
 
 pub fn decode_checkpoint(what: &str, bytes: &[u8]) -> Result<Manifest> {
     let json = zstd::stream::decode_all(bytes).map_err(|e| Error::corrupt(what, e))?;
-    let data: CheckpointData = serde_json::from_slice(&json).map_err(|e| Error::corrupt(what, e))?;
+    let data: CheckpointData =
+        serde_json::from_slice(&json).map_err(|e| Error::corrupt(what, e))?;
     Ok(Manifest {
         version: data.version,
         timestamp_ms: data.timestamp_ms,

@@ -70,7 +70,9 @@ impl Predicate {
             | Predicate::In { column, .. }
             | Predicate::IsNull(column)
             | Predicate::IsNotNull(column) => out.push(column.clone()),
-            Predicate::And(ps) | Predicate::Or(ps) => ps.iter().for_each(|p| p.collect_columns(out)),
+            Predicate::And(ps) | Predicate::Or(ps) => {
+                ps.iter().for_each(|p| p.collect_columns(out))
+            }
             Predicate::Not(p) => p.collect_columns(out),
         }
     }
@@ -79,15 +81,15 @@ impl Predicate {
     /// statistics comparisons are exact. Fails with a message naming the problem.
     pub fn bind(&self, schema: &Schema) -> Result<Predicate> {
         let field = |c: &str| {
-            schema
-                .field_with_name(c)
-                .map_err(|_| Error::InvalidArgument(format!("predicate column {c:?} does not exist")))
+            schema.field_with_name(c).map_err(|_| {
+                Error::InvalidArgument(format!("predicate column {c:?} does not exist"))
+            })
         };
         let coerce = |c: &str, v: &Value| -> Result<Value> {
             let dt = field(c)?.data_type();
-            let arr = v.to_array(dt).map_err(|e| {
-                Error::InvalidArgument(format!("predicate on {c:?}: {e}"))
-            })?;
+            let arr = v
+                .to_array(dt)
+                .map_err(|e| Error::InvalidArgument(format!("predicate on {c:?}: {e}")))?;
             Ok(Value::from_array(&arr, 0)?)
         };
         Ok(match self {
@@ -98,7 +100,10 @@ impl Predicate {
             },
             Predicate::In { column, values } => Predicate::In {
                 column: column.clone(),
-                values: values.iter().map(|v| coerce(column, v)).collect::<Result<_>>()?,
+                values: values
+                    .iter()
+                    .map(|v| coerce(column, v))
+                    .collect::<Result<_>>()?,
             },
             Predicate::IsNull(c) => {
                 field(c)?;
@@ -108,8 +113,12 @@ impl Predicate {
                 field(c)?;
                 Predicate::IsNotNull(c.clone())
             }
-            Predicate::And(ps) => Predicate::And(ps.iter().map(|p| p.bind(schema)).collect::<Result<_>>()?),
-            Predicate::Or(ps) => Predicate::Or(ps.iter().map(|p| p.bind(schema)).collect::<Result<_>>()?),
+            Predicate::And(ps) => {
+                Predicate::And(ps.iter().map(|p| p.bind(schema)).collect::<Result<_>>()?)
+            }
+            Predicate::Or(ps) => {
+                Predicate::Or(ps.iter().map(|p| p.bind(schema)).collect::<Result<_>>()?)
+            }
             Predicate::Not(p) => Predicate::Not(Box::new(p.bind(schema)?)),
         })
     }
@@ -123,7 +132,11 @@ impl Predicate {
                 .ok_or_else(|| Error::InvalidArgument(format!("predicate column {c:?} missing")))
         };
         Ok(match self {
-            Predicate::Compare { column: c, op, value } => {
+            Predicate::Compare {
+                column: c,
+                op,
+                value,
+            } => {
                 let col = column(c)?;
                 if value.is_null() {
                     return Ok(BooleanArray::new_null(batch.num_rows()));
@@ -222,7 +235,10 @@ impl fmt::Display for Predicate {
             Value::UInt(u) => u.to_string(),
             Value::Float(x) => x.to_string(),
             Value::Str(s) => format!("'{}'", s.replace('\'', "''")),
-            Value::Bytes(b) => format!("X'{}'", b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+            Value::Bytes(b) => format!(
+                "X'{}'",
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            ),
             Value::Decimal(d) => format!("{d}(unscaled)"),
         };
         match self {
@@ -244,10 +260,18 @@ impl fmt::Display for Predicate {
             Predicate::IsNull(c) => write!(f, "{c} IS NULL"),
             Predicate::IsNotNull(c) => write!(f, "{c} IS NOT NULL"),
             Predicate::And(ps) | Predicate::Or(ps) => {
-                let sep = if matches!(self, Predicate::And(_)) { " AND " } else { " OR " };
+                let sep = if matches!(self, Predicate::And(_)) {
+                    " AND "
+                } else {
+                    " OR "
+                };
                 let parts: Vec<String> = ps.iter().map(|p| format!("({p})")).collect();
                 if parts.is_empty() {
-                    f.write_str(if matches!(self, Predicate::And(_)) { "TRUE" } else { "FALSE" })
+                    f.write_str(if matches!(self, Predicate::And(_)) {
+                        "TRUE"
+                    } else {
+                        "FALSE"
+                    })
                 } else {
                     f.write_str(&parts.join(sep))
                 }

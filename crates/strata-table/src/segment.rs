@@ -23,7 +23,9 @@ use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader, SortingColumn};
+use parquet::file::metadata::{
+    PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader, SortingColumn,
+};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
@@ -108,7 +110,10 @@ impl KeyCodec {
                 .index_of(n)
                 .map_err(|_| Error::SchemaMismatch(format!("key column {n:?} missing")))
         };
-        let partition_indices = partition_key.iter().map(index).collect::<Result<Vec<_>>>()?;
+        let partition_indices = partition_key
+            .iter()
+            .map(index)
+            .collect::<Result<Vec<_>>>()?;
         let pk_names: Vec<String> = partition_key.iter().chain(row_key).cloned().collect();
         let pk_indices = pk_names.iter().map(index).collect::<Result<Vec<_>>>()?;
         let converter = RowConverter::new(
@@ -128,7 +133,11 @@ impl KeyCodec {
     /// Row-encodes the primary key of `batch` (whose columns are in table-schema order).
     /// Byte order of the encoded rows equals primary-key order.
     pub fn encode(&self, batch: &RecordBatch) -> Result<Rows> {
-        let cols: Vec<ArrayRef> = self.pk_indices.iter().map(|&i| batch.column(i).clone()).collect();
+        let cols: Vec<ArrayRef> = self
+            .pk_indices
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
         Ok(self.converter.convert_columns(&cols)?)
     }
 
@@ -409,13 +418,20 @@ pub async fn read_segment(
 /// Stable shard of each row: xxh3 of the partition key values' canonical bytes (little-
 /// endian integers, IEEE bits, UTF-8), chained across key columns, modulo `shards`.
 /// The encoding is fixed, so a row's shard never changes across releases.
-pub fn shard_of_rows(batch: &RecordBatch, partition_indices: &[usize], shards: u32) -> Result<Vec<u32>> {
+pub fn shard_of_rows(
+    batch: &RecordBatch,
+    partition_indices: &[usize],
+    shards: u32,
+) -> Result<Vec<u32>> {
     let n = batch.num_rows();
     let mut hashes = vec![0u64; n];
     for &c in partition_indices {
         hash_column(batch.column(c).as_ref(), &mut hashes)?;
     }
-    Ok(hashes.into_iter().map(|h| (h % shards as u64) as u32).collect())
+    Ok(hashes
+        .into_iter()
+        .map(|h| (h % shards as u64) as u32)
+        .collect())
 }
 
 fn hash_column(col: &dyn Array, hashes: &mut [u64]) -> Result<()> {
@@ -423,14 +439,22 @@ fn hash_column(col: &dyn Array, hashes: &mut [u64]) -> Result<()> {
     use arrow::datatypes::*;
     use xxhash_rust::xxh3::xxh3_64_with_seed;
     // Seeding with the previous hash chains the columns of a composite key.
-    fn prim<T: ArrowPrimitiveType>(col: &dyn Array, hashes: &mut [u64], widen: impl Fn(T::Native) -> [u8; 16]) {
+    fn prim<T: ArrowPrimitiveType>(
+        col: &dyn Array,
+        hashes: &mut [u64],
+        widen: impl Fn(T::Native) -> [u8; 16],
+    ) {
         let a = col.as_primitive::<T>();
         for (i, h) in hashes.iter_mut().enumerate() {
             *h = if a.is_null(i) {
                 xxh3_64_with_seed(&[0], *h)
             } else {
                 let bytes = widen(a.value(i));
-                let len = if T::DATA_TYPE.primitive_width() == Some(16) { 16 } else { 8 };
+                let len = if T::DATA_TYPE.primitive_width() == Some(16) {
+                    16
+                } else {
+                    8
+                };
                 xxh3_64_with_seed(&bytes[..len], *h)
             };
         }
@@ -456,29 +480,47 @@ fn hash_column(col: &dyn Array, hashes: &mut [u64]) -> Result<()> {
         DataType::UInt64 => prim::<UInt64Type>(col, hashes, uint),
         DataType::Date32 => prim::<Date32Type>(col, hashes, |v| int(v as i64)),
         DataType::Timestamp(TimeUnit::Second, _) => prim::<TimestampSecondType>(col, hashes, int),
-        DataType::Timestamp(TimeUnit::Millisecond, _) => prim::<TimestampMillisecondType>(col, hashes, int),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => prim::<TimestampMicrosecondType>(col, hashes, int),
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => prim::<TimestampNanosecondType>(col, hashes, int),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            prim::<TimestampMillisecondType>(col, hashes, int)
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            prim::<TimestampMicrosecondType>(col, hashes, int)
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            prim::<TimestampNanosecondType>(col, hashes, int)
+        }
         DataType::Decimal128(_, _) => prim::<Decimal128Type>(col, hashes, |v| v.to_le_bytes()),
         DataType::Float32 => prim::<Float32Type>(col, hashes, |v| uint((v as f64).to_bits())),
         DataType::Float64 => prim::<Float64Type>(col, hashes, |v| uint(v.to_bits())),
         DataType::Boolean => {
             let a = col.as_boolean();
             for (i, h) in hashes.iter_mut().enumerate() {
-                let b = if a.is_null(i) { 0 } else { 1 + a.value(i) as u8 };
+                let b = if a.is_null(i) {
+                    0
+                } else {
+                    1 + a.value(i) as u8
+                };
                 *h = xxh3_64_with_seed(&[b], *h);
             }
         }
         DataType::Utf8 => {
             let a = col.as_string::<i32>();
             for (i, h) in hashes.iter_mut().enumerate() {
-                *h = if a.is_null(i) { xxh3_64_with_seed(&[0], *h) } else { xxh3_64_with_seed(a.value(i).as_bytes(), *h) };
+                *h = if a.is_null(i) {
+                    xxh3_64_with_seed(&[0], *h)
+                } else {
+                    xxh3_64_with_seed(a.value(i).as_bytes(), *h)
+                };
             }
         }
         DataType::Binary => {
             let a = col.as_binary::<i32>();
             for (i, h) in hashes.iter_mut().enumerate() {
-                *h = if a.is_null(i) { xxh3_64_with_seed(&[0], *h) } else { xxh3_64_with_seed(a.value(i), *h) };
+                *h = if a.is_null(i) {
+                    xxh3_64_with_seed(&[0], *h)
+                } else {
+                    xxh3_64_with_seed(a.value(i), *h)
+                };
             }
         }
         other => {
@@ -528,13 +570,23 @@ mod tests {
 
     #[test]
     fn last_duplicate_wins_and_rows_sort_by_key() {
-        let b = batch(&["b", "a", "b", "a", "b"], &[1, 2, 1, 1, 0], &[1, 2, 3, 4, 5]);
+        let b = batch(
+            &["b", "a", "b", "a", "b"],
+            &[1, 2, 1, 1, 0],
+            &[1, 2, 3, 4, 5],
+        );
         let keys = KeyCodec::new(&b.schema(), &["k".into()], &["t".into()]).unwrap();
         let out = sort_and_dedupe(&keys, &b, true).unwrap();
-        let k = out.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let k = out
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         let t = out.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
         let v = out.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
-        let rows: Vec<_> = (0..out.num_rows()).map(|i| (k.value(i), t.value(i), v.value(i))).collect();
+        let rows: Vec<_> = (0..out.num_rows())
+            .map(|i| (k.value(i), t.value(i), v.value(i)))
+            .collect();
         assert_eq!(rows, [("a", 1, 4), ("a", 2, 2), ("b", 0, 5), ("b", 1, 3)]);
         let kept = sort_and_dedupe(&keys, &b, false).unwrap();
         assert_eq!(kept.num_rows(), 5);

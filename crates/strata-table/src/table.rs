@@ -101,7 +101,9 @@ pub enum WriteOutcome {
     Committed(VersionInfo),
     /// Every producer mark was already at or above the one given: the batch was applied
     /// before, and nothing was written. `head` is the current version.
-    Duplicate { head: u64 },
+    Duplicate {
+        head: u64,
+    },
 }
 
 /// What vacuum keeps.
@@ -192,7 +194,9 @@ impl Catalog {
         };
         // Version 1 first, then the name: a crash in between leaves only an unreachable record.
         let v1 = version_key(&id, 1);
-        self.meta.put_if_absent(&v1, Bytes::from(create.encode())).await?;
+        self.meta
+            .put_if_absent(&v1, Bytes::from(create.encode()))
+            .await?;
         let record = DatasetRecord {
             id: id.clone(),
             spec: spec.to_def(),
@@ -428,11 +432,22 @@ impl Table {
         };
         let mut v = hint.max(self.cached().map_or(0, |m| m.version));
         if v == 0 || self.record(v).await?.is_none() {
-            v = self.version_numbers().await?.last().copied().ok_or_else(|| {
-                Error::corrupt(format!("dataset {}", self.name()), "has no versions")
-            })?;
+            v = self
+                .version_numbers()
+                .await?
+                .last()
+                .copied()
+                .ok_or_else(|| {
+                    Error::corrupt(format!("dataset {}", self.name()), "has no versions")
+                })?;
         }
-        while self.inner.meta.get(&version_key(&self.inner.id, v + 1)).await?.is_some() {
+        while self
+            .inner
+            .meta
+            .get(&version_key(&self.inner.id, v + 1))
+            .await?
+            .is_some()
+        {
             v += 1;
         }
         Ok(v)
@@ -462,7 +477,7 @@ impl Table {
             {
                 break (**c).clone();
             }
-            if cur % interval == 0
+            if cur.is_multiple_of(interval)
                 && let Some(m) = self.load_checkpoint(cur).await?
             {
                 break m;
@@ -545,11 +560,17 @@ impl Table {
             }
             VersionSpec::Tag(tag) => {
                 let key = self.tag_key(tag);
-                let bytes = self.inner.meta.get(&key).await?.ok_or_else(|| Error::TagNotFound {
-                    dataset: self.name().to_string(),
-                    tag: tag.clone(),
-                })?;
-                let info: TagInfo = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(&key, e))?;
+                let bytes = self
+                    .inner
+                    .meta
+                    .get(&key)
+                    .await?
+                    .ok_or_else(|| Error::TagNotFound {
+                        dataset: self.name().to_string(),
+                        tag: tag.clone(),
+                    })?;
+                let info: TagInfo =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(&key, e))?;
                 Ok(info.version)
             }
             VersionSpec::Timestamp(t) => self.version_at_time(*t).await,
@@ -644,7 +665,12 @@ impl Table {
             retention: txn.retention,
         };
         let key = version_key(&self.inner.id, v);
-        match self.inner.meta.put_if_absent(&key, Bytes::from(record.encode())).await {
+        match self
+            .inner
+            .meta
+            .put_if_absent(&key, Bytes::from(record.encode()))
+            .await
+        {
             Ok(()) => {}
             Err(e) if e.is_conflict() => {
                 return Err(Error::Conflict {
@@ -661,17 +687,25 @@ impl Table {
         next.apply(&record)?;
         let next = Arc::new(next);
         self.remember(&next);
-        debug!(dataset = self.name(), version = v, op = record.operation.name(), "committed");
-        if v % 32 == 0
+        debug!(
+            dataset = self.name(),
+            version = v,
+            op = record.operation.name(),
+            "committed"
+        );
+        if v.is_multiple_of(32)
             && let Err(e) = self
                 .inner
                 .meta
-                .put(&format!("{}/head", self.prefix()), Bytes::from(v.to_string()))
+                .put(
+                    &format!("{}/head", self.prefix()),
+                    Bytes::from(v.to_string()),
+                )
                 .await
         {
             warn!(dataset = self.name(), version = v, error = %e, "could not update head hint");
         }
-        if v % self.options().checkpoint_interval.max(1) == 0
+        if v.is_multiple_of(self.options().checkpoint_interval.max(1))
             && let Err(e) = self.write_checkpoint(&next).await
         {
             warn!(dataset = self.name(), version = v, error = %e, "could not write checkpoint");
@@ -810,8 +844,10 @@ impl Table {
         let since = now_ms();
         let writes = self.write_shards(&batch).await?;
         let upsert = self.inner.spec.has_row_key();
-        let new_segments: Vec<SegmentMeta> =
-            writes.iter().flat_map(|w| w.segments.iter().cloned()).collect();
+        let new_segments: Vec<SegmentMeta> = writes
+            .iter()
+            .flat_map(|w| w.segments.iter().cloned())
+            .collect();
         let rows_added: u64 = new_segments.iter().map(|s| s.rows).sum();
         // Set (to head + 1) when a concurrent commit turned out to hold these marks already.
         let duplicate_head = std::sync::atomic::AtomicU64::new(0);
@@ -824,7 +860,8 @@ impl Table {
                 let duplicate_head = &duplicate_head;
                 async move {
                     if is_duplicate(&base, producers) {
-                        duplicate_head.store(base.version + 1, std::sync::atomic::Ordering::Relaxed);
+                        duplicate_head
+                            .store(base.version + 1, std::sync::atomic::Ordering::Relaxed);
                         return Err(Error::InvalidArgument("duplicate".into()));
                     }
                     if !schema_compatible(&base.schema, schema) {
@@ -839,7 +876,8 @@ impl Table {
                         Operation::Append
                     });
                     if upsert {
-                        let (deletes, remove, removed) = self.resolve_upserts(&base, writes).await?;
+                        let (deletes, remove, removed) =
+                            self.resolve_upserts(&base, writes).await?;
                         txn.deletes = deletes;
                         txn.remove = remove;
                         txn.rows_removed = removed;
@@ -999,7 +1037,8 @@ impl Table {
                     predicate: format!("primary key in {n} key(s)"),
                 });
                 for (shard, rows) in by_shard {
-                    let keyset: HashSet<&[u8]> = rows.iter().map(|&i| encoded.row(i).data()).collect();
+                    let keyset: HashSet<&[u8]> =
+                        rows.iter().map(|&i| encoded.row(i).data()).collect();
                     let candidates: Vec<&LiveSegment> = base.shard_segments(*shard).collect();
                     let (d, r, removed) = self.mark_keys(&base, &candidates, &keyset).await?;
                     txn.deletes.extend(d);
@@ -1120,8 +1159,12 @@ impl Table {
                         field.name()
                     )));
                 }
-                let mut fields: Vec<Field> =
-                    base.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+                let mut fields: Vec<Field> = base
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
                 let name = field.name().clone();
                 fields.push(field);
                 let schema = Schema::new(fields);
@@ -1256,7 +1299,12 @@ impl Table {
             );
         }
         let inputs: Vec<LiveSegment> = shards.into_values().flatten().collect();
-        let shard_list: Vec<u32> = inputs.iter().map(|s| s.meta.shard).collect::<BTreeSet<_>>().into_iter().collect();
+        let shard_list: Vec<u32> = inputs
+            .iter()
+            .map(|s| s.meta.shard)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let result = self
             .commit_loop(|head| {
                 let add = add.clone();
@@ -1305,7 +1353,9 @@ impl Table {
             ));
         }
         if policy.keep_last == Some(0) {
-            return Err(Error::InvalidArgument("keep_last must be at least 1".into()));
+            return Err(Error::InvalidArgument(
+                "keep_last must be at least 1".into(),
+            ));
         }
         let started = now_ms();
         let mut report = VacuumReport::default();
@@ -1397,7 +1447,10 @@ impl Table {
         // Version records and checkpoints below the retention line.
         for v in self.version_numbers().await? {
             if v < oldest && !keep.contains(&v) {
-                self.inner.meta.delete(&version_key(&self.inner.id, v)).await?;
+                self.inner
+                    .meta
+                    .delete(&version_key(&self.inner.id, v))
+                    .await?;
                 report.versions_removed += 1;
             }
         }
@@ -1417,7 +1470,12 @@ impl Table {
                 report.bytes_removed += blob.size;
             }
         }
-        for blob in self.inner.blobs.list(&format!("{}/segments/", self.prefix())).await? {
+        for blob in self
+            .inner
+            .blobs
+            .list(&format!("{}/segments/", self.prefix()))
+            .await?
+        {
             if !referenced.contains(&blob.path) && blob.last_modified_ms < cutoff {
                 self.inner.blobs.delete(&blob.path).await?;
                 report.blobs_removed += 1;
@@ -1488,7 +1546,11 @@ fn read_segments(
             let schema = schema.clone();
             let columns = columns.clone();
             async move {
-                let deleted = if apply_deletes { seg.deleted.as_deref() } else { None };
+                let deleted = if apply_deletes {
+                    seg.deleted.as_deref()
+                } else {
+                    None
+                };
                 let batches = read_segment(blobs, &seg.meta, &schema, &columns, deleted).await?;
                 Ok((seg, batches))
             }
@@ -1505,14 +1567,27 @@ struct KeyBounds {
 }
 
 impl KeyBounds {
-    fn new(spec: &DatasetSpec, pk_min: &[Value], pk_max: &[Value], segments: &[SegmentMeta]) -> Self {
+    fn new(
+        spec: &DatasetSpec,
+        pk_min: &[Value],
+        pk_max: &[Value],
+        segments: &[SegmentMeta],
+    ) -> Self {
         let row_key = spec
             .row_key
             .iter()
             .map(|c| {
                 let stats: Vec<_> = segments.iter().map(|s| s.column_stats(c)).collect();
-                let min = stats.iter().map(|s| s.min.clone()).collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().min());
-                let max = stats.iter().map(|s| s.max.clone()).collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().max());
+                let min = stats
+                    .iter()
+                    .map(|s| s.min.clone())
+                    .collect::<Option<Vec<_>>>()
+                    .and_then(|v| v.into_iter().min());
+                let max = stats
+                    .iter()
+                    .map(|s| s.max.clone())
+                    .collect::<Option<Vec<_>>>()
+                    .and_then(|v| v.into_iter().max());
                 (c.clone(), min, max)
             })
             .collect();
@@ -1569,7 +1644,10 @@ impl Snapshot {
                 .iter()
                 .map(|c| {
                     schema.index_of(c).map_err(|_| {
-                        Error::InvalidArgument(format!("column {c:?} does not exist at version {}", self.version()))
+                        Error::InvalidArgument(format!(
+                            "column {c:?} does not exist at version {}",
+                            self.version()
+                        ))
                     })
                 })
                 .collect::<Result<_>>()?,

@@ -31,7 +31,9 @@ pub fn validate_name(kind: &'static str, name: &str) -> Result<()> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
-        return Err(invalid("may contain only ASCII letters, digits, '_' and '-'"));
+        return Err(invalid(
+            "may contain only ASCII letters, digits, '_' and '-'",
+        ));
     }
     Ok(())
 }

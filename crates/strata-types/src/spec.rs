@@ -157,7 +157,9 @@ impl DatasetSpec {
 /// Checks that every column has a supported type and a valid, unique name.
 pub fn validate_schema(schema: &Schema) -> Result<()> {
     if schema.fields().is_empty() {
-        return Err(Error::InvalidSchema("a schema needs at least one column".into()));
+        return Err(Error::InvalidSchema(
+            "a schema needs at least one column".into(),
+        ));
     }
     let mut seen = std::collections::HashSet::new();
     for field in schema.fields() {
@@ -223,7 +225,11 @@ pub fn parse_type(text: &str) -> Result<DataType> {
         return Ok(dt);
     }
     let args = |prefix: &str| -> Option<Vec<String>> {
-        let inner = t.strip_prefix(prefix)?.trim().strip_prefix('(')?.strip_suffix(')')?;
+        let inner = t
+            .strip_prefix(prefix)?
+            .trim()
+            .strip_prefix('(')?
+            .strip_suffix(')')?;
         Some(inner.split(',').map(|s| s.trim().to_string()).collect())
     };
     if let Some(args) = args("timestamp") {
@@ -352,11 +358,21 @@ mod tests {
         assert_eq!(DatasetSpec::from_def(&s.to_def()).unwrap(), s);
 
         let nullable_key = ok.replace(r#""utf8","nullable":false"#, r#""utf8""#);
-        assert!(spec(&nullable_key).unwrap_err().to_string().contains("non-nullable"));
+        assert!(
+            spec(&nullable_key)
+                .unwrap_err()
+                .to_string()
+                .contains("non-nullable")
+        );
         let float_key = ok.replace(r#""row_key":["ts"]"#, r#""row_key":["v"]"#);
         assert!(spec(&float_key).is_err());
         let missing = ok.replace(r#""row_key":["ts"]"#, r#""row_key":["nope"]"#);
-        assert!(spec(&missing).unwrap_err().to_string().contains("not in the schema"));
+        assert!(
+            spec(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("not in the schema")
+        );
         let zero = ok.replace(r#""shards":3"#, r#""shards":0"#);
         assert!(spec(&zero).is_err());
         let dup = ok.replace(r#"{"name":"v""#, r#"{"name":"K""#);

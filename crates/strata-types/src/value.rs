@@ -13,8 +13,8 @@ use arrow::array::{
 };
 use arrow::compute;
 use arrow::datatypes::{
-    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int8Type, Int16Type,
-    Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type,
+    Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use base64::Engine;
@@ -241,9 +241,9 @@ impl Value {
                 }
             }
             DataType::Decimal128(p, s) => match self {
-                Value::Decimal(d) => Arc::new(
-                    Decimal128Array::from(vec![*d]).with_precision_and_scale(*p, *s)?,
-                ),
+                Value::Decimal(d) => {
+                    Arc::new(Decimal128Array::from(vec![*d]).with_precision_and_scale(*p, *s)?)
+                }
                 _ => return Err(mismatch()),
             },
             DataType::Utf8 => match self {
@@ -308,7 +308,10 @@ fn min_max(array: &dyn Array) -> Result<(Option<Value>, Option<Value>)> {
         T::Native: Into<Value>,
     {
         let a = array.as_primitive::<T>();
-        Ok((compute::min(a).map(Into::into), compute::max(a).map(Into::into)))
+        Ok((
+            compute::min(a).map(Into::into),
+            compute::max(a).map(Into::into),
+        ))
     }
     Ok(match array.data_type() {
         DataType::Boolean => {
@@ -410,18 +413,27 @@ mod tests {
     fn stats_and_round_trip() {
         let a: ArrayRef = Arc::new(Int32Array::from(vec![Some(3), None, Some(-7)]));
         let s = ColumnStats::compute("x", &a).unwrap();
-        assert_eq!((s.min, s.max, s.null_count), (Some(Value::Int(-7)), Some(Value::Int(3)), 1));
+        assert_eq!(
+            (s.min, s.max, s.null_count),
+            (Some(Value::Int(-7)), Some(Value::Int(3)), 1)
+        );
 
         let f: ArrayRef = Arc::new(Float64Array::from(vec![1.5, f64::NAN, -2.0]));
         let s = ColumnStats::compute("f", &f).unwrap();
-        assert_eq!((s.min, s.max), (Some(Value::Float(-2.0)), Some(Value::Float(1.5))));
+        assert_eq!(
+            (s.min, s.max),
+            (Some(Value::Float(-2.0)), Some(Value::Float(1.5)))
+        );
 
         let long: ArrayRef = Arc::new(StringArray::from(vec!["a".repeat(300)]));
         assert_eq!(ColumnStats::compute("s", &long).unwrap().max, None);
 
         for (v, dt) in [
             (Value::Int(5), DataType::Int8),
-            (Value::Int(1_700_000_000_000), DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))),
+            (
+                Value::Int(1_700_000_000_000),
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            ),
             (Value::Decimal(-12345), DataType::Decimal128(10, 2)),
             (Value::Str("x".into()), DataType::Utf8),
             (Value::Bytes(vec![0, 255]), DataType::Binary),

@@ -80,7 +80,9 @@ impl WeatherFeed {
             if rng.random_bool(0.02) {
                 pressure.append_null();
             } else {
-                pressure.append_value(((1013.0 + rng.random_range(-25.0..25.0f64)) * 10.0).round() / 10.0);
+                pressure.append_value(
+                    ((1013.0 + rng.random_range(-25.0..25.0f64)) * 10.0).round() / 10.0,
+                );
             }
             wind_dir.append_value(rng.random_range(0..360));
             wind_speed.append_value((rng.random_range(0.0..20.0f64) * 10.0).round() / 10.0);

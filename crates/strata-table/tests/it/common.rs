@@ -50,7 +50,11 @@ pub fn kv_batch(rows: &[(&str, i64, Option<f64>)]) -> RecordBatch {
 }
 
 pub async fn put(table: &Table, rows: &[(&str, i64, Option<f64>)]) -> u64 {
-    match table.write(&[kv_batch(rows)], BTreeMap::new()).await.unwrap() {
+    match table
+        .write(&[kv_batch(rows)], BTreeMap::new())
+        .await
+        .unwrap()
+    {
         WriteOutcome::Committed(info) => info.version,
         other => panic!("expected a commit, got {other:?}"),
     }
@@ -58,9 +62,24 @@ pub async fn put(table: &Table, rows: &[(&str, i64, Option<f64>)]) -> u64 {
 
 /// Rows of a batch with columns k, t, v as sorted tuples (v as its bits for Ord).
 pub fn rows_of(batch: &RecordBatch) -> Vec<(String, i64, Option<u64>)> {
-    let k = batch.column_by_name("k").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
-    let t = batch.column_by_name("t").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
-    let v = batch.column_by_name("v").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+    let k = batch
+        .column_by_name("k")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    let t = batch
+        .column_by_name("t")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    let v = batch
+        .column_by_name("v")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
     let mut out: Vec<_> = (0..batch.num_rows())
         .map(|i| {
             (

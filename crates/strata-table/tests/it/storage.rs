@@ -25,7 +25,8 @@ impl BlobStore for Counting {
         self.inner.put(path, data).await
     }
     async fn get_range(&self, path: &str, range: Range<u64>) -> strata_storage::Result<Bytes> {
-        self.read.fetch_add(range.end - range.start, Ordering::Relaxed);
+        self.read
+            .fetch_add(range.end - range.start, Ordering::Relaxed);
         self.inner.get_range(path, range).await
     }
     async fn head(&self, path: &str) -> strata_storage::Result<BlobMeta> {
@@ -50,7 +51,9 @@ async fn projection_reads_only_its_columns() {
     spec.shards = 1;
     let t = cat.create_table(spec).await.unwrap();
     let feed = WeatherFeed::default();
-    t.write(&[feed.batch(0, 200_000)], BTreeMap::new()).await.unwrap();
+    t.write(&[feed.batch(0, 200_000)], BTreeMap::new())
+        .await
+        .unwrap();
     let snap = t.snapshot(&VersionSpec::Head).await.unwrap();
 
     blobs.read.store(0, Ordering::Relaxed);
@@ -113,7 +116,13 @@ async fn damaged_segments_are_errors_naming_the_blob() {
 
     // Restored bytes read again: nothing else was harmed.
     std::fs::write(&file, &bytes).unwrap();
-    let all = fresh.snapshot(&VersionSpec::Head).await.unwrap().read_all().await.unwrap();
+    let all = fresh
+        .snapshot(&VersionSpec::Head)
+        .await
+        .unwrap()
+        .read_all()
+        .await
+        .unwrap();
     assert_eq!(all.num_rows(), 50_000);
 
     // A damaged version record is a clear error too, not an empty table.
@@ -130,7 +139,16 @@ async fn damaged_segments_are_errors_naming_the_blob() {
     let mut r = std::fs::read(&rec).unwrap();
     r[3] ^= 1;
     std::fs::write(&rec, &r).unwrap();
-    let err = cat.open_table("weather").await.unwrap().head().await.unwrap_err();
+    let err = cat
+        .open_table("weather")
+        .await
+        .unwrap()
+        .head()
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Storage(_)), "{err}");
-    assert!(err.to_string().contains("versions/00000000000000000002"), "{err}");
+    assert!(
+        err.to_string().contains("versions/00000000000000000002"),
+        "{err}"
+    );
 }

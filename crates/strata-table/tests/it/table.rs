@@ -18,17 +18,38 @@ async fn upserts_replace_rows_and_versions_time_travel() {
     let cat = catalog(TableOptions::default());
     let t = cat.create_table(kv_spec("w", 4, true)).await.unwrap();
     assert_eq!(t.head_version().await.unwrap(), 1);
-    let v2 = put(&t, &[("a", 1, Some(1.0)), ("b", 1, Some(2.0)), ("a", 2, Some(3.0))]).await;
+    let v2 = put(
+        &t,
+        &[
+            ("a", 1, Some(1.0)),
+            ("b", 1, Some(2.0)),
+            ("a", 2, Some(3.0)),
+        ],
+    )
+    .await;
     // Within a batch the last duplicate wins; across versions an upsert replaces.
-    let v3 = put(&t, &[("a", 1, Some(10.0)), ("a", 1, Some(11.0)), ("c", 5, None)]).await;
+    let v3 = put(
+        &t,
+        &[("a", 1, Some(10.0)), ("a", 1, Some(11.0)), ("c", 5, None)],
+    )
+    .await;
     assert_eq!((v2, v3), (2, 3));
     assert_eq!(
         read(&t, VersionSpec::Head).await,
-        expect(&[("a", 1, Some(11.0)), ("a", 2, Some(3.0)), ("b", 1, Some(2.0)), ("c", 5, None)])
+        expect(&[
+            ("a", 1, Some(11.0)),
+            ("a", 2, Some(3.0)),
+            ("b", 1, Some(2.0)),
+            ("c", 5, None)
+        ])
     );
     assert_eq!(
         read(&t, VersionSpec::Version(2)).await,
-        expect(&[("a", 1, Some(1.0)), ("a", 2, Some(3.0)), ("b", 1, Some(2.0))])
+        expect(&[
+            ("a", 1, Some(1.0)),
+            ("a", 2, Some(3.0)),
+            ("b", 1, Some(2.0))
+        ])
     );
     assert!(read(&t, VersionSpec::Version(1)).await.is_empty());
     let versions = t.list_versions().await.unwrap();
@@ -40,12 +61,17 @@ async fn upserts_replace_rows_and_versions_time_travel() {
     let at = t.resolve(&VersionSpec::Timestamp(ts2)).await.unwrap();
     assert!(at >= 2 && versions[at as usize - 1].timestamp_ms <= ts2);
     assert!(matches!(
-        t.resolve(&VersionSpec::Timestamp(versions[0].timestamp_ms - 1)).await,
+        t.resolve(&VersionSpec::Timestamp(versions[0].timestamp_ms - 1))
+            .await,
         Err(Error::NoVersionAtTime { .. })
     ));
     assert!(matches!(
         t.snapshot(&VersionSpec::Version(9)).await,
-        Err(Error::VersionNotFound { version: 9, head: 3, .. })
+        Err(Error::VersionNotFound {
+            version: 9,
+            head: 3,
+            ..
+        })
     ));
 }
 
@@ -68,13 +94,22 @@ async fn rollback_restores_content_and_can_be_rolled_back() {
     assert_eq!(rb.version, 4);
     assert_eq!(rb.operation, Operation::Rollback { to: 2 });
     assert_eq!((rb.rows_added, rb.rows_removed), (1, 2));
-    assert_eq!(read(&t, VersionSpec::Head).await, read(&t, VersionSpec::Version(2)).await);
+    assert_eq!(
+        read(&t, VersionSpec::Head).await,
+        read(&t, VersionSpec::Version(2)).await
+    );
     // Writes after a rollback build on the rolled-back content.
     put(&t, &[("a", 1, Some(5.0))]).await; // v5
-    assert_eq!(read(&t, VersionSpec::Head).await, expect(&[("a", 1, Some(5.0)), ("b", 2, Some(2.0))]));
+    assert_eq!(
+        read(&t, VersionSpec::Head).await,
+        expect(&[("a", 1, Some(5.0)), ("b", 2, Some(2.0))])
+    );
     // And the rollback itself can be undone.
     t.rollback(&VersionSpec::Version(3)).await.unwrap();
-    assert_eq!(read(&t, VersionSpec::Head).await, read(&t, VersionSpec::Version(3)).await);
+    assert_eq!(
+        read(&t, VersionSpec::Head).await,
+        read(&t, VersionSpec::Version(3)).await
+    );
     assert!(matches!(
         t.rollback(&VersionSpec::Version(42)).await,
         Err(Error::VersionNotFound { .. })
@@ -88,14 +123,28 @@ async fn tags_name_versions() {
     put(&t, &[("a", 1, Some(1.0))]).await;
     t.create_tag("release-1", &VersionSpec::Head).await.unwrap();
     put(&t, &[("a", 2, Some(1.0))]).await;
-    assert_eq!(read(&t, VersionSpec::Tag("release-1".into())).await, expect(&[("a", 1, Some(1.0))]));
-    assert!(matches!(t.create_tag("release-1", &VersionSpec::Head).await, Err(Error::TagExists { .. })));
+    assert_eq!(
+        read(&t, VersionSpec::Tag("release-1".into())).await,
+        expect(&[("a", 1, Some(1.0))])
+    );
+    assert!(matches!(
+        t.create_tag("release-1", &VersionSpec::Head).await,
+        Err(Error::TagExists { .. })
+    ));
     assert!(t.create_tag("bad/name", &VersionSpec::Head).await.is_err());
-    t.rollback(&VersionSpec::Tag("release-1".into())).await.unwrap();
-    assert_eq!(read(&t, VersionSpec::Head).await, expect(&[("a", 1, Some(1.0))]));
+    t.rollback(&VersionSpec::Tag("release-1".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        read(&t, VersionSpec::Head).await,
+        expect(&[("a", 1, Some(1.0))])
+    );
     assert_eq!(t.list_tags().await.unwrap().len(), 1);
     t.delete_tag("release-1").await.unwrap();
-    assert!(matches!(t.delete_tag("release-1").await, Err(Error::TagNotFound { .. })));
+    assert!(matches!(
+        t.delete_tag("release-1").await,
+        Err(Error::TagNotFound { .. })
+    ));
     assert!(matches!(
         t.snapshot(&VersionSpec::Tag("release-1".into())).await,
         Err(Error::TagNotFound { .. })
@@ -106,7 +155,16 @@ async fn tags_name_versions() {
 async fn deletes_by_key_and_predicate() {
     let cat = catalog(TableOptions::default());
     let t = cat.create_table(kv_spec("w", 4, true)).await.unwrap();
-    put(&t, &[("a", 1, Some(1.0)), ("a", 2, Some(2.0)), ("b", 1, Some(3.0)), ("c", 1, None)]).await;
+    put(
+        &t,
+        &[
+            ("a", 1, Some(1.0)),
+            ("a", 2, Some(2.0)),
+            ("b", 1, Some(3.0)),
+            ("c", 1, None),
+        ],
+    )
+    .await;
     let keys = kv_batch(&[("a", 2, None), ("nope", 7, None)]);
     let keys = keys.project(&[0, 1]).unwrap();
     let d = t.delete_keys(&keys).await.unwrap();
@@ -120,7 +178,10 @@ async fn deletes_by_key_and_predicate() {
         .unwrap();
     assert_eq!(d.rows_removed, 2);
     assert!(matches!(d.operation, Operation::Delete { .. }));
-    assert_eq!(read(&t, VersionSpec::Head).await, expect(&[("a", 1, Some(1.0))]));
+    assert_eq!(
+        read(&t, VersionSpec::Head).await,
+        expect(&[("a", 1, Some(1.0))])
+    );
     // Deleted rows stay visible at older versions.
     assert_eq!(read(&t, VersionSpec::Version(2)).await.len(), 4);
     // Bad predicates are clear errors.
@@ -130,7 +191,10 @@ async fn deletes_by_key_and_predicate() {
     assert!(err.to_string().contains("does not fit"), "{err}");
     // Re-inserting a deleted key works.
     put(&t, &[("a", 2, Some(7.0))]).await;
-    assert_eq!(read(&t, VersionSpec::Head).await, expect(&[("a", 1, Some(1.0)), ("a", 2, Some(7.0))]));
+    assert_eq!(
+        read(&t, VersionSpec::Head).await,
+        expect(&[("a", 1, Some(1.0)), ("a", 2, Some(7.0))])
+    );
 }
 
 #[tokio::test]
@@ -138,7 +202,10 @@ async fn add_column_reads_old_segments_as_null_and_old_versions_keep_old_schema(
     let cat = catalog(TableOptions::default());
     let t = cat.create_table(kv_spec("w", 2, true)).await.unwrap();
     put(&t, &[("a", 1, Some(1.0))]).await;
-    let info = t.add_column(Field::new("note", DataType::Utf8, true)).await.unwrap();
+    let info = t
+        .add_column(Field::new("note", DataType::Utf8, true))
+        .await
+        .unwrap();
     assert_eq!(info.version, 3);
     let head = t.snapshot(&VersionSpec::Head).await.unwrap();
     assert_eq!(head.schema().fields().len(), 4);
@@ -147,10 +214,21 @@ async fn add_column_reads_old_segments_as_null_and_old_versions_keep_old_schema(
     let old = t.snapshot(&VersionSpec::Version(2)).await.unwrap();
     assert_eq!(old.schema().fields().len(), 3);
     // Writes now need the new column.
-    let err = t.write(&[kv_batch(&[("a", 2, None)])], BTreeMap::new()).await.unwrap_err();
+    let err = t
+        .write(&[kv_batch(&[("a", 2, None)])], BTreeMap::new())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("\"note\""), "{err}");
-    assert!(t.add_column(Field::new("NOTE", DataType::Utf8, true)).await.is_err());
-    assert!(t.add_column(Field::new("x", DataType::Int64, false)).await.is_err());
+    assert!(
+        t.add_column(Field::new("NOTE", DataType::Utf8, true))
+            .await
+            .is_err()
+    );
+    assert!(
+        t.add_column(Field::new("x", DataType::Int64, false))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -160,10 +238,16 @@ async fn schema_mismatches_are_rejected_and_change_nothing() {
     let good = kv_batch(&[("a", 1, Some(1.0))]);
     let missing = good.project(&[0, 1]).unwrap();
     let err = t.write(&[missing], BTreeMap::new()).await.unwrap_err();
-    assert!(matches!(err, Error::SchemaMismatch(_)) && err.to_string().contains("\"v\""), "{err}");
+    assert!(
+        matches!(err, Error::SchemaMismatch(_)) && err.to_string().contains("\"v\""),
+        "{err}"
+    );
     let wrong = arrow::record_batch::RecordBatch::try_from_iter(vec![
         ("k", good.column(0).clone()),
-        ("t", arrow::compute::cast(good.column(1), &DataType::Int32).unwrap()),
+        (
+            "t",
+            arrow::compute::cast(good.column(1), &DataType::Int32).unwrap(),
+        ),
         ("v", good.column(2).clone()),
     ])
     .unwrap();
@@ -186,13 +270,25 @@ async fn producer_marks_make_writes_idempotent() {
     let t = cat.create_table(kv_spec("w", 2, false)).await.unwrap();
     let marks = |s| BTreeMap::from([("p1".to_string(), s)]);
     let b = kv_batch(&[("a", 1, Some(1.0))]);
-    assert!(matches!(t.write(&[b.clone()], marks(1)).await.unwrap(), WriteOutcome::Committed(_)));
-    assert_eq!(t.write(&[b.clone()], marks(1)).await.unwrap(), WriteOutcome::Duplicate { head: 2 });
-    assert!(matches!(t.write(&[b.clone()], marks(2)).await.unwrap(), WriteOutcome::Committed(_)));
+    assert!(matches!(
+        t.write(std::slice::from_ref(&b), marks(1)).await.unwrap(),
+        WriteOutcome::Committed(_)
+    ));
+    assert_eq!(
+        t.write(std::slice::from_ref(&b), marks(1)).await.unwrap(),
+        WriteOutcome::Duplicate { head: 2 }
+    );
+    assert!(matches!(
+        t.write(std::slice::from_ref(&b), marks(2)).await.unwrap(),
+        WriteOutcome::Committed(_)
+    ));
     assert_eq!(read(&t, VersionSpec::Head).await.len(), 2);
     // Marks survive a rollback: a resent batch stays a duplicate.
     t.rollback(&VersionSpec::Version(1)).await.unwrap();
-    assert!(matches!(t.write(&[b], marks(2)).await.unwrap(), WriteOutcome::Duplicate { .. }));
+    assert!(matches!(
+        t.write(&[b], marks(2)).await.unwrap(),
+        WriteOutcome::Duplicate { .. }
+    ));
     assert_eq!(t.head().await.unwrap().producers["p1"], 2);
 }
 
@@ -201,15 +297,31 @@ async fn compaction_keeps_content_and_merges_segments() {
     let cat = catalog(TableOptions::default());
     let t = cat.create_table(kv_spec("w", 2, true)).await.unwrap();
     for i in 0..6 {
-        put(&t, &[("a", i, Some(i as f64)), ("b", i, None), ("a", 0, Some(100.0 + i as f64))]).await;
+        put(
+            &t,
+            &[
+                ("a", i, Some(i as f64)),
+                ("b", i, None),
+                ("a", 0, Some(100.0 + i as f64)),
+            ],
+        )
+        .await;
     }
     t.delete_where(&Predicate::eq("k", "b")).await.unwrap();
     let before = read(&t, VersionSpec::Head).await;
     let segs_before = t.head().await.unwrap().segments.len();
-    let info = t.compact().await.unwrap().expect("there is something to compact");
+    let info = t
+        .compact()
+        .await
+        .unwrap()
+        .expect("there is something to compact");
     assert!(matches!(info.operation, Operation::Compact { .. }));
     let head = t.head().await.unwrap();
-    assert!(head.segments.len() < segs_before, "{} !< {segs_before}", head.segments.len());
+    assert!(
+        head.segments.len() < segs_before,
+        "{} !< {segs_before}",
+        head.segments.len()
+    );
     assert!(head.live_segments().all(|s| s.deleted.is_none()));
     assert_eq!(read(&t, VersionSpec::Head).await, before);
     assert!(t.compact().await.unwrap().is_none());
@@ -226,25 +338,51 @@ async fn vacuum_removes_old_versions_and_blobs_but_keeps_tags() {
     for i in 0..6 {
         put(&t, &[("a", 0, Some(i as f64))]).await; // v2..v7, each replaces the row
     }
-    t.create_tag("keep", &VersionSpec::Version(3)).await.unwrap();
+    t.create_tag("keep", &VersionSpec::Version(3))
+        .await
+        .unwrap();
     let rolled = t.rollback(&VersionSpec::Version(2)).await.unwrap(); // v8 references v2's segment
     assert_eq!(rolled.version, 8);
     let blobs_before = t.blobs().list("").await.unwrap().len();
     // Unreferenced blobs go only once older than the grace period.
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    let report = t.vacuum(&VacuumPolicy { keep_last: Some(2), keep_within_ms: None }).await.unwrap();
+    let report = t
+        .vacuum(&VacuumPolicy {
+            keep_last: Some(2),
+            keep_within_ms: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(report.version, Some(9));
-    assert_eq!(report.oldest_retained, 7, "keep_last 2 keeps versions 7 and 8");
-    assert_eq!(report.versions_removed, 5, "1, 2, 4, 5 and 6 go, tagged 3 stays: {report:?}");
+    assert_eq!(
+        report.oldest_retained, 7,
+        "keep_last 2 keeps versions 7 and 8"
+    );
+    assert_eq!(
+        report.versions_removed, 5,
+        "1, 2, 4, 5 and 6 go, tagged 3 stays: {report:?}"
+    );
     assert!(t.blobs().list("").await.unwrap().len() < blobs_before);
     // Retained versions, including the tagged one and the rollback, read correctly.
-    assert_eq!(read(&t, VersionSpec::Head).await, expect(&[("a", 0, Some(0.0))]));
-    assert_eq!(read(&t, VersionSpec::Version(8)).await, expect(&[("a", 0, Some(0.0))]));
-    assert_eq!(read(&t, VersionSpec::Tag("keep".into())).await, expect(&[("a", 0, Some(1.0))]));
+    assert_eq!(
+        read(&t, VersionSpec::Head).await,
+        expect(&[("a", 0, Some(0.0))])
+    );
+    assert_eq!(
+        read(&t, VersionSpec::Version(8)).await,
+        expect(&[("a", 0, Some(0.0))])
+    );
+    assert_eq!(
+        read(&t, VersionSpec::Tag("keep".into())).await,
+        expect(&[("a", 0, Some(1.0))])
+    );
     // Vacuumed versions are clear errors, for reads and rollbacks alike.
     for v in [1, 2, 4, 6] {
         let err = t.rollback(&VersionSpec::Version(v)).await.unwrap_err();
-        assert!(matches!(err, Error::VersionVacuumed { oldest: 7, .. }), "{err}");
+        assert!(
+            matches!(err, Error::VersionVacuumed { oldest: 7, .. }),
+            "{err}"
+        );
         assert!(t.snapshot(&VersionSpec::Version(v)).await.is_err());
     }
     assert!(matches!(
@@ -253,13 +391,28 @@ async fn vacuum_removes_old_versions_and_blobs_but_keeps_tags() {
     ));
     // A fresh handle (no cache) reads the head and the tag through checkpoints.
     let fresh = cat.open_table("w").await.unwrap();
-    assert_eq!(read(&fresh, VersionSpec::Head).await, expect(&[("a", 0, Some(0.0))]));
-    assert_eq!(read(&fresh, VersionSpec::Version(3)).await, expect(&[("a", 0, Some(1.0))]));
+    assert_eq!(
+        read(&fresh, VersionSpec::Head).await,
+        expect(&[("a", 0, Some(0.0))])
+    );
+    assert_eq!(
+        read(&fresh, VersionSpec::Version(3)).await,
+        expect(&[("a", 0, Some(1.0))])
+    );
     // Head is never vacuumed, and a second vacuum with nothing to do commits nothing.
-    let again = t.vacuum(&VacuumPolicy { keep_last: Some(100), keep_within_ms: None }).await.unwrap();
+    let again = t
+        .vacuum(&VacuumPolicy {
+            keep_last: Some(100),
+            keep_within_ms: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(again.version, None);
     let fresh = cat.open_table("w").await.unwrap();
-    assert_eq!(read(&fresh, VersionSpec::Head).await, expect(&[("a", 0, Some(0.0))]));
+    assert_eq!(
+        read(&fresh, VersionSpec::Head).await,
+        expect(&[("a", 0, Some(0.0))])
+    );
 }
 
 #[tokio::test]
@@ -291,7 +444,13 @@ async fn concurrent_writers_each_get_distinct_versions() {
             let mut versions = Vec::new();
             for i in 0..5 {
                 let key = format!("w{w}");
-                versions.push(put(&t, &[(key.as_str(), i, Some(1.0)), ("shared", i, Some(w as f64))]).await);
+                versions.push(
+                    put(
+                        &t,
+                        &[(key.as_str(), i, Some(1.0)), ("shared", i, Some(w as f64))],
+                    )
+                    .await,
+                );
             }
             versions
         }));
@@ -303,7 +462,11 @@ async fn concurrent_writers_each_get_distinct_versions() {
     all.sort();
     assert_eq!(all, (2..=21).collect::<Vec<_>>());
     let rows = read(&t, VersionSpec::Head).await;
-    assert_eq!(rows.len(), 20 + 5, "upserts of shared keys never duplicate rows");
+    assert_eq!(
+        rows.len(),
+        20 + 5,
+        "upserts of shared keys never duplicate rows"
+    );
 }
 
 #[tokio::test]
@@ -312,12 +475,21 @@ async fn catalog_lists_and_drops() {
     cat.create_table(kv_spec("a", 1, true)).await.unwrap();
     let t = cat.create_table(kv_spec("b", 1, true)).await.unwrap();
     put(&t, &[("x", 1, None)]).await;
-    assert!(matches!(cat.create_table(kv_spec("a", 1, true)).await, Err(Error::DatasetExists(_))));
+    assert!(matches!(
+        cat.create_table(kv_spec("a", 1, true)).await,
+        Err(Error::DatasetExists(_))
+    ));
     assert_eq!(cat.list_tables().await.unwrap(), ["a", "b"]);
     cat.drop_table("b").await.unwrap();
-    assert!(matches!(cat.open_table("b").await, Err(Error::DatasetNotFound(_))));
+    assert!(matches!(
+        cat.open_table("b").await,
+        Err(Error::DatasetNotFound(_))
+    ));
     assert!(t.blobs().list("").await.unwrap().is_empty());
-    assert!(matches!(cat.open_table("no/pe").await, Err(Error::Types(_))));
+    assert!(matches!(
+        cat.open_table("no/pe").await,
+        Err(Error::Types(_))
+    ));
 }
 
 #[tokio::test]
@@ -327,7 +499,12 @@ async fn segments_split_at_target_size_and_stats_bound_keys() {
     let cat = catalog(opts);
     let t = cat.create_table(kv_spec("w", 1, true)).await.unwrap();
     let rows: Vec<(String, i64)> = (0..200_000).map(|i| (format!("s{}", i % 50), i)).collect();
-    let batch = kv_batch(&rows.iter().map(|(k, i)| (k.as_str(), *i, Some(*i as f64 * 0.5))).collect::<Vec<_>>());
+    let batch = kv_batch(
+        &rows
+            .iter()
+            .map(|(k, i)| (k.as_str(), *i, Some(*i as f64 * 0.5)))
+            .collect::<Vec<_>>(),
+    );
     t.write(&[batch], BTreeMap::new()).await.unwrap();
     let head = t.head().await.unwrap();
     assert!(head.segments.len() > 3, "{} segments", head.segments.len());
@@ -337,7 +514,9 @@ async fn segments_split_at_target_size_and_stats_bound_keys() {
     for s in &segs {
         assert!(s.meta.pk_min <= s.meta.pk_max);
         let v = s.meta.column_stats("v");
-        assert!(matches!((&v.min, &v.max), (Some(Value::Float(a)), Some(Value::Float(b))) if a <= b));
+        assert!(
+            matches!((&v.min, &v.max), (Some(Value::Float(a)), Some(Value::Float(b))) if a <= b)
+        );
     }
     // Segments of one shard hold disjoint, ordered key ranges.
     for pair in segs.windows(2) {
@@ -353,7 +532,10 @@ async fn slow_commits_expire_instead_of_racing_vacuum() {
         ..TableOptions::default()
     });
     let t = cat.create_table(kv_spec("w", 1, true)).await.unwrap();
-    let err = t.write(&[kv_batch(&[("a", 1, None)])], BTreeMap::new()).await.unwrap_err();
+    let err = t
+        .write(&[kv_batch(&[("a", 1, None)])], BTreeMap::new())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::TransactionExpired { .. }), "{err}");
     assert_eq!(t.head_version().await.unwrap(), 1);
 }
