@@ -1382,15 +1382,14 @@ impl Table {
                 let (oldest, protected) = (base.retention.oldest, base.retention.protected.clone());
                 break (base, oldest, protected);
             }
-            let mut protected: BTreeSet<u64> = self
+            // Only versions tagged now stay protected: deleting a tag releases its version.
+            let protected: BTreeSet<u64> = self
                 .list_tags()
                 .await?
                 .into_iter()
                 .map(|t| t.version)
                 .filter(|v| *v < oldest && base.retention.retains(*v))
                 .collect();
-            protected.extend(base.retention.protected.iter().filter(|v| **v < oldest));
-            protected.retain(|v| base.retention.retains(*v));
             let mut txn = Txn::new(Operation::Vacuum {
                 oldest_retained: oldest,
             });
