@@ -263,6 +263,12 @@ fn version_key(id: &str, v: u64) -> String {
     format!("tables/{id}/versions/{v:020}")
 }
 
+/// Where vacuum keeps the records of protected (tagged) versions below the retention
+/// line, so that `versions/` always holds one contiguous range ending at the head.
+fn kept_key(id: &str, v: u64) -> String {
+    format!("tables/{id}/kept/{v:020}")
+}
+
 /// A versioned dataset. Cheap to clone; clones share the manifest cache.
 #[derive(Clone, Debug)]
 pub struct Table {
@@ -381,11 +387,22 @@ impl Table {
     }
 
     async fn record(&self, v: u64) -> Result<Option<VersionRecord>> {
-        let key = version_key(&self.inner.id, v);
-        match self.inner.meta.get(&key).await? {
-            Some(bytes) => Ok(Some(VersionRecord::decode(&key, &bytes)?)),
-            None => Ok(None),
+        for key in [version_key(&self.inner.id, v), kept_key(&self.inner.id, v)] {
+            if let Some(bytes) = self.inner.meta.get(&key).await? {
+                return Ok(Some(VersionRecord::decode(&key, &bytes)?));
+            }
         }
+        Ok(None)
+    }
+
+    /// Whether `v` is in the version log (`versions/`, a contiguous range ending at head).
+    async fn in_log(&self, v: u64) -> Result<bool> {
+        Ok(self
+            .inner
+            .meta
+            .get(&version_key(&self.inner.id, v))
+            .await?
+            .is_some())
     }
 
     async fn load_checkpoint(&self, v: u64) -> Result<Option<Manifest>> {
@@ -406,9 +423,9 @@ impl Table {
         Ok(())
     }
 
-    /// All version numbers that have a record, ascending.
-    async fn version_numbers(&self) -> Result<Vec<u64>> {
-        let prefix = format!("{}/versions/", self.prefix());
+    /// Version numbers with a record under `dir` (`versions` or `kept`), ascending.
+    async fn numbers_in(&self, dir: &str) -> Result<Vec<u64>> {
+        let prefix = format!("{}/{dir}/", self.prefix());
         let keys = self.inner.meta.list(&prefix).await?;
         keys.iter()
             .map(|k| {
@@ -417,6 +434,15 @@ impl Table {
                     .map_err(|e| Error::corrupt(k, e))
             })
             .collect()
+    }
+
+    /// All version numbers that have a record (the log and kept tagged versions), ascending.
+    async fn version_numbers(&self) -> Result<Vec<u64>> {
+        let mut all = self.numbers_in("versions").await?;
+        all.extend(self.numbers_in("kept").await?);
+        all.sort_unstable();
+        all.dedup();
+        Ok(all)
     }
 
     /// The newest committed version. Starts from what this handle or the head hint
@@ -431,9 +457,11 @@ impl Table {
             None => 0,
         };
         let mut v = hint.max(self.cached().map_or(0, |m| m.version));
-        if v == 0 || self.record(v).await?.is_none() {
+        // The log is contiguous up to the head, so probing forward from any version in it
+        // finds the head. A start point vacuum removed means a listing instead.
+        if v == 0 || !self.in_log(v).await? {
             v = self
-                .version_numbers()
+                .numbers_in("versions")
                 .await?
                 .last()
                 .copied()
@@ -441,13 +469,7 @@ impl Table {
                     Error::corrupt(format!("dataset {}", self.name()), "has no versions")
                 })?;
         }
-        while self
-            .inner
-            .meta
-            .get(&version_key(&self.inner.id, v + 1))
-            .await?
-            .is_some()
-        {
+        while self.in_log(v + 1).await? {
             v += 1;
         }
         Ok(v)
@@ -1443,15 +1465,35 @@ impl Table {
                 self.write_checkpoint(&m).await?;
             }
         }
-        // Version records and checkpoints below the retention line.
-        for v in self.version_numbers().await? {
-            if v < oldest && !keep.contains(&v) {
-                self.inner
-                    .meta
-                    .delete(&version_key(&self.inner.id, v))
-                    .await?;
+        // Version records below the retention line. Kept versions' records move out of the
+        // log first, and the log is trimmed from its oldest end, so it stays contiguous.
+        let id = &self.inner.id;
+        for &p in &keep {
+            if let Some(bytes) = self.inner.meta.get(&version_key(id, p)).await? {
+                self.inner.meta.put(&kept_key(id, p), bytes).await?;
+            }
+        }
+        for v in self.numbers_in("versions").await? {
+            if v >= oldest {
+                break;
+            }
+            self.inner.meta.delete(&version_key(id, v)).await?;
+            if !keep.contains(&v) {
                 report.versions_removed += 1;
             }
+        }
+        for v in self.numbers_in("kept").await? {
+            if v < oldest && !keep.contains(&v) {
+                self.inner.meta.delete(&kept_key(id, v)).await?;
+                report.versions_removed += 1;
+            }
+        }
+        if let Some(v) = report.version {
+            let hint = Bytes::from(v.to_string());
+            self.inner
+                .meta
+                .put(&format!("{}/head", self.prefix()), hint)
+                .await?;
         }
         let cutoff = started - self.options().blob_grace_ms;
         let ckpt_prefix = format!("{}/checkpoints/", self.prefix());

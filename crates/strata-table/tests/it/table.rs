@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field};
 use strata_table::{
@@ -538,4 +539,47 @@ async fn slow_commits_expire_instead_of_racing_vacuum() {
         .unwrap_err();
     assert!(matches!(err, Error::TransactionExpired { .. }), "{err}");
     assert_eq!(t.head_version().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_stale_head_hint_on_a_tagged_vacuumed_version_still_finds_the_head() {
+    use strata_storage::{MemoryBlobStore, MemoryMetaStore, MetaStore};
+    let meta = Arc::new(MemoryMetaStore::new());
+    let cat = strata_table::Catalog::new(Arc::new(MemoryBlobStore::new()), meta.clone());
+    let t = cat.create_table(kv_spec("w", 1, true)).await.unwrap();
+    for i in 0..39 {
+        put(&t, &[("a", i, None)]).await; // v2..=v40; the hint is written at v32
+    }
+    t.create_tag("old", &VersionSpec::Version(32))
+        .await
+        .unwrap();
+    let report = t
+        .vacuum(&VacuumPolicy {
+            keep_last: Some(1),
+            keep_within_ms: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!((report.oldest_retained, report.version), (40, Some(41)));
+    // A writer that stalled before writing its hint writes it now: the hint names v32,
+    // which is readable (tagged) but whose successors are gone.
+    let hint = meta
+        .list("tables/")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.ends_with("/head"))
+        .unwrap();
+    meta.put(&hint, bytes::Bytes::from("32")).await.unwrap();
+    let fresh = cat.open_table("w").await.unwrap();
+    assert_eq!(fresh.head_version().await.unwrap(), 41);
+    assert_eq!(read(&fresh, VersionSpec::Tag("old".into())).await.len(), 31);
+    let listed: Vec<u64> = fresh
+        .list_versions()
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(listed, [32, 40, 41]);
 }
