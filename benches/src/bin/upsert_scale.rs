@@ -351,7 +351,7 @@ async fn build(store: &'static str, outside: u64, inside: u64, args: &Args) -> C
     let shard0 = head.shard_segments(0).count();
     assert_eq!(shard0, inside as usize, "one segment per write");
     assert_eq!(
-        head.segments.len(),
+        head.segment_count(),
         inside as usize + outside as usize * args.segs_per_shard
     );
     Config {

@@ -299,21 +299,21 @@ async fn measure_reads(d: &mut Dataset) {
     let head = table.head().await.expect("head");
     d.samples.open_head.push(t.elapsed());
     d.samples.head_version = head.version;
-    d.samples.head_segments = head.segments.len();
+    d.samples.head_segments = head.segment_count();
 
     let table = fresh_table(&d.store).await;
     settle_allocator();
     let t = Instant::now();
     let m = table.manifest(d.old()).await.expect("old manifest");
     d.samples.old.push(t.elapsed());
-    d.samples.old_segments = m.segments.len();
+    d.samples.old_segments = m.segment_count();
 
     let table = fresh_table(&d.store).await;
     settle_allocator();
     let t = Instant::now();
     let m = table.manifest(d.old_replay()).await.expect("old manifest");
     d.samples.old_replay.push(t.elapsed());
-    d.samples.old_replay_segments = m.segments.len();
+    d.samples.old_replay_segments = m.segment_count();
 }
 
 async fn measure_rollback(d: &mut Dataset) {
@@ -334,8 +334,11 @@ async fn measure_rollback(d: &mut Dataset) {
         .await
         .expect("old");
     assert_eq!(
-        check.segments.keys().collect::<Vec<_>>(),
-        want.segments.keys().collect::<Vec<_>>(),
+        check
+            .live_segments()
+            .map(|s| &s.meta.id)
+            .collect::<Vec<_>>(),
+        want.live_segments().map(|s| &s.meta.id).collect::<Vec<_>>(),
         "rollback restores the segments of the target"
     );
 }

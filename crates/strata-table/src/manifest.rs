@@ -159,8 +159,10 @@ pub struct Manifest {
     pub version: u64,
     pub timestamp_ms: i64,
     pub schema: SchemaRef,
-    /// Live segments keyed by (shard, id): one shard's segments are a contiguous range.
-    pub segments: BTreeMap<(u32, String), LiveSegment>,
+    /// Live segments by shard, then id. Each shard's map is shared copy-on-write between
+    /// versions, so deriving the next manifest costs O(shards + segments of the shards the
+    /// commit touches), not O(all segments).
+    shards: BTreeMap<u32, Arc<BTreeMap<String, LiveSegment>>>,
     pub producers: BTreeMap<String, u64>,
     pub retention: Retention,
 }
@@ -171,7 +173,7 @@ impl Manifest {
             version: 0,
             timestamp_ms: 0,
             schema,
-            segments: BTreeMap::new(),
+            shards: BTreeMap::new(),
             producers: BTreeMap::new(),
             retention: Retention {
                 oldest: 1,
@@ -182,21 +184,61 @@ impl Manifest {
 
     /// Live segments of one shard, without touching other shards' entries.
     pub fn shard_segments(&self, shard: u32) -> impl Iterator<Item = &LiveSegment> {
-        self.segments
-            .range((shard, String::new())..(shard + 1, String::new()))
-            .map(|(_, s)| s)
+        self.shards.get(&shard).into_iter().flat_map(|m| m.values())
     }
 
+    /// All live segments, by shard then id.
     pub fn live_segments(&self) -> impl Iterator<Item = &LiveSegment> {
-        self.segments.values()
+        self.shards.values().flat_map(|m| m.values())
     }
 
     pub fn segment(&self, shard: u32, id: &str) -> Option<&LiveSegment> {
-        self.segments.get(&(shard, id.to_string()))
+        self.shards.get(&shard)?.get(id)
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.shards.values().map(|m| m.len()).sum()
     }
 
     pub fn live_rows(&self) -> u64 {
-        self.segments.values().map(LiveSegment::live_rows).sum()
+        self.live_segments().map(LiveSegment::live_rows).sum()
+    }
+
+    /// Shards whose segment maps are the very same object in both manifests; their
+    /// content is equal without looking at it.
+    pub fn shares_shard(&self, other: &Manifest, shard: u32) -> bool {
+        match (self.shards.get(&shard), other.shards.get(&shard)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    /// Shard numbers that have live segments in either manifest.
+    pub fn shard_ids<'a>(&'a self, other: &'a Manifest) -> BTreeSet<u32> {
+        self.shards
+            .keys()
+            .chain(other.shards.keys())
+            .copied()
+            .collect()
+    }
+
+    fn insert(&mut self, seg: LiveSegment) {
+        let shard = Arc::make_mut(self.shards.entry(seg.meta.shard).or_default());
+        shard.insert(seg.meta.id.clone(), seg);
+    }
+
+    fn remove(&mut self, shard: u32, id: &str) -> Option<LiveSegment> {
+        let map = self.shards.get_mut(&shard)?;
+        let removed = Arc::make_mut(map).remove(id);
+        if map.is_empty() {
+            self.shards.remove(&shard);
+        }
+        removed
+    }
+
+    fn get_mut(&mut self, shard: u32, id: &str) -> Option<&mut LiveSegment> {
+        Arc::make_mut(self.shards.get_mut(&shard)?).get_mut(id)
     }
 
     /// Applies `record` on top of `self` (the manifest of `record.version - 1`, or of
@@ -207,28 +249,20 @@ impl Manifest {
             self.schema = schema_from_defs(defs).map_err(|e| Error::corrupt(what(), e))?;
         }
         for r in &record.remove {
-            self.segments
-                .remove(&(r.shard, r.id.clone()))
-                .ok_or_else(|| {
-                    Error::corrupt(what(), format!("removes unknown segment {}", r.id))
-                })?;
+            self.remove(r.shard, &r.id).ok_or_else(|| {
+                Error::corrupt(what(), format!("removes unknown segment {}", r.id))
+            })?;
         }
         for meta in &record.add {
-            self.segments.insert(
-                (meta.shard, meta.id.clone()),
-                LiveSegment {
-                    meta: Arc::new(meta.clone()),
-                    deleted: None,
-                },
-            );
+            self.insert(LiveSegment {
+                meta: Arc::new(meta.clone()),
+                deleted: None,
+            });
         }
         for u in &record.deletes {
-            let seg = self
-                .segments
-                .get_mut(&(u.shard, u.id.clone()))
-                .ok_or_else(|| {
-                    Error::corrupt(what(), format!("deletes from unknown segment {}", u.id))
-                })?;
+            let seg = self.get_mut(u.shard, &u.id).ok_or_else(|| {
+                Error::corrupt(what(), format!("deletes from unknown segment {}", u.id))
+            })?;
             seg.deleted = Some(u.deleted.0.clone());
         }
         for (producer, seq) in &record.producers {
@@ -261,8 +295,7 @@ pub fn encode_checkpoint(m: &Manifest) -> Result<Vec<u8>> {
         timestamp_ms: m.timestamp_ms,
         schema: schema_to_defs(&m.schema),
         segments: m
-            .segments
-            .values()
+            .live_segments()
             .map(|s| ((*s.meta).clone(), s.deleted.clone().map(Dv)))
             .collect(),
         producers: m.producers.clone(),
@@ -276,24 +309,19 @@ pub fn decode_checkpoint(what: &str, bytes: &[u8]) -> Result<Manifest> {
     let json = zstd::stream::decode_all(bytes).map_err(|e| Error::corrupt(what, e))?;
     let data: CheckpointData =
         serde_json::from_slice(&json).map_err(|e| Error::corrupt(what, e))?;
-    Ok(Manifest {
+    let mut m = Manifest {
         version: data.version,
         timestamp_ms: data.timestamp_ms,
         schema: schema_from_defs(&data.schema).map_err(|e| Error::corrupt(what, e))?,
-        segments: data
-            .segments
-            .into_iter()
-            .map(|(meta, dv)| {
-                (
-                    (meta.shard, meta.id.clone()),
-                    LiveSegment {
-                        meta: Arc::new(meta),
-                        deleted: dv.map(|d| d.0),
-                    },
-                )
-            })
-            .collect(),
+        shards: BTreeMap::new(),
         producers: data.producers,
         retention: data.retention,
-    })
+    };
+    for (meta, dv) in data.segments {
+        m.insert(LiveSegment {
+            meta: Arc::new(meta),
+            deleted: dv.map(|d| d.0),
+        });
+    }
+    Ok(m)
 }

@@ -98,13 +98,16 @@ impl Predicate {
                 op: *op,
                 value: coerce(column, value)?,
             },
-            Predicate::In { column, values } => Predicate::In {
-                column: column.clone(),
-                values: values
-                    .iter()
-                    .map(|v| coerce(column, v))
-                    .collect::<Result<_>>()?,
-            },
+            Predicate::In { column, values } => {
+                field(column)?;
+                Predicate::In {
+                    column: column.clone(),
+                    values: values
+                        .iter()
+                        .map(|v| coerce(column, v))
+                        .collect::<Result<_>>()?,
+                }
+            }
             Predicate::IsNull(c) => {
                 field(c)?;
                 Predicate::IsNull(c.clone())

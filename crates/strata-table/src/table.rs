@@ -702,6 +702,16 @@ impl Table {
             }
             Err(e) => return Err(e.into()),
         }
+        // A writer whose base is so stale that vacuum trimmed the log past it would have
+        // just written into the trimmed range. Vacuum trims oldest-first, so in that case
+        // the base record is gone too: take the record back and rebuild on the real head.
+        if v > 1 && !self.in_log(v - 1).await? {
+            self.inner.meta.delete(&key).await?;
+            return Err(Error::Conflict {
+                dataset: self.name().to_string(),
+                reason: format!("version {} was vacuumed while building on it", v - 1),
+            });
+        }
         let mut next = match &txn.start {
             Some(start) => (**start).clone(),
             None => base.clone(),
@@ -1549,21 +1559,26 @@ fn schema_compatible(head: &Schema, written: &Schema) -> bool {
 fn diff_rows(from: &Manifest, to: &Manifest) -> (u64, u64) {
     let mut added = 0;
     let mut removed = 0;
-    for (key, seg) in &to.segments {
-        match from.segments.get(key) {
-            None => added += seg.live_rows(),
-            Some(old) => {
-                let empty = RoaringBitmap::new();
-                let now = seg.deleted.as_deref().unwrap_or(&empty);
-                let before = old.deleted.as_deref().unwrap_or(&empty);
-                added += (before - now).len();
-                removed += (now - before).len();
+    let empty = RoaringBitmap::new();
+    for shard in from.shard_ids(to) {
+        if from.shares_shard(to, shard) {
+            continue;
+        }
+        for seg in to.shard_segments(shard) {
+            match from.segment(shard, &seg.meta.id) {
+                None => added += seg.live_rows(),
+                Some(old) => {
+                    let now = seg.deleted.as_deref().unwrap_or(&empty);
+                    let before = old.deleted.as_deref().unwrap_or(&empty);
+                    added += (before - now).len();
+                    removed += (now - before).len();
+                }
             }
         }
-    }
-    for (key, seg) in &from.segments {
-        if !to.segments.contains_key(key) {
-            removed += seg.live_rows();
+        for seg in from.shard_segments(shard) {
+            if to.segment(shard, &seg.meta.id).is_none() {
+                removed += seg.live_rows();
+            }
         }
     }
     (added, removed)

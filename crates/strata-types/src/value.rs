@@ -29,13 +29,15 @@ pub const MAX_STAT_BYTES: usize = 256;
 /// A value of one of Strata's column types, without its type: integers of every width,
 /// dates and timestamps are `Int`/`UInt`, floats are `Float`, decimals are their
 /// unscaled `Decimal`. The column's Arrow type gives the meaning back ([`Value::to_array`]).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Value {
     Null,
     Bool(bool),
     Int(i64),
     UInt(u64),
-    Float(f64),
+    /// Compared by IEEE total order (-0.0 < 0.0, NaN above everything), as Arrow's
+    /// comparison kernels do; serialized losslessly (non-finite values as strings).
+    Float(#[serde(with = "f64_lossless")] f64),
     Str(String),
     Bytes(#[serde(with = "b64")] Vec<u8>),
     Decimal(#[serde(with = "i128_str")] i128),
@@ -54,6 +56,48 @@ mod b64 {
     }
 }
 
+mod f64_lossless {
+    use super::*;
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if *v > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = f64;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number, \"NaN\", \"inf\" or \"-inf\"")
+            }
+            fn visit_f64<E>(self, v: f64) -> std::result::Result<f64, E> {
+                Ok(v)
+            }
+            fn visit_i64<E>(self, v: i64) -> std::result::Result<f64, E> {
+                Ok(v as f64)
+            }
+            fn visit_u64<E>(self, v: u64) -> std::result::Result<f64, E> {
+                Ok(v as f64)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<f64, E> {
+                match v {
+                    "NaN" => Ok(f64::NAN),
+                    "inf" => Ok(f64::INFINITY),
+                    "-inf" => Ok(f64::NEG_INFINITY),
+                    other => Err(E::custom(format!("not a float: {other:?}"))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 mod i128_str {
     use super::*;
     pub fn serialize<S: Serializer>(v: &i128, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -63,6 +107,14 @@ mod i128_str {
         String::deserialize(d)?
             .parse()
             .map_err(serde::de::Error::custom)
+    }
+}
+
+impl PartialEq for Value {
+    /// Equality agrees with [`Ord`]: floats compare by total order, so -0.0 != 0.0
+    /// and NaN == NaN, exactly as statistics pruning needs.
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
     }
 }
 
@@ -282,7 +334,7 @@ pub struct ColumnStats {
 }
 
 impl ColumnStats {
-    /// Computes the statistics of `array`. Float NaNs are ignored by min/max.
+    /// Computes the statistics of `array`. Floats are bounded by IEEE total order.
     pub fn compute(name: &str, array: &dyn Array) -> Result<ColumnStats> {
         let null_count = array.null_count() as u64;
         let (min, max) = if null_count as usize == array.len() {
@@ -330,14 +382,20 @@ fn min_max(array: &dyn Array) -> Result<(Option<Value>, Option<Value>)> {
         DataType::UInt32 => prim::<UInt32Type>(array)?,
         DataType::UInt64 => prim::<UInt64Type>(array)?,
         DataType::Float32 | DataType::Float64 => {
-            // compute::min/max order NaN above everything; skip NaNs so bounds stay useful.
+            // IEEE total order, as Arrow's comparison kernels use when evaluating
+            // predicates: -0.0 < 0.0 and NaN above everything. Bounds computed any other
+            // way could prune a segment holding matching rows.
             let a = compute::cast(array, &DataType::Float64)?;
             let a = a.as_primitive::<Float64Type>();
             let mut lo: Option<f64> = None;
             let mut hi: Option<f64> = None;
-            for v in a.iter().flatten().filter(|v| !v.is_nan()) {
-                lo = Some(lo.map_or(v, |l| l.min(v)));
-                hi = Some(hi.map_or(v, |h| h.max(v)));
+            for v in a.iter().flatten() {
+                if lo.is_none_or(|l| v.total_cmp(&l).is_lt()) {
+                    lo = Some(v);
+                }
+                if hi.is_none_or(|h| v.total_cmp(&h).is_gt()) {
+                    hi = Some(v);
+                }
             }
             (lo.map(Value::Float), hi.map(Value::Float))
         }
@@ -422,8 +480,23 @@ mod tests {
         let s = ColumnStats::compute("f", &f).unwrap();
         assert_eq!(
             (s.min, s.max),
-            (Some(Value::Float(-2.0)), Some(Value::Float(1.5)))
+            (Some(Value::Float(-2.0)), Some(Value::Float(f64::NAN)))
         );
+        let z: ArrayRef = Arc::new(Float64Array::from(vec![0.0, -0.0]));
+        let s = ColumnStats::compute("z", &z).unwrap();
+        assert_eq!(
+            (s.min, s.max),
+            (Some(Value::Float(-0.0)), Some(Value::Float(0.0)))
+        );
+        assert_ne!(Value::Float(-0.0), Value::Float(0.0));
+        for v in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN, -0.0, 1e300] {
+            let json = serde_json::to_string(&Value::Float(v)).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Value>(&json).unwrap(),
+                Value::Float(v),
+                "{json}"
+            );
+        }
 
         let long: ArrayRef = Arc::new(StringArray::from(vec!["a".repeat(300)]));
         assert_eq!(ColumnStats::compute("s", &long).unwrap().max, None);
