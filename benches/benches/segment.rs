@@ -50,8 +50,7 @@ use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::SortingColumn;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::properties::WriterProperties;
 use parquet::file::reader::ChunkReader;
 use strata_benches::one_shard_rows;
 use strata_datagen::{WeatherFeed, weather_spec};
@@ -61,10 +60,7 @@ use strata_table::segment::{KeyCodec, SegmentMeta, read_segment, sort_and_dedupe
 use tokio::runtime::Runtime;
 
 const DEFAULT_ROWS: usize = 1_000_000;
-/// Strata's segment writer constants (crates/strata-table/src/segment.rs), mirrored for
-/// the `arrow_strata_props` baseline.
-const PAGE_ROWS: usize = 8192;
-const ROW_GROUP_ROWS: usize = 256 * 1024;
+/// Rows Strata hands its writer between size checks (crates/strata-table/src/segment.rs).
 const WRITE_CHUNK_ROWS: usize = 16 * 1024;
 const BATCH_ROWS: usize = 8192;
 /// The 2-column projection: `ts` and `temperature`.
@@ -98,26 +94,9 @@ fn zstd1_props() -> WriterProperties {
         .build()
 }
 
-/// Strata's `writer_properties` (crate-private), rebuilt from the same settings.
+/// Strata's own segment writer properties.
 fn strata_props(keys: &KeyCodec, opts: &SegmentOptions) -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(opts.zstd_level).unwrap_or_default(),
-        ))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_data_page_row_count_limit(PAGE_ROWS)
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_sorting_columns(Some(
-            keys.pk_indices
-                .iter()
-                .map(|&i| SortingColumn {
-                    column_idx: i as i32,
-                    descending: false,
-                    nulls_first: false,
-                })
-                .collect(),
-        ))
-        .build()
+    strata_table::segment::writer_properties(keys, opts)
 }
 
 fn arrow_write<W: std::io::Write + Send>(
