@@ -18,11 +18,13 @@
 //! [`conformance`] holds one test suite per trait; every backend runs it.
 
 pub mod conformance;
+pub mod counting;
 pub mod error;
 pub mod local;
 pub mod memory;
 pub mod traits;
 
+pub use counting::{BlobCounts, CountingBlobStore};
 pub use error::{Error, Result};
 pub use local::LocalStore;
 pub use memory::{MemoryBlobStore, MemoryMetaStore};

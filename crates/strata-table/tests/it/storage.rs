@@ -2,50 +2,15 @@
 //! read only their columns' bytes.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use strata_datagen::{WeatherFeed, weather_spec};
-use strata_storage::{BlobMeta, BlobStore, LocalStore, MemoryBlobStore, MemoryMetaStore};
+use strata_storage::{CountingBlobStore, LocalStore, MemoryBlobStore, MemoryMetaStore};
 use strata_table::{Catalog, Error, VersionSpec};
-
-/// Counts the bytes read through it.
-#[derive(Debug)]
-struct Counting {
-    inner: MemoryBlobStore,
-    read: AtomicU64,
-}
-
-#[async_trait]
-impl BlobStore for Counting {
-    async fn put(&self, path: &str, data: Bytes) -> strata_storage::Result<()> {
-        self.inner.put(path, data).await
-    }
-    async fn get_range(&self, path: &str, range: Range<u64>) -> strata_storage::Result<Bytes> {
-        self.read
-            .fetch_add(range.end - range.start, Ordering::Relaxed);
-        self.inner.get_range(path, range).await
-    }
-    async fn head(&self, path: &str) -> strata_storage::Result<BlobMeta> {
-        self.inner.head(path).await
-    }
-    async fn delete(&self, path: &str) -> strata_storage::Result<()> {
-        self.inner.delete(path).await
-    }
-    async fn list(&self, prefix: &str) -> strata_storage::Result<Vec<BlobMeta>> {
-        self.inner.list(prefix).await
-    }
-}
 
 #[tokio::test]
 async fn projection_reads_only_its_columns() {
-    let blobs = Arc::new(Counting {
-        inner: MemoryBlobStore::new(),
-        read: AtomicU64::new(0),
-    });
+    let blobs = Arc::new(CountingBlobStore::new(Arc::new(MemoryBlobStore::new())));
     let cat = Catalog::new(blobs.clone(), Arc::new(MemoryMetaStore::new()));
     let mut spec = weather_spec();
     spec.shards = 1;
@@ -56,11 +21,12 @@ async fn projection_reads_only_its_columns() {
         .unwrap();
     let snap = t.snapshot(&VersionSpec::Head).await.unwrap();
 
-    blobs.read.store(0, Ordering::Relaxed);
+    blobs.reset();
     let all = snap.scan(None).await.unwrap();
-    let full = blobs.read.swap(0, Ordering::Relaxed);
+    let full = blobs.snapshot().bytes_read;
+    blobs.reset();
     let one = snap.scan(Some(&["wind_direction"])).await.unwrap();
-    let projected = blobs.read.swap(0, Ordering::Relaxed);
+    let projected = blobs.snapshot().bytes_read;
     let rows = |b: &[arrow::array::RecordBatch]| b.iter().map(|b| b.num_rows()).sum::<usize>();
     assert_eq!(rows(&all), 200_000);
     assert_eq!(rows(&one), 200_000);
