@@ -145,6 +145,7 @@ async fn main() -> Res<()> {
         })
         .await?;
     println!("vacuum keep_last=3: {vac:?}");
+    println!("  (unreferenced segment blobs go once older than the grace period, 1 h by default)");
 
     println!("\nversions:");
     for v in table.list_versions().await? {
