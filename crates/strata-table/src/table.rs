@@ -346,6 +346,12 @@ impl Table {
         }
     }
 
+    /// The table's unique id: a dataset dropped and created again under the same name
+    /// gets a new id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
     pub fn name(&self) -> &str {
         self.inner.spec.name.as_str()
     }

@@ -1,0 +1,938 @@
+//! The ingester: validates batches, logs them, keeps them in memtables and flushes them
+//! into table versions. See the crate documentation for the data flow and invariants.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayData, RecordBatch, new_null_array};
+use arrow::buffer::Buffer;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::StreamDecoder;
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use strata_table::{Catalog, Error as TableError, Table, WriteOutcome};
+use strata_types::DatasetSpec;
+use tokio::sync::{Notify, Semaphore, watch};
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, Result};
+use crate::wal::{Durable, Wal, WalEntry};
+
+/// The producer mark under which a flush commits the highest WAL LSN it holds. Client
+/// producer ids cannot start with `$`.
+pub const WAL_MARK: &str = "$wal";
+
+/// Tunables of ingestion. The defaults suit one server on a small machine.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// Where the write-ahead log lives.
+    pub wal_dir: PathBuf,
+    /// A WAL file is closed (and can be trimmed) once it reaches this size.
+    pub wal_file_bytes: u64,
+    /// A batch (its Arrow IPC bytes) larger than this is refused.
+    pub max_batch_bytes: usize,
+    /// Acknowledged rows not yet committed are bounded by this many bytes: once it is
+    /// reached, writers wait (their streams stop being read) until flushes free memory.
+    pub memory_limit_bytes: usize,
+    /// A dataset's memtable is flushed when it holds this many rows...
+    pub flush_rows: usize,
+    /// ... or this many bytes ...
+    pub flush_bytes: usize,
+    /// ... or when its oldest row is this old, so rows become queryable within about this.
+    pub flush_interval: Duration,
+    /// Background compaction looks at the datasets this often...
+    pub compaction_interval: Duration,
+    /// ... and compacts a dataset once one of its shards has this many small segments.
+    pub compaction_trigger: usize,
+}
+
+impl IngestConfig {
+    pub fn new(wal_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            wal_dir: wal_dir.into(),
+            wal_file_bytes: 64 << 20,
+            max_batch_bytes: 16 << 20,
+            memory_limit_bytes: 512 << 20,
+            flush_rows: 1 << 20,
+            flush_bytes: 128 << 20,
+            flush_interval: Duration::from_secs(1),
+            compaction_interval: Duration::from_secs(5),
+            compaction_trigger: 8,
+        }
+    }
+}
+
+/// The answer to one batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    pub sequence: u64,
+    /// The batch had been applied before and was not applied again.
+    pub duplicate: bool,
+    pub rows: u64,
+}
+
+/// Resolves once the batch is durable.
+pub type PendingAck = BoxFuture<'static, Result<Ack>>;
+
+/// What the ingester knows of a dataset right now.
+#[derive(Clone, Debug)]
+pub struct DatasetStatus {
+    pub table: Table,
+    /// Rows acknowledged but not yet in a committed version.
+    pub unflushed_rows: u64,
+}
+
+/// Figures for monitoring and benchmarks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngestStats {
+    pub memory_used_bytes: usize,
+    pub memory_peak_bytes: usize,
+    pub flushes: u64,
+    pub compactions: u64,
+    pub rows_flushed: u64,
+}
+
+/// Rows waiting in memory to be committed.
+#[derive(Default)]
+struct Memtable {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    bytes: usize,
+    oldest: Option<Instant>,
+    /// Producer -> highest sequence number in this memtable.
+    marks: BTreeMap<String, u64>,
+    max_lsn: u64,
+    /// Entries (including empty batches) held: a memtable with entries needs a flush.
+    entries: usize,
+}
+
+struct DatasetState {
+    table: Table,
+    schema: RwLock<SchemaRef>,
+    mem: Mutex<DatasetMem>,
+    /// Serialises flushes: marks must commit in order.
+    flush_lock: tokio::sync::Mutex<()>,
+    flushing_rows: AtomicU64,
+    dropped: AtomicBool,
+}
+
+struct DatasetMem {
+    table: Memtable,
+    /// Producer -> highest sequence number accepted (logged or committed).
+    accepted: HashMap<String, u64>,
+}
+
+struct Inner {
+    catalog: Catalog,
+    config: IngestConfig,
+    wal: Wal,
+    datasets: RwLock<HashMap<String, Arc<DatasetState>>>,
+    /// Serialises opening datasets so each has one state.
+    opening: tokio::sync::Mutex<()>,
+    memory: Semaphore,
+    memory_used: AtomicU64,
+    memory_peak: AtomicU64,
+    /// Poked when a memtable crosses a flush threshold.
+    wake_flusher: Notify,
+    closing: watch::Sender<bool>,
+    flushes: AtomicU64,
+    compactions: AtomicU64,
+    rows_flushed: AtomicU64,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Streaming ingestion into the datasets of one catalog. Cheap to clone.
+#[derive(Clone)]
+pub struct Ingester {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Ingester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingester")
+            .field("wal", &self.inner.wal.dir())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One producer's stream into one dataset: checks that sequence numbers increase.
+pub struct IngestStream {
+    ingester: Ingester,
+    state: Arc<DatasetState>,
+    producer: String,
+    previous: Option<u64>,
+    last_sequence: u64,
+}
+
+impl std::fmt::Debug for IngestStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestStream")
+            .field("dataset", &self.state.table.name())
+            .field("producer", &self.producer)
+            .field("previous", &self.previous)
+            .finish()
+    }
+}
+
+/// Checks a producer id: empty (no exactly-once) or 1..=128 of `[A-Za-z0-9_.:-]`.
+pub fn validate_producer(producer: &str) -> Result<()> {
+    let bad = |reason: &str| {
+        Err(Error::InvalidProducer {
+            producer: producer.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if producer.len() > 128 {
+        return bad("longer than 128 characters");
+    }
+    if !producer
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+    {
+        return bad("only letters, digits and _ . : - are allowed");
+    }
+    Ok(())
+}
+
+/// Bytes the batch's buffers hold (lengths, not capacities: decoded IPC batches are
+/// slices of one message buffer).
+pub fn batch_bytes(batch: &RecordBatch) -> usize {
+    fn data_bytes(d: &ArrayData) -> usize {
+        d.buffers().iter().map(|b| b.len()).sum::<usize>()
+            + d.nulls().map_or(0, |n| n.buffer().len())
+            + d.child_data().iter().map(data_bytes).sum::<usize>()
+    }
+    batch
+        .columns()
+        .iter()
+        .map(|c| data_bytes(&c.to_data()))
+        .sum()
+}
+
+/// Decodes an Arrow IPC stream into batches (zero-copy where aligned).
+pub fn decode_ipc(sequence: u64, payload: &Bytes) -> Result<Vec<RecordBatch>> {
+    let bad = |e: arrow::error::ArrowError| Error::MalformedIpc {
+        sequence,
+        reason: e.to_string(),
+    };
+    let mut decoder = StreamDecoder::new();
+    let mut buffer = Buffer::from(payload.clone());
+    let mut batches = Vec::new();
+    while !buffer.is_empty() {
+        match decoder.decode(&mut buffer).map_err(bad)? {
+            Some(b) => batches.push(b),
+            None => break,
+        }
+    }
+    decoder.finish().map_err(bad)?;
+    if decoder.schema().is_none() {
+        return Err(Error::MalformedIpc {
+            sequence,
+            reason: "no schema message".into(),
+        });
+    }
+    Ok(batches)
+}
+
+impl Ingester {
+    /// Opens the write-ahead log, replays it into memtables (skipping what the tables
+    /// already hold) and starts the background flusher and compactor.
+    pub async fn open(catalog: Catalog, config: IngestConfig) -> Result<Self> {
+        let (wal, replay) = Wal::open(&config.wal_dir, config.wal_file_bytes)?;
+        let (closing, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            memory: Semaphore::new(config.memory_limit_bytes),
+            catalog,
+            config,
+            wal,
+            datasets: RwLock::new(HashMap::new()),
+            opening: tokio::sync::Mutex::new(()),
+            memory_used: AtomicU64::new(0),
+            memory_peak: AtomicU64::new(0),
+            wake_flusher: Notify::new(),
+            closing,
+            flushes: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
+            rows_flushed: AtomicU64::new(0),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let ingester = Ingester { inner };
+        // LSNs must stay above every mark committed before, even if the log was trimmed.
+        for name in ingester.inner.catalog.list_tables().await? {
+            let state = ingester.dataset(&name).await?;
+            let head = state.table.head().await?;
+            if let Some(lsn) = head.producers.get(WAL_MARK) {
+                ingester.inner.wal.raise_next_lsn(*lsn);
+                ingester.inner.wal.flushed(state.table.id(), *lsn);
+            }
+        }
+        // Subscribed before spawning: a task that starts after a shutdown began must
+        // still see it.
+        let flusher = tokio::spawn(ingester.clone().flusher(ingester.closing()));
+        let compactor = tokio::spawn(ingester.clone().compactor(ingester.closing()));
+        ingester
+            .inner
+            .tasks
+            .lock()
+            .expect("tasks")
+            .extend([flusher, compactor]);
+        ingester.replay(replay.entries).await?;
+        Ok(ingester)
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub fn config(&self) -> &IngestConfig {
+        &self.inner.config
+    }
+
+    /// A receiver that turns true when the ingester starts shutting down.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.inner.closing.subscribe()
+    }
+
+    pub fn stats(&self) -> IngestStats {
+        IngestStats {
+            memory_used_bytes: self.inner.memory_used.load(Ordering::Relaxed) as usize,
+            memory_peak_bytes: self.inner.memory_peak.load(Ordering::Relaxed) as usize,
+            flushes: self.inner.flushes.load(Ordering::Relaxed),
+            compactions: self.inner.compactions.load(Ordering::Relaxed),
+            rows_flushed: self.inner.rows_flushed.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn replay(&self, entries: Vec<WalEntry>) -> Result<()> {
+        let mut applied = 0usize;
+        let mut skipped = 0usize;
+        for entry in entries {
+            let state = match self.dataset(&entry.dataset).await {
+                Ok(s) if s.table.id() == entry.table_id => s,
+                // Dropped (and perhaps created again under the same name).
+                Ok(_) | Err(Error::DatasetNotFound(_)) => {
+                    skipped += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let head = state.table.head().await?;
+            if head
+                .producers
+                .get(WAL_MARK)
+                .is_some_and(|m| *m >= entry.lsn)
+            {
+                skipped += 1;
+                continue;
+            }
+            let batches = decode_ipc(entry.sequence, &entry.payload)?;
+            let batches = conform_all(&state, entry.sequence, &batches)?;
+            let bytes = batches
+                .iter()
+                .map(batch_bytes)
+                .sum::<usize>()
+                .min(self.inner.config.memory_limit_bytes);
+            self.reserve(bytes).await?;
+            let mut mem = state.mem.lock().expect("memtable");
+            if !entry.producer.is_empty() {
+                let hw = mem.accepted.entry(entry.producer.clone()).or_default();
+                *hw = (*hw).max(entry.sequence);
+            }
+            push(
+                &mut mem.table,
+                &self.inner.config,
+                batches,
+                bytes,
+                &entry.producer,
+                entry.sequence,
+                entry.lsn,
+            );
+            applied += 1;
+        }
+        if applied + skipped > 0 {
+            info!(applied, skipped, "write-ahead log replayed");
+        }
+        Ok(())
+    }
+
+    /// The state of a dataset, opening it on first use.
+    async fn dataset(&self, name: &str) -> Result<Arc<DatasetState>> {
+        if let Some(s) = self.inner.datasets.read().expect("datasets").get(name) {
+            return Ok(s.clone());
+        }
+        let _opening = self.inner.opening.lock().await;
+        if let Some(s) = self.inner.datasets.read().expect("datasets").get(name) {
+            return Ok(s.clone());
+        }
+        let table = match self.inner.catalog.open_table(name).await {
+            Ok(t) => t,
+            Err(TableError::DatasetNotFound(n)) => return Err(Error::DatasetNotFound(n)),
+            Err(TableError::Types(_)) => return Err(Error::DatasetNotFound(name.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        let head = table.head().await?;
+        let accepted = head
+            .producers
+            .iter()
+            .filter(|(p, _)| !p.starts_with('$'))
+            .map(|(p, s)| (p.clone(), *s))
+            .collect();
+        let state = Arc::new(DatasetState {
+            table,
+            schema: RwLock::new(head.schema.clone()),
+            mem: Mutex::new(DatasetMem {
+                table: Memtable::default(),
+                accepted,
+            }),
+            flush_lock: tokio::sync::Mutex::new(()),
+            flushing_rows: AtomicU64::new(0),
+            dropped: AtomicBool::new(false),
+        });
+        self.inner
+            .datasets
+            .write()
+            .expect("datasets")
+            .insert(name.to_string(), state.clone());
+        Ok(state)
+    }
+
+    /// Creates a dataset.
+    pub async fn create_dataset(&self, spec: DatasetSpec) -> Result<Table> {
+        Ok(self.inner.catalog.create_table(spec).await?)
+    }
+
+    /// Drops a dataset with its unflushed rows.
+    pub async fn drop_dataset(&self, name: &str) -> Result<()> {
+        let state = self.dataset(name).await?;
+        let _flush = state.flush_lock.lock().await;
+        state.dropped.store(true, Ordering::SeqCst);
+        self.inner
+            .catalog
+            .drop_table(name)
+            .await
+            .map_err(|e| match e {
+                TableError::DatasetNotFound(n) => Error::DatasetNotFound(n),
+                e => e.into(),
+            })?;
+        self.inner.datasets.write().expect("datasets").remove(name);
+        let freed = {
+            let mut mem = state.mem.lock().expect("memtable");
+            std::mem::take(&mut mem.table).bytes
+        };
+        self.release(freed);
+        self.inner.wal.flushed(state.table.id(), u64::MAX);
+        Ok(())
+    }
+
+    /// The dataset's table and how many acknowledged rows are not yet committed.
+    pub async fn status(&self, name: &str) -> Result<DatasetStatus> {
+        let state = self.dataset(name).await?;
+        let unflushed = state.mem.lock().expect("memtable").table.rows as u64
+            + state.flushing_rows.load(Ordering::SeqCst);
+        Ok(DatasetStatus {
+            table: state.table.clone(),
+            unflushed_rows: unflushed,
+        })
+    }
+
+    /// Opens a stream for `producer` (empty: no exactly-once) on a dataset. Its
+    /// `last_sequence` is the producer's high-water mark, durable when this returns.
+    pub async fn open_stream(&self, dataset: &str, producer: &str) -> Result<IngestStream> {
+        validate_producer(producer)?;
+        if *self.inner.closing.borrow() {
+            return Err(Error::ShuttingDown);
+        }
+        let state = self.dataset(dataset).await?;
+        let last_sequence = if producer.is_empty() {
+            0
+        } else {
+            let accepted = state
+                .mem
+                .lock()
+                .expect("memtable")
+                .accepted
+                .get(producer)
+                .copied();
+            // Whatever was accepted must be durable before it is reported.
+            wait_durable(self.inner.wal.barrier()).await?;
+            accepted.unwrap_or(0)
+        };
+        Ok(IngestStream {
+            ingester: self.clone(),
+            state,
+            producer: producer.to_string(),
+            previous: None,
+            last_sequence,
+        })
+    }
+
+    /// Waits for memory for `bytes` of unflushed rows.
+    async fn reserve(&self, bytes: usize) -> Result<()> {
+        let inner = &self.inner;
+        // A batch larger than the whole budget is charged the budget: it waits for an
+        // empty server instead of forever.
+        let bytes = bytes.min(inner.config.memory_limit_bytes);
+        if inner.memory.available_permits() < bytes {
+            // Full: make sure flushes are under way, then wait for them.
+            inner.wake_flusher.notify_one();
+        }
+        let permit = inner
+            .memory
+            .acquire_many(bytes as u32)
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        permit.forget();
+        let used = inner.memory_used.fetch_add(bytes as u64, Ordering::SeqCst) + bytes as u64;
+        inner.memory_peak.fetch_max(used, Ordering::Relaxed);
+        if used as usize >= inner.config.memory_limit_bytes / 2 {
+            inner.wake_flusher.notify_one();
+        }
+        Ok(())
+    }
+
+    fn release(&self, bytes: usize) {
+        self.inner
+            .memory_used
+            .fetch_sub(bytes as u64, Ordering::SeqCst);
+        self.inner.memory.add_permits(bytes);
+    }
+
+    /// Commits the dataset's memtable now; returns the version that holds every row
+    /// acknowledged before the call.
+    pub async fn flush(&self, dataset: &str) -> Result<u64> {
+        let state = self.dataset(dataset).await?;
+        self.flush_state(&state).await
+    }
+
+    async fn flush_state(&self, state: &Arc<DatasetState>) -> Result<u64> {
+        let _flush = state.flush_lock.lock().await;
+        if state.dropped.load(Ordering::SeqCst) {
+            return Err(Error::DatasetNotFound(state.table.name().to_string()));
+        }
+        let mem = {
+            let mut mem = state.mem.lock().expect("memtable");
+            std::mem::take(&mut mem.table)
+        };
+        if mem.entries == 0 {
+            return Ok(state.table.head_version().await?);
+        }
+        state.flushing_rows.store(mem.rows as u64, Ordering::SeqCst);
+        let result = self.commit_memtable(state, &mem).await;
+        state.flushing_rows.store(0, Ordering::SeqCst);
+        self.release(mem.bytes);
+        let version = result?;
+        self.inner.wal.flushed(state.table.id(), mem.max_lsn);
+        self.inner.flushes.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .rows_flushed
+            .fetch_add(mem.rows as u64, Ordering::Relaxed);
+        Ok(version)
+    }
+
+    /// Writes a memtable as one version, retrying transient failures until it lands:
+    /// its rows are acknowledged, so giving up would lose them.
+    async fn commit_memtable(&self, state: &Arc<DatasetState>, mem: &Memtable) -> Result<u64> {
+        let mut marks = mem.marks.clone();
+        marks.insert(WAL_MARK.to_string(), mem.max_lsn);
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let attempt = async {
+                let head = state.table.head().await?;
+                let batches = mem
+                    .batches
+                    .iter()
+                    .map(|b| widen(&head.schema, b))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                state.table.write(&batches, marks.clone()).await
+            };
+            match attempt.await {
+                Ok(WriteOutcome::Committed(info)) => {
+                    debug!(
+                        dataset = state.table.name(),
+                        version = info.version,
+                        rows = mem.rows,
+                        "memtable flushed"
+                    );
+                    return Ok(info.version);
+                }
+                // A retry of a commit that had landed (its WAL mark is already there).
+                Ok(WriteOutcome::Duplicate { head }) => return Ok(head),
+                Err(_) if state.dropped.load(Ordering::SeqCst) => {
+                    return Err(Error::DatasetNotFound(state.table.name().to_string()));
+                }
+                Err(e) => {
+                    warn!(
+                        dataset = state.table.name(),
+                        rows = mem.rows,
+                        error = %e,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "flush failed; the rows stay in memory and the WAL, retrying"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Flushes memtables by size, age and memory pressure.
+    async fn flusher(self, mut closing: watch::Receiver<bool>) {
+        let tick = (self.inner.config.flush_interval / 4)
+            .clamp(Duration::from_millis(10), Duration::from_millis(250));
+        while !*closing.borrow() {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = self.inner.wake_flusher.notified() => {}
+                _ = closing.changed() => return,
+            }
+            let due = self.due_for_flush();
+            let flushes = due.into_iter().map(|state| {
+                let this = self.clone();
+                async move {
+                    if let Err(e) = this.flush_state(&state).await
+                        && !matches!(e, Error::DatasetNotFound(_))
+                    {
+                        warn!(dataset = state.table.name(), error = %e, "flush failed");
+                    }
+                }
+            });
+            futures::future::join_all(flushes).await;
+        }
+    }
+
+    fn due_for_flush(&self) -> Vec<Arc<DatasetState>> {
+        let config = &self.inner.config;
+        let pressure =
+            self.inner.memory_used.load(Ordering::SeqCst) as usize >= config.memory_limit_bytes / 2;
+        let states: Vec<Arc<DatasetState>> = self
+            .inner
+            .datasets
+            .read()
+            .expect("datasets")
+            .values()
+            .cloned()
+            .collect();
+        let mut due = Vec::new();
+        let mut largest: Option<(usize, Arc<DatasetState>)> = None;
+        for state in states {
+            let mem = state.mem.lock().expect("memtable");
+            let t = &mem.table;
+            if t.entries == 0 {
+                continue;
+            }
+            let old = t
+                .oldest
+                .is_some_and(|o| o.elapsed() >= config.flush_interval);
+            if old || t.rows >= config.flush_rows || t.bytes >= config.flush_bytes {
+                due.push(state.clone());
+            } else if pressure && largest.as_ref().is_none_or(|(b, _)| t.bytes > *b) {
+                largest = Some((t.bytes, state.clone()));
+            }
+        }
+        if due.is_empty() {
+            due.extend(largest.map(|(_, s)| s));
+        }
+        due
+    }
+
+    /// Keeps the number of small segments per shard bounded.
+    async fn compactor(self, mut closing: watch::Receiver<bool>) {
+        while !*closing.borrow() {
+            tokio::select! {
+                _ = tokio::time::sleep(self.inner.config.compaction_interval) => {}
+                _ = closing.changed() => return,
+            }
+            let states: Vec<Arc<DatasetState>> = self
+                .inner
+                .datasets
+                .read()
+                .expect("datasets")
+                .values()
+                .cloned()
+                .collect();
+            for state in states {
+                if *closing.borrow() {
+                    return;
+                }
+                match self.compact_if_needed(&state).await {
+                    Ok(Some(v)) => {
+                        self.inner.compactions.fetch_add(1, Ordering::Relaxed);
+                        debug!(dataset = state.table.name(), version = v, "compacted");
+                    }
+                    Ok(None) => {}
+                    Err(e) if e.is_conflict() => {
+                        debug!(dataset = state.table.name(), error = %e, "compaction lost a race; later")
+                    }
+                    Err(e) => warn!(dataset = state.table.name(), error = %e, "compaction failed"),
+                }
+            }
+        }
+    }
+
+    async fn compact_if_needed(&self, state: &DatasetState) -> strata_table::Result<Option<u64>> {
+        if state.dropped.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let head = state.table.head().await?;
+        let small = self.inner.catalog.options().segment.target_bytes / 2;
+        let mut per_shard: HashMap<u32, usize> = HashMap::new();
+        for s in head.live_segments() {
+            if s.meta.bytes < small {
+                *per_shard.entry(s.meta.shard).or_default() += 1;
+            }
+        }
+        if per_shard
+            .values()
+            .all(|n| *n < self.inner.config.compaction_trigger)
+        {
+            return Ok(None);
+        }
+        Ok(state.table.compact().await?.map(|v| v.version))
+    }
+
+    /// Stops taking writes, flushes every memtable, syncs and closes the log. Nothing
+    /// acknowledged is left only in the log afterwards.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.inner.closing.send_replace(true);
+        // Writers waiting for memory give up; the final flushes below free it anyway.
+        self.inner.memory.close();
+        let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks"));
+        for t in tasks {
+            let _ = t.await;
+        }
+        let states: Vec<Arc<DatasetState>> = self
+            .inner
+            .datasets
+            .read()
+            .expect("datasets")
+            .values()
+            .cloned()
+            .collect();
+        let mut first_error = None;
+        for state in states {
+            match self.flush_state(&state).await {
+                Ok(_) | Err(Error::DatasetNotFound(_)) => {}
+                Err(e) => {
+                    warn!(dataset = state.table.name(), error = %e, "final flush failed; the WAL keeps the rows");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.inner.wal.close().await?;
+        info!("ingester stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl IngestStream {
+    /// The producer's high-water mark when the stream opened.
+    pub fn last_sequence(&self) -> u64 {
+        self.last_sequence
+    }
+
+    pub fn dataset(&self) -> &str {
+        self.state.table.name()
+    }
+
+    /// Validates and logs one batch. Returns once the batch is in the memtable and on
+    /// its way to the log (after waiting for memory if the server is full); the
+    /// returned future resolves when it is durable. A bad batch changes nothing.
+    pub async fn submit(&mut self, sequence: u64, payload: Bytes) -> Result<PendingAck> {
+        let ingester = &self.ingester;
+        let inner = &ingester.inner;
+        if *inner.closing.borrow() {
+            return Err(Error::ShuttingDown);
+        }
+        if let Some(previous) = self.previous
+            && sequence <= previous
+        {
+            return Err(Error::SequenceNotIncreasing { sequence, previous });
+        }
+        if payload.len() > inner.config.max_batch_bytes {
+            return Err(Error::BatchTooLarge {
+                sequence,
+                bytes: payload.len(),
+                max: inner.config.max_batch_bytes,
+            });
+        }
+        let state = &self.state;
+        if state.dropped.load(Ordering::SeqCst) {
+            return Err(Error::DatasetNotFound(state.table.name().to_string()));
+        }
+        let producer = self.producer.as_str();
+        if !producer.is_empty() && self.is_duplicate(sequence) {
+            self.previous = Some(sequence);
+            return Ok(duplicate_ack(inner.wal.barrier(), sequence));
+        }
+        let batches = decode_ipc(sequence, &payload)?;
+        let batches = conform_all(state, sequence, &batches)?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let bytes: usize = batches.iter().map(batch_bytes).sum();
+        let bytes = bytes.min(inner.config.memory_limit_bytes);
+        ingester.reserve(bytes).await?;
+        if *inner.closing.borrow() {
+            ingester.release(bytes);
+            return Err(Error::ShuttingDown);
+        }
+        let durable = {
+            let mut mem = state.mem.lock().expect("memtable");
+            // Checked again under the lock: another stream of this producer may have
+            // taken the number while this one waited for memory.
+            let taken = !producer.is_empty()
+                && mem.accepted.get(producer).is_some_and(|hw| *hw >= sequence);
+            if taken || state.dropped.load(Ordering::SeqCst) {
+                None
+            } else {
+                if !producer.is_empty() {
+                    mem.accepted.insert(producer.to_string(), sequence);
+                }
+                // The LSN is taken and the entry queued under the memtable lock, so a
+                // dataset's memtable and its log entries are in the same order and a
+                // flush's WAL mark covers exactly the entries it holds.
+                let (lsn, durable) = inner.wal.append(
+                    state.table.id(),
+                    state.table.name(),
+                    producer,
+                    sequence,
+                    payload,
+                );
+                if push(
+                    &mut mem.table,
+                    &inner.config,
+                    batches,
+                    bytes,
+                    producer,
+                    sequence,
+                    lsn,
+                ) {
+                    inner.wake_flusher.notify_one();
+                }
+                Some(durable)
+            }
+        };
+        self.previous = Some(sequence);
+        match durable {
+            Some(durable) => Ok(async move {
+                wait_durable(durable).await?;
+                Ok(Ack {
+                    sequence,
+                    duplicate: false,
+                    rows: rows as u64,
+                })
+            }
+            .boxed()),
+            None => {
+                ingester.release(bytes);
+                if state.dropped.load(Ordering::SeqCst) {
+                    return Err(Error::DatasetNotFound(state.table.name().to_string()));
+                }
+                Ok(duplicate_ack(inner.wal.barrier(), sequence))
+            }
+        }
+    }
+
+    fn is_duplicate(&self, sequence: u64) -> bool {
+        let mem = self.state.mem.lock().expect("memtable");
+        mem.accepted
+            .get(&self.producer)
+            .is_some_and(|hw| *hw >= sequence)
+    }
+}
+
+/// A duplicate is acknowledged once the original is durable: after the next sync.
+fn duplicate_ack(barrier: Durable, sequence: u64) -> PendingAck {
+    async move {
+        wait_durable(barrier).await?;
+        Ok(Ack {
+            sequence,
+            duplicate: true,
+            rows: 0,
+        })
+    }
+    .boxed()
+}
+
+async fn wait_durable(durable: Durable) -> Result<()> {
+    durable
+        .await
+        .unwrap_or_else(|_| Err("WAL writer stopped".into()))
+        .map_err(Error::Wal)
+}
+
+/// Adds an entry to a memtable; returns whether it is now due for a flush by size.
+fn push(
+    t: &mut Memtable,
+    config: &IngestConfig,
+    batches: Vec<RecordBatch>,
+    bytes: usize,
+    producer: &str,
+    sequence: u64,
+    lsn: u64,
+) -> bool {
+    t.rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+    t.bytes += bytes;
+    t.batches
+        .extend(batches.into_iter().filter(|b| b.num_rows() > 0));
+    t.oldest.get_or_insert_with(Instant::now);
+    t.entries += 1;
+    t.max_lsn = t.max_lsn.max(lsn);
+    if !producer.is_empty() {
+        let m = t.marks.entry(producer.to_string()).or_default();
+        *m = (*m).max(sequence);
+    }
+    t.rows >= config.flush_rows || t.bytes >= config.flush_bytes
+}
+
+/// Checks batches against the dataset's schema as this server knows it and puts their
+/// columns in schema order.
+fn conform_all(
+    state: &DatasetState,
+    sequence: u64,
+    batches: &[RecordBatch],
+) -> Result<Vec<RecordBatch>> {
+    let schema = state.schema.read().expect("schema").clone();
+    let mismatch = |e: TableError| match e {
+        TableError::SchemaMismatch(reason) => Error::SchemaMismatch {
+            dataset: state.table.name().to_string(),
+            sequence,
+            reason,
+        },
+        e => e.into(),
+    };
+    batches
+        .iter()
+        .map(|b| state.table.conform(&schema, b).map_err(mismatch))
+        .collect()
+}
+
+/// Fills columns the schema gained since the batch was validated with nulls.
+fn widen(schema: &SchemaRef, batch: &RecordBatch) -> strata_table::Result<RecordBatch> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch.clone());
+    }
+    let given = batch.schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match given.index_of(f.name()) {
+            Ok(i) => batch.column(i).clone(),
+            Err(_) => new_null_array(f.data_type(), batch.num_rows()),
+        })
+        .collect();
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+impl Ingester {
+    /// Refreshes the cached schema of a dataset after a schema change (the server calls
+    /// this after `ALTER TABLE ... ADD COLUMN`).
+    pub async fn refresh_schema(&self, dataset: &str) -> Result<()> {
+        let state = self.dataset(dataset).await?;
+        let head = state.table.head().await?;
+        *state.schema.write().expect("schema") = head.schema.clone();
+        Ok(())
+    }
+}

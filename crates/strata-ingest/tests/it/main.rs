@@ -1,0 +1,3 @@
+//! Integration tests of the ingester: acks, exactly-once, bad input, replay, backpressure.
+
+mod ingest;
