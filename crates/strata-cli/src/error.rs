@@ -54,6 +54,14 @@ pub enum Error {
     /// An ingest stream ended early; the message says what is durable and how to resume.
     #[error("{0}")]
     Ingest(String),
+
+    /// A bad setting of `strata serve`.
+    #[error("{0}")]
+    Usage(String),
+
+    /// The server failed to start or stopped with an error.
+    #[error("{0}")]
+    Server(String),
 }
 
 impl Error {

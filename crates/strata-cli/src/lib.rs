@@ -6,6 +6,7 @@
 //!                                     exactly-once with --producer)
 //!  strata datasets create|list|describe|drop ─▶ dataset RPCs
 //!  strata flush DATASET           ─▶ Flush RPC
+//!  strata serve                   ─▶ strata_server::run on the embedded local store
 //! ```
 //!
 //! One module per command group ([`ingest`], [`datasets`]); [`read`] turns files into
@@ -21,6 +22,7 @@ pub mod error;
 pub mod ingest;
 pub mod output;
 pub mod read;
+pub mod serve;
 
 pub use error::{Error, Result};
 

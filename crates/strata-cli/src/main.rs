@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use strata_cli::{datasets, ingest};
+use strata_cli::{datasets, ingest, serve};
 
 /// Strata, a versioned columnar analytics database: command-line client.
 #[derive(Debug, Parser)]
@@ -27,6 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the server (gRPC, Arrow Flight) on the embedded local store.
+    Serve(serve::ServeArgs),
     /// Stream CSV, Parquet or newline-delimited JSON files into a dataset.
     Ingest(ingest::IngestArgs),
     /// Create, list, describe and drop datasets.
@@ -41,6 +43,7 @@ enum Command {
 
 async fn run(cli: Cli) -> strata_cli::Result<()> {
     match cli.command {
+        Command::Serve(args) => serve::run(args).await,
         Command::Ingest(args) => ingest::run(&cli.server, args).await,
         Command::Datasets(command) => datasets::run(&cli.server, command).await,
         Command::Flush { dataset } => ingest::flush(&cli.server, &dataset).await,

@@ -1,0 +1,188 @@
+//! Server configuration: defaults, overridden by a TOML file, overridden by environment
+//! variables and flags (the CLI maps `STRATA_*` variables and `--flags` onto
+//! [`ServerConfig`] fields).
+//!
+//! ```toml
+//! data_dir = "./strata-data"       # the embedded store and the WAL live here
+//! listen = "127.0.0.1:50051"       # one port: strata.v1, Arrow Flight, health, reflection
+//! default_shards = 4               # for datasets created without a shard count
+//! max_message_mb = 64              # largest gRPC message accepted
+//!
+//! [ingest]
+//! memory_limit_mb = 512            # unflushed rows; writers wait beyond this
+//! max_batch_mb = 16                # largest Arrow IPC batch accepted
+//! flush_interval_ms = 1000         # rows are queryable within about this
+//! flush_rows = 1048576
+//! flush_mb = 128
+//! compaction_interval_ms = 5000
+//! compaction_trigger = 8           # small segments per shard before compaction
+//! wal_file_mb = 64
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use strata_ingest::IngestConfig;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub default_shards: u32,
+    pub max_message_mb: usize,
+    pub ingest: IngestSettings,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    pub memory_limit_mb: usize,
+    pub max_batch_mb: usize,
+    pub flush_interval_ms: u64,
+    pub flush_rows: usize,
+    pub flush_mb: usize,
+    pub compaction_interval_ms: u64,
+    pub compaction_trigger: usize,
+    pub wal_file_mb: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./strata-data"),
+            listen: "127.0.0.1:50051".into(),
+            default_shards: 4,
+            max_message_mb: 64,
+            ingest: IngestSettings::default(),
+        }
+    }
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        let d = IngestConfig::new("");
+        Self {
+            memory_limit_mb: d.memory_limit_bytes >> 20,
+            max_batch_mb: d.max_batch_bytes >> 20,
+            flush_interval_ms: d.flush_interval.as_millis() as u64,
+            flush_rows: d.flush_rows,
+            flush_mb: d.flush_bytes >> 20,
+            compaction_interval_ms: d.compaction_interval.as_millis() as u64,
+            compaction_trigger: d.compaction_trigger,
+            wal_file_mb: d.wal_file_bytes >> 20,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads a TOML file; missing keys keep their defaults, unknown keys are an error.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    pub fn from_toml(text: &str) -> std::result::Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks the values and resolves the listen address.
+    pub fn validate(&self) -> Result<SocketAddr> {
+        let bad = |m: String| Err(Error::Config(m));
+        let i = &self.ingest;
+        if self.default_shards == 0 || self.default_shards > strata_types::spec::MAX_SHARDS {
+            return bad(format!(
+                "default_shards must be 1..={}",
+                strata_types::spec::MAX_SHARDS
+            ));
+        }
+        if i.max_batch_mb == 0 || i.max_batch_mb > self.max_message_mb {
+            return bad(format!(
+                "ingest.max_batch_mb ({}) must be 1..=max_message_mb ({})",
+                i.max_batch_mb, self.max_message_mb
+            ));
+        }
+        if i.memory_limit_mb < 2 * i.max_batch_mb {
+            return bad(format!(
+                "ingest.memory_limit_mb ({}) must be at least twice ingest.max_batch_mb ({})",
+                i.memory_limit_mb, i.max_batch_mb
+            ));
+        }
+        if i.flush_interval_ms == 0 || i.flush_rows == 0 || i.flush_mb == 0 {
+            return bad("flush_interval_ms, flush_rows and flush_mb must be positive".into());
+        }
+        self.listen
+            .parse()
+            .or_else(|_| {
+                use std::net::ToSocketAddrs;
+                self.listen
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or(())
+            })
+            .or_else(|_| bad(format!("listen address {:?} is not HOST:PORT", self.listen)))
+    }
+
+    pub fn wal_dir(&self) -> PathBuf {
+        self.data_dir.join("wal")
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+
+    pub fn ingest_config(&self) -> IngestConfig {
+        let i = &self.ingest;
+        let mut c = IngestConfig::new(self.wal_dir());
+        c.memory_limit_bytes = i.memory_limit_mb << 20;
+        c.max_batch_bytes = i.max_batch_mb << 20;
+        c.flush_interval = Duration::from_millis(i.flush_interval_ms);
+        c.flush_rows = i.flush_rows;
+        c.flush_bytes = i.flush_mb << 20;
+        c.compaction_interval = Duration::from_millis(i.compaction_interval_ms.max(1));
+        c.compaction_trigger = i.compaction_trigger.max(2);
+        c.wal_file_bytes = i.wal_file_mb.max(1) << 20;
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let c = ServerConfig::from_toml(
+            "listen = \"0.0.0.0:6000\"\n[ingest]\nflush_interval_ms = 250\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:6000");
+        assert_eq!(c.ingest.flush_interval_ms, 250);
+        assert_eq!(c.ingest.memory_limit_mb, 512);
+        assert_eq!(c.data_dir, PathBuf::from("./strata-data"));
+        let e = ServerConfig::from_toml("listne = \"x\"").unwrap_err();
+        assert!(e.contains("listne"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_bad_setting() {
+        let mut c = ServerConfig::default();
+        assert!(c.validate().is_ok());
+        c.listen = "nowhere".into();
+        assert!(c.validate().unwrap_err().to_string().contains("nowhere"));
+        c = ServerConfig::default();
+        c.ingest.memory_limit_mb = 8;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("memory_limit_mb")
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! Errors of the server, and the one place where Strata errors become gRPC statuses.
+
+use strata_ingest::Error as IngestError;
+use strata_storage::Error as StorageError;
+use strata_table::Error as TableError;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The gRPC code of a table error: client mistakes are never `Internal`.
+pub fn table_code(e: &TableError) -> Code {
+    match e {
+        TableError::DatasetNotFound(_)
+        | TableError::VersionNotFound { .. }
+        | TableError::TagNotFound { .. }
+        | TableError::NoVersionAtTime { .. } => Code::NotFound,
+        TableError::VersionVacuumed { .. } => Code::FailedPrecondition,
+        TableError::DatasetExists(_) | TableError::TagExists { .. } => Code::AlreadyExists,
+        TableError::SchemaMismatch(_) | TableError::InvalidArgument(_) | TableError::Types(_) => {
+            Code::InvalidArgument
+        }
+        TableError::Conflict { .. } | TableError::TransactionExpired { .. } => Code::Aborted,
+        TableError::CorruptMetadata { .. } => Code::DataLoss,
+        TableError::Storage(s) => storage_code(s),
+        TableError::Arrow(_) | TableError::Parquet { .. } => Code::Internal,
+    }
+}
+
+fn storage_code(e: &StorageError) -> Code {
+    match e {
+        StorageError::Corrupt { .. } => Code::DataLoss,
+        StorageError::NotFound { .. } => Code::NotFound,
+        StorageError::Conflict { .. } => Code::Aborted,
+        StorageError::InvalidArgument(_) => Code::InvalidArgument,
+        StorageError::Io { .. } | StorageError::Backend(_) => Code::Unavailable,
+    }
+}
+
+/// The gRPC code of an ingestion error.
+pub fn ingest_code(e: &IngestError) -> Code {
+    match e {
+        IngestError::DatasetNotFound(_) => Code::NotFound,
+        IngestError::InvalidProducer { .. }
+        | IngestError::MalformedIpc { .. }
+        | IngestError::SchemaMismatch { .. }
+        | IngestError::SequenceNotIncreasing { .. } => Code::InvalidArgument,
+        IngestError::BatchTooLarge { .. } => Code::ResourceExhausted,
+        IngestError::ShuttingDown | IngestError::Wal(_) => Code::Unavailable,
+        IngestError::CorruptWal { .. } => Code::DataLoss,
+        IngestError::Io { .. } => Code::Internal,
+        IngestError::Table(t) => table_code(t),
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let code = match &e {
+            Error::Ingest(i) => ingest_code(i),
+            Error::Table(t) => table_code(t),
+            Error::Storage(s) => storage_code(s),
+            Error::Config(_) => Code::InvalidArgument,
+            Error::Listen { .. } | Error::Transport(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+pub(crate) fn ingest_status(e: IngestError) -> Status {
+    Status::new(ingest_code(&e), e.to_string())
+}
+
+pub(crate) fn table_status(e: TableError) -> Status {
+    Status::new(table_code(&e), e.to_string())
+}

@@ -1,0 +1,176 @@
+//! Strata's server: one port serving the `strata.v1` gRPC services, Arrow Flight
+//! (`DoPut` into datasets), gRPC health checking and server reflection, on the embedded
+//! local store.
+//!
+//! ```text
+//!  tonic (HTTP/2) ──▶ strata.v1.Strata ── CreateDataset/List/Describe/Drop, Flush
+//!                 │                    └─ Ingest (bidi) ─┐
+//!                 ├─▶ Flight DoPut [dataset(, producer)] ─┴▶ strata_ingest::Ingester
+//!                 ├─▶ grpc.health.v1                         ─▶ WAL ─▶ memtables ─▶ Table
+//!                 └─▶ grpc.reflection.v1                                     (LocalStore)
+//! ```
+//!
+//! Shutdown (SIGTERM, Ctrl-C or [`Server::shutdown`]): the listener stops accepting,
+//! ingest streams stop reading and end with `Unavailable` after acknowledging what was
+//! logged, every memtable is flushed and committed, the WAL is synced and removed. A
+//! scale-down therefore loses no acknowledged row; a crash loses none either (replay).
+
+pub mod config;
+pub mod error;
+pub mod flight;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use strata_ingest::Ingester;
+use strata_proto::v1::strata_server::StrataServer;
+use strata_storage::LocalStore;
+use strata_table::Catalog;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+pub use config::ServerConfig;
+pub use error::{Error, Result};
+
+/// How long shutdown waits for clients to close their connections.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    ingester: Ingester,
+    stop: Option<oneshot::Sender<()>>,
+    serving: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Server {
+    /// Opens the store under `config.data_dir`, replays the WAL and starts serving.
+    pub async fn start(config: ServerConfig) -> Result<Server> {
+        let addr = config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::Config(format!(
+                "cannot create data directory {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let store = Arc::new(LocalStore::open(config.store_dir())?);
+        let catalog = Catalog::new(store.clone(), store);
+        let ingester = Ingester::open(catalog, config.ingest_config()).await?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: config.listen.clone(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Listen {
+            addr: config.listen.clone(),
+            source,
+        })?;
+        let max_message = config.max_message_mb << 20;
+        let strata = StrataServer::new(service::StrataService::new(
+            ingester.clone(),
+            config.default_shards,
+        ))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+        let flight = FlightServiceServer::new(flight::FlightIngest::new(ingester.clone()))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<StrataServer<service::StrataService>>()
+            .await;
+        health_reporter
+            .set_serving::<FlightServiceServer<flight::FlightIngest>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(strata_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(strata)
+            .add_service(flight);
+        let incoming = TcpListenerStream::new(listener);
+        let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        }));
+        info!(%addr, data_dir = %config.data_dir.display(), "strata serving");
+        Ok(Server {
+            addr,
+            ingester,
+            stop: Some(stop),
+            serving,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://HOST:PORT`, for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn ingester(&self) -> &Ingester {
+        &self.ingester
+    }
+
+    /// Stops accepting, ends ingest streams, flushes and commits every memtable and
+    /// closes the WAL.
+    pub async fn shutdown(mut self) -> Result<()> {
+        info!("strata shutting down");
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Streams see the ingester closing, acknowledge what they logged and end.
+        let flushed = self.ingester.shutdown().await;
+        match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.serving).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %e, "server ended with an error"),
+            Ok(Err(e)) => warn!(error = %e, "server task failed"),
+            Err(_) => {
+                warn!("clients did not close their connections in time");
+                self.serving.abort();
+            }
+        }
+        flushed?;
+        info!("strata stopped");
+        Ok(())
+    }
+}
+
+/// Runs a server until SIGTERM or Ctrl-C, then shuts it down gracefully.
+pub async fn run(config: ServerConfig) -> Result<()> {
+    let server = Server::start(config).await?;
+    wait_for_signal().await;
+    server.shutdown().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("interrupt received"),
+    }
+}

@@ -1,0 +1,341 @@
+//! The `strata.v1.Strata` gRPC service: datasets, `Ingest` and `Flush`.
+
+use std::pin::Pin;
+
+use arrow::datatypes::Schema;
+use arrow::ipc::writer::StreamWriter;
+use futures::stream::FuturesOrdered;
+use futures::{Stream, StreamExt};
+use strata_ingest::{Ack, Ingester, PendingAck, WAL_MARK};
+use strata_proto::v1::strata_server::Strata;
+use strata_proto::v1::{
+    Column, CreateDatasetRequest, DatasetInfo, DatasetSpec as PbSpec, DescribeDatasetRequest,
+    DropDatasetRequest, DropDatasetResponse, FlushRequest, FlushResponse, IngestAck, IngestOpened,
+    IngestRequest, IngestResponse, ListDatasetsRequest, ListDatasetsResponse, ingest_request,
+    ingest_response,
+};
+use strata_types::{ColumnDef, DatasetSpec, DatasetSpecDef};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info};
+
+use crate::error::{ingest_status, table_status};
+
+/// Acks not yet sent on one stream; beyond this the stream is not read further.
+const MAX_PENDING_ACKS: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct StrataService {
+    ingester: Ingester,
+    default_shards: u32,
+}
+
+impl StrataService {
+    pub fn new(ingester: Ingester, default_shards: u32) -> Self {
+        Self {
+            ingester,
+            default_shards,
+        }
+    }
+
+    async fn info(&self, name: &str) -> Result<DatasetInfo, Status> {
+        let status = self.ingester.status(name).await.map_err(ingest_status)?;
+        let head = status.table.head().await.map_err(table_status)?;
+        let def = status.table.spec().to_def();
+        let mut spec = spec_to_proto(&def);
+        // The spec keeps the schema it was created with; columns added since show too.
+        spec.columns = strata_types::spec::schema_to_defs(&head.schema)
+            .into_iter()
+            .map(|c| Column {
+                name: c.name,
+                r#type: c.data_type,
+                nullable: c.nullable,
+            })
+            .collect();
+        Ok(DatasetInfo {
+            spec: Some(spec),
+            head_version: head.version,
+            live_rows: head.live_rows(),
+            segments: head.segment_count() as u64,
+            producers: head
+                .producers
+                .iter()
+                .filter(|(p, _)| p.as_str() != WAL_MARK)
+                .map(|(p, s)| (p.clone(), *s))
+                .collect(),
+            arrow_schema: schema_ipc(&head.schema)?.into(),
+            unflushed_rows: status.unflushed_rows,
+        })
+    }
+}
+
+fn spec_to_proto(def: &DatasetSpecDef) -> PbSpec {
+    PbSpec {
+        name: def.name.clone(),
+        columns: def
+            .columns
+            .iter()
+            .map(|c| Column {
+                name: c.name.clone(),
+                r#type: c.data_type.clone(),
+                nullable: c.nullable,
+            })
+            .collect(),
+        partition_key: def.partition_key.clone(),
+        row_key: def.row_key.clone(),
+        shards: def.shards,
+    }
+}
+
+/// The schema as an Arrow IPC stream holding only the schema message.
+pub fn schema_ipc(schema: &Schema) -> Result<Vec<u8>, Status> {
+    let mut out = Vec::new();
+    let mut w = StreamWriter::try_new(&mut out, schema)
+        .map_err(|e| Status::internal(format!("encoding schema: {e}")))?;
+    w.finish()
+        .map_err(|e| Status::internal(format!("encoding schema: {e}")))?;
+    drop(w);
+    Ok(out)
+}
+
+type IngestStream = Pin<Box<dyn Stream<Item = Result<IngestResponse, Status>> + Send>>;
+
+fn ack_message(a: Ack) -> IngestResponse {
+    IngestResponse {
+        kind: Some(ingest_response::Kind::Ack(IngestAck {
+            sequence: a.sequence,
+            duplicate: a.duplicate,
+            rows: a.rows,
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl Strata for StrataService {
+    async fn create_dataset(
+        &self,
+        request: Request<CreateDatasetRequest>,
+    ) -> Result<Response<DatasetInfo>, Status> {
+        let pb = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("CreateDataset needs a spec"))?;
+        let def = DatasetSpecDef {
+            name: pb.name,
+            columns: pb
+                .columns
+                .into_iter()
+                .map(|c| ColumnDef {
+                    name: c.name,
+                    data_type: c.r#type,
+                    nullable: c.nullable,
+                })
+                .collect(),
+            partition_key: pb.partition_key,
+            row_key: pb.row_key,
+            shards: if pb.shards == 0 {
+                self.default_shards
+            } else {
+                pb.shards
+            },
+        };
+        let spec = DatasetSpec::from_def(&def)
+            .map_err(|e| Status::invalid_argument(format!("invalid dataset spec: {e}")))?;
+        let table = self
+            .ingester
+            .create_dataset(spec)
+            .await
+            .map_err(ingest_status)?;
+        info!(dataset = table.name(), "dataset created");
+        Ok(Response::new(self.info(table.name()).await?))
+    }
+
+    async fn list_datasets(
+        &self,
+        _request: Request<ListDatasetsRequest>,
+    ) -> Result<Response<ListDatasetsResponse>, Status> {
+        let names = self
+            .ingester
+            .catalog()
+            .list_tables()
+            .await
+            .map_err(table_status)?;
+        Ok(Response::new(ListDatasetsResponse { names }))
+    }
+
+    async fn describe_dataset(
+        &self,
+        request: Request<DescribeDatasetRequest>,
+    ) -> Result<Response<DatasetInfo>, Status> {
+        Ok(Response::new(self.info(&request.into_inner().name).await?))
+    }
+
+    async fn drop_dataset(
+        &self,
+        request: Request<DropDatasetRequest>,
+    ) -> Result<Response<DropDatasetResponse>, Status> {
+        let name = request.into_inner().name;
+        self.ingester
+            .drop_dataset(&name)
+            .await
+            .map_err(ingest_status)?;
+        info!(dataset = name, "dataset dropped");
+        Ok(Response::new(DropDatasetResponse {}))
+    }
+
+    type IngestStream = IngestStream;
+
+    async fn ingest(
+        &self,
+        request: Request<Streaming<IngestRequest>>,
+    ) -> Result<Response<Self::IngestStream>, Status> {
+        let mut inbound = request.into_inner();
+        let open = match inbound.message().await? {
+            Some(IngestRequest {
+                kind: Some(ingest_request::Kind::Open(open)),
+            }) => open,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message of an Ingest stream must be `open`",
+                ));
+            }
+            None => return Err(Status::invalid_argument("empty Ingest stream")),
+        };
+        let stream = self
+            .ingester
+            .open_stream(&open.dataset, &open.producer)
+            .await
+            .map_err(ingest_status)?;
+        debug!(
+            dataset = open.dataset,
+            producer = open.producer,
+            "ingest stream opened"
+        );
+        let (tx, rx) = mpsc::channel(256);
+        let opened = IngestResponse {
+            kind: Some(ingest_response::Kind::Opened(IngestOpened {
+                last_sequence: stream.last_sequence(),
+            })),
+        };
+        tx.send(Ok(opened))
+            .await
+            .map_err(|_| Status::cancelled("client went away"))?;
+        let closing = self.ingester.closing();
+        tokio::spawn(pump(stream, inbound, tx, closing));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn flush(
+        &self,
+        request: Request<FlushRequest>,
+    ) -> Result<Response<FlushResponse>, Status> {
+        let dataset = request.into_inner().dataset;
+        let version = self.ingester.flush(&dataset).await.map_err(ingest_status)?;
+        Ok(Response::new(FlushResponse { version }))
+    }
+}
+
+/// One batch as the client sent it: sequence number and Arrow IPC stream.
+pub(crate) type Batch = Result<(u64, bytes::Bytes), Status>;
+
+/// Reads batches, submits them and sends their acks in order. A bad batch ends the
+/// stream with its status after the acks of the batches before it; a shutdown ends it
+/// with `Unavailable` the same way.
+async fn pump(
+    mut stream: strata_ingest::IngestStream,
+    inbound: Streaming<IngestRequest>,
+    tx: mpsc::Sender<Result<IngestResponse, Status>>,
+    closing: tokio::sync::watch::Receiver<bool>,
+) {
+    let batches = inbound.map(|msg| match msg {
+        Ok(IngestRequest {
+            kind: Some(ingest_request::Kind::Batch(b)),
+        }) => Ok((b.sequence, b.arrow_ipc)),
+        Ok(_) => Err(Status::invalid_argument(
+            "only `batch` messages may follow `open` on an Ingest stream",
+        )),
+        Err(s) => Err(s),
+    });
+    let send = |r: Result<Ack, Status>| {
+        let tx = tx.clone();
+        async move { tx.send(r.map(ack_message)).await.is_ok() }
+    };
+    drive(&mut stream, batches, send, closing).await;
+}
+
+/// The submit/ack loop shared by `Ingest` and Flight `DoPut`: reads `batches`, submits
+/// them, and hands acks (in order) to `send`, which returns false once the client is
+/// gone. Stops reading while a submit waits for memory (backpressure: HTTP/2 flow
+/// control then stops the client) or too many acks are pending, but keeps delivering
+/// acks meanwhile.
+pub(crate) async fn drive<B, S, SF>(
+    stream: &mut strata_ingest::IngestStream,
+    batches: B,
+    send: S,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) where
+    B: Stream<Item = Batch>,
+    S: Fn(Result<Ack, Status>) -> SF,
+    SF: Future<Output = bool>,
+{
+    let mut batches = std::pin::pin!(batches);
+    let mut pending: FuturesOrdered<PendingAck> = FuturesOrdered::new();
+    let end: Option<Status> = loop {
+        if *closing.borrow() {
+            break Some(Status::unavailable(
+                "the server is shutting down; resume after the last acknowledged batch",
+            ));
+        }
+        tokio::select! {
+            biased;
+            Some(ack) = pending.next(), if !pending.is_empty() => {
+                match ack {
+                    Ok(a) => if !send(Ok(a)).await { return },
+                    Err(e) => break Some(ingest_status(e)),
+                }
+            }
+            _ = closing.changed() => continue,
+            msg = batches.next(), if pending.len() < MAX_PENDING_ACKS => match msg {
+                Some(Ok((sequence, payload))) => {
+                    let submit = stream.submit(sequence, payload);
+                    tokio::pin!(submit);
+                    // While the submit waits for memory, acks keep flowing.
+                    let result = loop {
+                        tokio::select! {
+                            r = &mut submit => break r,
+                            Some(ack) = pending.next(), if !pending.is_empty() => match ack {
+                                Ok(a) => if !send(Ok(a)).await { return },
+                                Err(e) => { let _ = send(Err(ingest_status(e))).await; return }
+                            },
+                        }
+                    };
+                    match result {
+                        Ok(p) => pending.push_back(p),
+                        Err(e) => break Some(ingest_status(e)),
+                    }
+                }
+                None => break None,
+                Some(Err(s)) => break Some(s),
+            },
+        }
+    };
+    // The batches before the end are acknowledged before the stream closes.
+    while let Some(ack) = pending.next().await {
+        match ack {
+            Ok(a) => {
+                if !send(Ok(a)).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = send(Err(ingest_status(e))).await;
+                return;
+            }
+        }
+    }
+    if let Some(status) = end {
+        debug!(dataset = stream.dataset(), status = %status, "ingest stream ended with an error");
+        let _ = send(Err(status)).await;
+    }
+}
