@@ -694,6 +694,19 @@ impl Ingester {
         Ok(state.table.compact().await?.map(|v| v.version))
     }
 
+    /// Stops taking writes and closes the log without flushing: what a crash leaves
+    /// behind, minus the lost page cache. Acknowledged rows stay only in the log, for the
+    /// next `open` to replay. For tests of recovery.
+    pub async fn abandon(&self) -> Result<()> {
+        self.inner.closing.send_replace(true);
+        self.inner.memory.close();
+        let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks"));
+        for t in tasks {
+            t.abort();
+        }
+        self.inner.wal.close().await
+    }
+
     /// Stops taking writes, flushes every memtable, syncs and closes the log. Nothing
     /// acknowledged is left only in the log afterwards.
     pub async fn shutdown(&self) -> Result<()> {

@@ -152,6 +152,20 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Stops serving without flushing, like a crash (minus the lost page cache):
+    /// acknowledged rows stay only in the WAL, and the next start replays them. For
+    /// recovery tests.
+    pub async fn abort(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.serving.abort();
+        self.ingester.abandon().await?;
+        Ok(())
+    }
+}
+
 /// Runs a server until SIGTERM or Ctrl-C, then shuts it down gracefully.
 pub async fn run(config: ServerConfig) -> Result<()> {
     let server = Server::start(config).await?;

@@ -1,0 +1,3 @@
+//! End-to-end tests through a real server on a loopback port.
+
+mod e2e;
