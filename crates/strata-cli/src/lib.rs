@@ -27,4 +27,6 @@ pub mod serve;
 pub use error::{Error, Result};
 
 #[cfg(test)]
+mod server_tests;
+#[cfg(test)]
 mod stream_tests;

@@ -1,0 +1,125 @@
+//! `strata ingest` and `strata datasets` against a real server on a loopback port.
+
+use std::io::Write;
+
+use strata_proto::v1::DescribeDatasetRequest;
+use strata_server::{Server, ServerConfig};
+
+use crate::datasets::{self, CreateArgs, DatasetsCommand};
+use crate::ingest::{self, IngestArgs};
+
+fn weather_csv(path: &std::path::Path, first: usize, n: usize) {
+    let mut f = std::fs::File::create(path).unwrap();
+    writeln!(
+        f,
+        "station,ts,temperature,dewpoint,pressure,wind_direction,wind_speed,precip_1h,sky_condition"
+    )
+    .unwrap();
+    for i in first..first + n {
+        let (station, minute) = (i % 7, i / 7);
+        writeln!(
+            f,
+            "st{station},2024-01-{:02}T{:02}:{:02}:00Z,{}.5,1.0,1010.0,{},3.0,,CLR",
+            1 + minute / 1440,
+            minute / 60 % 24,
+            minute % 60,
+            i % 40,
+            i % 360
+        )
+        .unwrap();
+    }
+}
+
+fn args(dataset: &str, files: Vec<std::path::PathBuf>) -> IngestArgs {
+    IngestArgs {
+        dataset: dataset.into(),
+        files,
+        producer: Some("loader-1".into()),
+        batch_rows: 1000,
+        format: None,
+        no_progress: true,
+        csv_no_header: false,
+        csv_delimiter: b',',
+    }
+}
+
+#[tokio::test]
+async fn ingest_resumes_without_duplicates_against_a_real_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerConfig {
+        data_dir: dir.path().join("data"),
+        listen: "127.0.0.1:0".into(),
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let url = server.url();
+    let schema =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/weather.json");
+    datasets::run(
+        &url,
+        DatasetsCommand::Create(CreateArgs {
+            name: "weather".into(),
+            schema: Some(schema),
+            columns: vec![],
+            partition_key: None,
+            row_key: None,
+            shards: Some(2),
+        }),
+    )
+    .await
+    .unwrap();
+    let (a, b) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
+    weather_csv(&a, 0, 5000);
+    weather_csv(&b, 5000, 2500);
+
+    // Interrupted after the first file...
+    let (summary, outcome) = ingest::ingest(&url, &args("weather", vec![a.clone()]), false)
+        .await
+        .unwrap();
+    outcome.unwrap();
+    assert_eq!(
+        (summary.batches, summary.rows, summary.last_sequence),
+        (5, 5000, 5)
+    );
+    // ... resumed with the whole input: the first file's batches are not sent again.
+    let (summary, outcome) =
+        ingest::ingest(&url, &args("weather", vec![a.clone(), b.clone()]), false)
+            .await
+            .unwrap();
+    outcome.unwrap();
+    assert_eq!(summary.opened_sequence, 5);
+    assert_eq!(
+        (summary.skipped_batches, summary.batches, summary.rows),
+        (5, 3, 2500)
+    );
+    // Run again: nothing to do.
+    let (summary, outcome) = ingest::ingest(&url, &args("weather", vec![a, b]), false)
+        .await
+        .unwrap();
+    outcome.unwrap();
+    assert_eq!((summary.skipped_batches, summary.batches), (8, 0));
+
+    ingest::flush(&url, "weather").await.unwrap();
+    let info = crate::client::connect(&url)
+        .await
+        .unwrap()
+        .describe_dataset(DescribeDatasetRequest {
+            name: "weather".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.live_rows, 7500);
+    assert_eq!(info.producers.get("loader-1"), Some(&8));
+
+    // A file that does not fit is refused before anything is sent.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "station,ts,nonsense\nx,2024-01-01T00:00:00Z,1\n").unwrap();
+    assert!(
+        ingest::ingest(&url, &args("weather", vec![bad]), false)
+            .await
+            .is_err()
+    );
+    server.shutdown().await.unwrap();
+}
