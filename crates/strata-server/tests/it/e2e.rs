@@ -732,3 +732,51 @@ async fn health_and_reflection_are_served() {
     assert!(names.contains(&"strata.v1.Strata".to_string()), "{names:?}");
     server.shutdown().await.unwrap();
 }
+
+/// pyarrow.flight as the client: the Python environment comes from `tools/pyenv`.
+#[tokio::test]
+async fn pyarrow_flight_do_put() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = std::process::Command::new(root.join("tools/pyenv"))
+        .output()
+        .expect("tools/pyenv runs");
+    assert!(
+        python.status.success(),
+        "tools/pyenv failed: {}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    let python = String::from_utf8(python.stdout).unwrap().trim().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let mut c = client(&server).await;
+    create(&mut c, "events", false).await;
+    let url = format!("grpc://{}", server.addr());
+    let script = root.join("tools/python/flight_put.py");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&python)
+            .arg(script)
+            .arg(&url)
+            .arg("events")
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "flight_put.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let acks = |k: &str| report[k].as_array().unwrap().clone();
+    assert_eq!(acks("plain").len(), 2);
+    assert!(acks("plain").iter().all(|a| a["rows"] == 10));
+    assert_eq!(acks("exactly_once").len(), 2);
+    assert!(acks("exactly_once").iter().all(|a| a["duplicate"] == false));
+    assert!(acks("resent").iter().all(|a| a["duplicate"] == true));
+    let err = report["unknown_dataset_error"].as_str().expect("an error");
+    assert!(err.contains("no_such_dataset"), "{err}");
+    flush(&mut c, "events").await;
+    assert_eq!(ts(&server, "events").await, (0..30).collect::<Vec<_>>());
+    server.shutdown().await.unwrap();
+}
