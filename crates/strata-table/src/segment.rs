@@ -337,6 +337,32 @@ pub async fn write_segments(
     batch: &RecordBatch,
     opts: &SegmentOptions,
 ) -> Result<Vec<SegmentMeta>> {
+    let encoded = encode_segments(dir, shard, keys, batch, opts)?;
+    put_segments(blobs, encoded).await
+}
+
+/// Stores segments made by [`encode_segments`]; returns their metadata.
+pub async fn put_segments(
+    blobs: &dyn BlobStore,
+    encoded: Vec<(SegmentMeta, Bytes)>,
+) -> Result<Vec<SegmentMeta>> {
+    let mut out = Vec::with_capacity(encoded.len());
+    for (meta, data) in encoded {
+        blobs.put(&meta.path, data).await?;
+        out.push(meta);
+    }
+    Ok(out)
+}
+
+/// The CPU half of [`write_segments`]: encodes sorted rows of one shard as Parquet
+/// segments in memory, with their metadata. No I/O, so it can run on a blocking thread.
+pub fn encode_segments(
+    dir: &str,
+    shard: u32,
+    keys: &KeyCodec,
+    batch: &RecordBatch,
+    opts: &SegmentOptions,
+) -> Result<Vec<(SegmentMeta, Bytes)>> {
     let props = writer_properties(keys, opts);
     let mut out = Vec::new();
     let mut start = 0;
@@ -368,7 +394,7 @@ pub async fn write_segments(
         let meta = SegmentMeta {
             id,
             shard,
-            path: path.clone(),
+            path,
             rows: part.num_rows() as u64,
             bytes: data.len() as u64,
             pk_min: keys.pk_values(&part, 0)?,
@@ -376,8 +402,7 @@ pub async fn write_segments(
             columns,
             created_ms: now_ms(),
         };
-        blobs.put(&path, Bytes::from(data)).await?;
-        out.push(meta);
+        out.push((meta, Bytes::from(data)));
         start = end;
     }
     Ok(out)

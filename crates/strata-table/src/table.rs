@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
-use strata_storage::{BlobStore, MetaStore};
+use strata_storage::{BlobStore, Error as StorageError, MetaStore};
 use strata_types::spec::{format_type, schema_to_defs, validate_schema};
 use strata_types::{DatasetName, DatasetSpec, DatasetSpecDef, Value, validate_name};
 use tracing::{debug, info, warn};
@@ -23,8 +23,8 @@ use crate::manifest::{
 };
 use crate::predicate::Predicate;
 use crate::segment::{
-    KeyCodec, SegmentMeta, SegmentOptions, now_ms, read_segment, shard_of_rows, sort_and_dedupe,
-    write_segments,
+    KeyCodec, SegmentMeta, SegmentOptions, encode_segments, now_ms, put_segments, read_segment,
+    shard_of_rows, sort_and_dedupe, write_segments,
 };
 
 /// Tunables of the table layer. The defaults suit the embedded server.
@@ -821,7 +821,9 @@ impl Table {
     }
 
     /// Splits rows by shard, sorts each shard by primary key (deduplicating when the
-    /// dataset has a row key) and writes the segments.
+    /// dataset has a row key) and writes the segments. The CPU work (sort, Parquet
+    /// encoding) runs on blocking threads, shards in parallel, so a large write neither
+    /// stalls the async runtime nor uses only one core.
     async fn write_shards(&self, batch: &RecordBatch) -> Result<Vec<ShardWrite>> {
         let spec = &self.inner.spec;
         let shards = shard_of_rows(batch, &self.inner.keys.partition_indices, spec.shards)?;
@@ -830,19 +832,41 @@ impl Table {
             buckets.entry(*s).or_default().push(row as u32);
         }
         let dir = format!("{}/segments", self.prefix());
-        let mut out = Vec::with_capacity(buckets.len());
-        for (shard, rows) in buckets {
-            let part = compute::take_record_batch(batch, &UInt32Array::from(rows))?;
-            let sorted = sort_and_dedupe(&self.inner.keys, &part, spec.has_row_key())?;
-            let segments = write_segments(
-                self.inner.blobs.as_ref(),
-                &dir,
-                shard,
-                &self.inner.keys,
-                &sorted,
-                &self.options().segment,
-            )
-            .await?;
+        let single = buckets.len() == 1;
+        let tasks: Vec<_> = buckets
+            .into_iter()
+            .map(|(shard, rows)| {
+                let inner = self.inner.clone();
+                let batch = batch.clone();
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || -> Result<_> {
+                    let part = if single {
+                        batch
+                    } else {
+                        compute::take_record_batch(&batch, &UInt32Array::from(rows))?
+                    };
+                    let sorted = sort_and_dedupe(&inner.keys, &part, inner.spec.has_row_key())?;
+                    let encoded =
+                        encode_segments(&dir, shard, &inner.keys, &sorted, &inner.options.segment)?;
+                    Ok((shard, sorted, encoded))
+                })
+            })
+            .collect();
+        let mut encoded = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            match task.await {
+                Ok(result) => encoded.push(result?),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => {
+                    return Err(Error::Storage(StorageError::Backend(format!(
+                        "segment encoding cancelled: {e}"
+                    ))));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(encoded.len());
+        for (shard, sorted, segments) in encoded {
+            let segments = put_segments(self.inner.blobs.as_ref(), segments).await?;
             out.push(ShardWrite {
                 shard,
                 batch: sorted,
