@@ -24,7 +24,7 @@ use crate::manifest::{
 use crate::predicate::Predicate;
 use crate::segment::{
     KeyCodec, SegmentMeta, SegmentOptions, encode_segments, now_ms, put_segments, read_segment,
-    shard_of_rows, sort_and_dedupe, write_segments,
+    shard_of_rows, sort_and_dedupe,
 };
 
 /// Tunables of the table layer. The defaults suit the embedded server.
@@ -1347,18 +1347,15 @@ impl Table {
             if merged.num_rows() == 0 {
                 continue;
             }
-            let sorted = sort_and_dedupe(&self.inner.keys, &merged, false)?;
-            add.extend(
-                write_segments(
-                    self.inner.blobs.as_ref(),
-                    &dir,
-                    *shard,
-                    &self.inner.keys,
-                    &sorted,
-                    &self.options().segment,
-                )
-                .await?,
-            );
+            // CPU work off the async runtime, as in `write_shards`.
+            let (inner, dir, shard) = (self.inner.clone(), dir.clone(), *shard);
+            let encoded = tokio::task::spawn_blocking(move || -> Result<_> {
+                let sorted = sort_and_dedupe(&inner.keys, &merged, false)?;
+                encode_segments(&dir, shard, &inner.keys, &sorted, &inner.options.segment)
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+            add.extend(put_segments(self.inner.blobs.as_ref(), encoded).await?);
         }
         let inputs: Vec<LiveSegment> = shards.into_values().flatten().collect();
         let shard_list: Vec<u32> = inputs
