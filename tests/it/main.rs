@@ -3,3 +3,4 @@
 mod crash;
 mod model;
 mod multiproc;
+mod server_crash;
