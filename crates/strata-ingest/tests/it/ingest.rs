@@ -447,3 +447,47 @@ async fn writers_wait_when_memory_is_full_and_resume_after_a_flush() {
     assert_eq!(ts_at_head(&ing, "events").await.len(), 200_000);
     ing.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn background_compaction_bounds_segments_per_shard() {
+    let env = Env::new();
+    let mut config = env.config();
+    config.compaction_interval = Duration::from_millis(20);
+    config.compaction_trigger = 4;
+    let ing = env.open(config).await;
+    ing.create_dataset(spec("events", false)).await.unwrap();
+    let mut s = ing.open_stream("events", "p").await.unwrap();
+    // Forty small flushes: forty segments per shard without compaction.
+    for i in 0..40 {
+        s.submit(i + 1, ipc(&[batch(i as i64 * 100, 100)]))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        ing.flush("events").await.unwrap();
+    }
+    // Let the compactor catch up with the last flushes.
+    let table = ing.catalog().open_table("events").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let head = table.head().await.unwrap();
+        let most = (0..4)
+            .map(|s| head.shard_segments(s).count())
+            .max()
+            .unwrap();
+        if most < 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{most} segments in a shard"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ing.stats().compactions > 0);
+    assert_eq!(
+        ts_at_head(&ing, "events").await,
+        (0..4000).collect::<Vec<_>>()
+    );
+    ing.shutdown().await.unwrap();
+}
