@@ -32,7 +32,6 @@ use strata_table::Catalog;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 pub use config::ServerConfig;
@@ -102,7 +101,10 @@ impl Server {
             .add_service(reflection)
             .add_service(strata)
             .add_service(flight);
-        let incoming = TcpListenerStream::new(listener);
+        // Acks are small messages: without TCP_NODELAY, Nagle's algorithm holds them back
+        // (measured: 5x fewer acked rows/s for a single producer).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         }));

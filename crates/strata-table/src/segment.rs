@@ -237,16 +237,24 @@ fn order_keys(col: &dyn Array) -> Option<Vec<u64>> {
             .map(|v| (*v).into())
             .collect()
     }
-    fn ranks<'a>(values: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u64> {
-        let mut distinct: Vec<&[u8]> = values.clone().collect();
-        distinct.sort_unstable();
-        distinct.dedup();
-        let rank: std::collections::HashMap<&[u8], u64> = distinct
-            .iter()
-            .enumerate()
-            .map(|(r, v)| (*v, r as u64))
+    /// Ranks of byte strings: distinct values are found with a hash map and only they
+    /// are sorted (a partition key has far fewer distinct values than rows).
+    fn ranks<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<u64> {
+        let mut ids: std::collections::HashMap<&[u8], u32, xxhash_rust::xxh3::Xxh3Builder> =
+            std::collections::HashMap::with_hasher(xxhash_rust::xxh3::Xxh3Builder::new());
+        let provisional: Vec<u32> = values
+            .map(|v| {
+                let next = ids.len() as u32;
+                *ids.entry(v).or_insert(next)
+            })
             .collect();
-        values.map(|v| rank[v]).collect()
+        let mut distinct: Vec<(&[u8], u32)> = ids.into_iter().collect();
+        distinct.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut rank_of = vec![0u64; distinct.len()];
+        for (rank, (_, id)) in distinct.iter().enumerate() {
+            rank_of[*id as usize] = rank as u64;
+        }
+        provisional.into_iter().map(|id| rank_of[id as usize]).collect()
     }
     if col.null_count() > 0 {
         return None;
