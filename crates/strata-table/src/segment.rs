@@ -254,7 +254,10 @@ fn order_keys(col: &dyn Array) -> Option<Vec<u64>> {
         for (rank, (_, id)) in distinct.iter().enumerate() {
             rank_of[*id as usize] = rank as u64;
         }
-        provisional.into_iter().map(|id| rank_of[id as usize]).collect()
+        provisional
+            .into_iter()
+            .map(|id| rank_of[id as usize])
+            .collect()
     }
     if col.null_count() > 0 {
         return None;

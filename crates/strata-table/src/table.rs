@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::compute;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use bytes::Bytes;
@@ -824,12 +824,16 @@ impl Table {
     /// dataset has a row key) and writes the segments. The CPU work (sort, Parquet
     /// encoding) runs on blocking threads, shards in parallel, so a large write neither
     /// stalls the async runtime nor uses only one core.
-    async fn write_shards(&self, batch: &RecordBatch) -> Result<Vec<ShardWrite>> {
+    async fn write_shards(&self, batches: &[RecordBatch]) -> Result<Vec<ShardWrite>> {
         let spec = &self.inner.spec;
-        let shards = shard_of_rows(batch, &self.inner.keys.partition_indices, spec.shards)?;
-        let mut buckets: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-        for (row, s) in shards.iter().enumerate() {
-            buckets.entry(*s).or_default().push(row as u32);
+        // Rows are gathered per shard straight from the input batches (one copy), not
+        // concatenated first.
+        let mut buckets: BTreeMap<u32, Vec<(usize, usize)>> = BTreeMap::new();
+        for (b, batch) in batches.iter().enumerate() {
+            let shards = shard_of_rows(batch, &self.inner.keys.partition_indices, spec.shards)?;
+            for (row, s) in shards.iter().enumerate() {
+                buckets.entry(*s).or_default().push((b, row));
+            }
         }
         let dir = format!("{}/segments", self.prefix());
         let single = buckets.len() == 1;
@@ -837,13 +841,14 @@ impl Table {
             .into_iter()
             .map(|(shard, rows)| {
                 let inner = self.inner.clone();
-                let batch = batch.clone();
+                let batches = batches.to_vec();
                 let dir = dir.clone();
                 tokio::task::spawn_blocking(move || -> Result<_> {
-                    let part = if single {
-                        batch
+                    let part = if single && batches.len() == 1 {
+                        batches[0].clone()
                     } else {
-                        compute::take_record_batch(&batch, &UInt32Array::from(rows))?
+                        let refs: Vec<&RecordBatch> = batches.iter().collect();
+                        compute::interleave_record_batch(&refs, &rows)?
                     };
                     let sorted = sort_and_dedupe(&inner.keys, &part, inner.spec.has_row_key())?;
                     let encoded =
@@ -902,9 +907,8 @@ impl Table {
             .iter()
             .map(|b| self.conform(&schema, b))
             .collect::<Result<Vec<_>>>()?;
-        let batch = compute::concat_batches(&schema, &conformed)?;
         let since = now_ms();
-        let writes = self.write_shards(&batch).await?;
+        let writes = self.write_shards(&conformed).await?;
         let upsert = self.inner.spec.has_row_key();
         let new_segments: Vec<SegmentMeta> = writes
             .iter()
