@@ -40,7 +40,9 @@ pub struct IngestConfig {
     pub memory_limit_bytes: usize,
     /// A dataset's memtable is flushed when it holds this many rows...
     pub flush_rows: usize,
-    /// ... or this many bytes ...
+    /// ... or this many bytes ... (one flush commits at most this many rows and bytes;
+    /// a larger memtable is flushed in several versions, so the memory a flush needs
+    /// while it sorts and encodes stays bounded too)
     pub flush_bytes: usize,
     /// ... or when its oldest row is this old, so rows become queryable within about this.
     pub flush_interval: Duration,
@@ -58,7 +60,7 @@ impl IngestConfig {
             max_batch_bytes: 16 << 20,
             memory_limit_bytes: 512 << 20,
             flush_rows: 1 << 20,
-            flush_bytes: 128 << 20,
+            flush_bytes: 64 << 20,
             flush_interval: Duration::from_secs(1),
             compaction_interval: Duration::from_secs(5),
             compaction_trigger: 8,
@@ -96,18 +98,70 @@ pub struct IngestStats {
     pub rows_flushed: u64,
 }
 
-/// Rows waiting in memory to be committed.
-#[derive(Default)]
-struct Memtable {
+/// One logged batch waiting in memory to be committed.
+struct Entry {
     batches: Vec<RecordBatch>,
     rows: usize,
     bytes: usize,
-    oldest: Option<Instant>,
-    /// Producer -> highest sequence number in this memtable.
+    producer: String,
+    sequence: u64,
+    lsn: u64,
+    at: Instant,
+}
+
+/// A dataset's entries waiting to be committed, in LSN order.
+#[derive(Default)]
+struct Memtable {
+    entries: std::collections::VecDeque<Entry>,
+    rows: usize,
+    bytes: usize,
+}
+
+/// A prefix of a memtable, committed as one version.
+struct Chunk {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    bytes: usize,
+    /// Producer -> highest sequence number in the chunk.
     marks: BTreeMap<String, u64>,
     max_lsn: u64,
-    /// Entries (including empty batches) held: a memtable with entries needs a flush.
-    entries: usize,
+}
+
+impl Memtable {
+    fn oldest(&self) -> Option<Instant> {
+        self.entries.front().map(|e| e.at)
+    }
+
+    /// Takes entries from the front, up to `max_bytes` and `max_rows` (at least one entry) and none with an
+    /// LSN above `boundary`. Because entries are in LSN order, the chunk holds every
+    /// entry of the dataset up to its highest LSN that is not already committed.
+    fn take_front(&mut self, max_bytes: usize, max_rows: usize, boundary: u64) -> Option<Chunk> {
+        let mut chunk = Chunk {
+            batches: vec![],
+            rows: 0,
+            bytes: 0,
+            marks: BTreeMap::new(),
+            max_lsn: 0,
+        };
+        while let Some(front) = self.entries.front() {
+            let full = chunk.bytes + front.bytes > max_bytes || chunk.rows + front.rows > max_rows;
+            if front.lsn > boundary || (chunk.max_lsn > 0 && full) {
+                break;
+            }
+            let e = self.entries.pop_front().expect("front exists");
+            self.rows -= e.rows;
+            self.bytes -= e.bytes;
+            chunk.rows += e.rows;
+            chunk.bytes += e.bytes;
+            chunk.max_lsn = e.lsn;
+            if !e.producer.is_empty() {
+                let m = chunk.marks.entry(e.producer).or_default();
+                *m = (*m).max(e.sequence);
+            }
+            chunk.batches.extend(e.batches);
+        }
+        (chunk.max_lsn > 0).then_some(chunk)
+    }
 }
 
 struct DatasetState {
@@ -505,37 +559,53 @@ impl Ingester {
     /// acknowledged before the call.
     pub async fn flush(&self, dataset: &str) -> Result<u64> {
         let state = self.dataset(dataset).await?;
-        self.flush_state(&state).await
+        self.flush_state(&state, true).await
     }
 
-    async fn flush_state(&self, state: &Arc<DatasetState>) -> Result<u64> {
+    /// Commits what the dataset's memtable holds now: all of it (`all`), or only the
+    /// first chunk of up to `flush_bytes` and `flush_rows`. Returns the version of the last commit, or the
+    /// head when there was nothing to commit.
+    async fn flush_state(&self, state: &Arc<DatasetState>, all: bool) -> Result<u64> {
         let _flush = state.flush_lock.lock().await;
         if state.dropped.load(Ordering::SeqCst) {
             return Err(Error::DatasetNotFound(state.table.name().to_string()));
         }
-        let mem = {
-            let mut mem = state.mem.lock().expect("memtable");
-            std::mem::take(&mut mem.table)
+        // Entries logged after this point wait for the next flush.
+        let boundary = {
+            let mem = state.mem.lock().expect("memtable");
+            mem.table.entries.back().map(|e| e.lsn)
         };
-        if mem.entries == 0 {
-            return Ok(state.table.head_version().await?);
+        let mut version = None;
+        while let Some(chunk) = boundary.and_then(|b| {
+            let mut mem = state.mem.lock().expect("memtable");
+            let c = &self.inner.config;
+            mem.table.take_front(c.flush_bytes, c.flush_rows, b)
+        }) {
+            state
+                .flushing_rows
+                .store(chunk.rows as u64, Ordering::SeqCst);
+            let result = self.commit_chunk(state, &chunk).await;
+            state.flushing_rows.store(0, Ordering::SeqCst);
+            self.release(chunk.bytes);
+            version = Some(result?);
+            self.inner.wal.flushed(state.table.id(), chunk.max_lsn);
+            self.inner.flushes.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .rows_flushed
+                .fetch_add(chunk.rows as u64, Ordering::Relaxed);
+            if !all {
+                break;
+            }
         }
-        state.flushing_rows.store(mem.rows as u64, Ordering::SeqCst);
-        let result = self.commit_memtable(state, &mem).await;
-        state.flushing_rows.store(0, Ordering::SeqCst);
-        self.release(mem.bytes);
-        let version = result?;
-        self.inner.wal.flushed(state.table.id(), mem.max_lsn);
-        self.inner.flushes.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .rows_flushed
-            .fetch_add(mem.rows as u64, Ordering::Relaxed);
-        Ok(version)
+        match version {
+            Some(v) => Ok(v),
+            None => Ok(state.table.head_version().await?),
+        }
     }
 
-    /// Writes a memtable as one version, retrying transient failures until it lands:
-    /// its rows are acknowledged, so giving up would lose them.
-    async fn commit_memtable(&self, state: &Arc<DatasetState>, mem: &Memtable) -> Result<u64> {
+    /// Writes a chunk as one version, retrying transient failures until it lands: its
+    /// rows are acknowledged, so giving up would lose them.
+    async fn commit_chunk(&self, state: &Arc<DatasetState>, mem: &Chunk) -> Result<u64> {
         let mut marks = mem.marks.clone();
         marks.insert(WAL_MARK.to_string(), mem.max_lsn);
         let mut backoff = Duration::from_millis(50);
@@ -584,16 +654,19 @@ impl Ingester {
         let tick = (self.inner.config.flush_interval / 4)
             .clamp(Duration::from_millis(10), Duration::from_millis(250));
         while !*closing.borrow() {
-            tokio::select! {
-                _ = tokio::time::sleep(tick) => {}
-                _ = self.inner.wake_flusher.notified() => {}
-                _ = closing.changed() => return,
-            }
             let due = self.due_for_flush();
+            if due.is_empty() {
+                tokio::select! {
+                    _ = tokio::time::sleep(tick) => {}
+                    _ = self.inner.wake_flusher.notified() => {}
+                    _ = closing.changed() => return,
+                }
+                continue;
+            }
             let flushes = due.into_iter().map(|state| {
                 let this = self.clone();
                 async move {
-                    if let Err(e) = this.flush_state(&state).await
+                    if let Err(e) = this.flush_state(&state, false).await
                         && !matches!(e, Error::DatasetNotFound(_))
                     {
                         warn!(dataset = state.table.name(), error = %e, "flush failed");
@@ -621,11 +694,11 @@ impl Ingester {
         for state in states {
             let mem = state.mem.lock().expect("memtable");
             let t = &mem.table;
-            if t.entries == 0 {
+            if t.entries.is_empty() {
                 continue;
             }
             let old = t
-                .oldest
+                .oldest()
                 .is_some_and(|o| o.elapsed() >= config.flush_interval);
             if old || t.rows >= config.flush_rows || t.bytes >= config.flush_bytes {
                 due.push(state.clone());
@@ -727,7 +800,7 @@ impl Ingester {
             .collect();
         let mut first_error = None;
         for state in states {
-            match self.flush_state(&state).await {
+            match self.flush_state(&state, true).await {
                 Ok(_) | Err(Error::DatasetNotFound(_)) => {}
                 Err(e) => {
                     warn!(dataset = state.table.name(), error = %e, "final flush failed; the WAL keeps the rows");
@@ -886,17 +959,18 @@ fn push(
     sequence: u64,
     lsn: u64,
 ) -> bool {
-    t.rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+    let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+    t.rows += rows;
     t.bytes += bytes;
-    t.batches
-        .extend(batches.into_iter().filter(|b| b.num_rows() > 0));
-    t.oldest.get_or_insert_with(Instant::now);
-    t.entries += 1;
-    t.max_lsn = t.max_lsn.max(lsn);
-    if !producer.is_empty() {
-        let m = t.marks.entry(producer.to_string()).or_default();
-        *m = (*m).max(sequence);
-    }
+    t.entries.push_back(Entry {
+        batches: batches.into_iter().filter(|b| b.num_rows() > 0).collect(),
+        rows,
+        bytes,
+        producer: producer.to_string(),
+        sequence,
+        lsn,
+        at: Instant::now(),
+    });
     t.rows >= config.flush_rows || t.bytes >= config.flush_bytes
 }
 

@@ -13,7 +13,7 @@
 //! max_batch_mb = 16                # largest Arrow IPC batch accepted
 //! flush_interval_ms = 1000         # rows are queryable within about this
 //! flush_rows = 1048576
-//! flush_mb = 128
+//! flush_mb = 64                  # most rows/bytes one flush commits
 //! compaction_interval_ms = 5000
 //! compaction_trigger = 8           # small segments per shard before compaction
 //! wal_file_mb = 64

@@ -491,3 +491,54 @@ async fn background_compaction_bounds_segments_per_shard() {
     );
     ing.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_large_memtable_is_flushed_in_bounded_chunks() {
+    let env = Env::new();
+    let mut config = env.config();
+    config.flush_rows = 250;
+    let ing = env.open(config.clone()).await;
+    ing.create_dataset(spec("events", false)).await.unwrap();
+    let table = ing.catalog().open_table("events").await.unwrap();
+    let mut s = ing.open_stream("events", "p").await.unwrap();
+    let mut anon = ing.open_stream("events", "").await.unwrap();
+    let before = table.head_version().await.unwrap();
+    for i in 0..10 {
+        s.submit(i + 1, ipc(&[batch(i as i64 * 100, 100)]))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        anon.submit(i + 1, ipc(&[batch(10_000 + i as i64, 1)]))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // 1,010 rows, at most 250 (plus the entry that crosses it) per version, whether the
+    // flusher (by size) or the explicit flush committed them.
+    let v = ing.flush("events").await.unwrap();
+    assert!(v - before >= 5, "{before} -> {v}");
+    let versions = table.list_versions().await.unwrap();
+    let mut marks_seen = vec![];
+    for info in versions.iter().filter(|i| i.version > before) {
+        assert!(info.rows_added <= 250 + 100, "{info:?}");
+        marks_seen.push(info.producers.get("p").copied().unwrap_or(0));
+    }
+    assert!(
+        marks_seen.windows(2).all(|w| w[0] <= w[1]),
+        "{marks_seen:?}"
+    );
+    assert_eq!(*marks_seen.last().unwrap(), 10);
+    let mut want: Vec<i64> = (0..1000).chain(10_000..10_010).collect();
+    want.sort_unstable();
+    assert_eq!(ts_at_head(&ing, "events").await, want);
+    // Nothing replays after a crash: every chunk's WAL mark covered its entries.
+    std::mem::forget(s);
+    std::mem::forget(anon);
+    std::mem::forget(ing);
+    let ing = env.open(config).await;
+    assert_eq!(ing.status("events").await.unwrap().unflushed_rows, 0);
+    assert_eq!(ts_at_head(&ing, "events").await, want);
+    ing.shutdown().await.unwrap();
+}
