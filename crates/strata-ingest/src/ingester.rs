@@ -579,7 +579,10 @@ impl Ingester {
         while let Some(chunk) = boundary.and_then(|b| {
             let mut mem = state.mem.lock().expect("memtable");
             let c = &self.inner.config;
-            mem.table.take_front(c.flush_bytes, c.flush_rows, b)
+            // A chunk's sort and encoding need about twice its size again: a quarter of
+            // the memory budget at most keeps the whole process near the budget.
+            let max_bytes = c.flush_bytes.min(c.memory_limit_bytes / 4);
+            mem.table.take_front(max_bytes, c.flush_rows, b)
         }) {
             state
                 .flushing_rows
