@@ -413,6 +413,12 @@ impl Ingester {
         Ok(())
     }
 
+    /// The datasets opened so far.
+    fn states(&self) -> Vec<Arc<DatasetState>> {
+        let datasets = self.inner.datasets.read().expect("datasets");
+        datasets.values().cloned().collect()
+    }
+
     /// The state of a dataset, opening it on first use.
     async fn dataset(&self, name: &str) -> Result<Arc<DatasetState>> {
         if let Some(s) = self.inner.datasets.read().expect("datasets").get(name) {
@@ -684,14 +690,7 @@ impl Ingester {
         let config = &self.inner.config;
         let pressure =
             self.inner.memory_used.load(Ordering::SeqCst) as usize >= config.memory_limit_bytes / 2;
-        let states: Vec<Arc<DatasetState>> = self
-            .inner
-            .datasets
-            .read()
-            .expect("datasets")
-            .values()
-            .cloned()
-            .collect();
+        let states = self.states();
         let mut due = Vec::new();
         let mut largest: Option<(usize, Arc<DatasetState>)> = None;
         for state in states {
@@ -722,14 +721,7 @@ impl Ingester {
                 _ = tokio::time::sleep(self.inner.config.compaction_interval) => {}
                 _ = closing.changed() => return,
             }
-            let states: Vec<Arc<DatasetState>> = self
-                .inner
-                .datasets
-                .read()
-                .expect("datasets")
-                .values()
-                .cloned()
-                .collect();
+            let states = self.states();
             for state in states {
                 if *closing.borrow() {
                     return;
@@ -793,14 +785,7 @@ impl Ingester {
         for t in tasks {
             let _ = t.await;
         }
-        let states: Vec<Arc<DatasetState>> = self
-            .inner
-            .datasets
-            .read()
-            .expect("datasets")
-            .values()
-            .cloned()
-            .collect();
+        let states = self.states();
         let mut first_error = None;
         for state in states {
             match self.flush_state(&state, true).await {

@@ -440,37 +440,27 @@ async fn dataset_management_rpcs() {
     let mut c = client(&server).await;
     create(&mut c, "b_events", false).await;
     create(&mut c, "a_events", true).await;
+    // One key column `k` of the given type.
+    let one_column = |name: &str, ty: &str| CreateDatasetRequest {
+        spec: Some(DatasetSpec {
+            name: name.into(),
+            columns: vec![Column {
+                name: "k".into(),
+                r#type: ty.into(),
+                nullable: false,
+            }],
+            partition_key: vec!["k".into()],
+            row_key: vec![],
+            shards: 1,
+        }),
+    };
     let e = c
-        .create_dataset(CreateDatasetRequest {
-            spec: Some(DatasetSpec {
-                name: "a_events".into(),
-                columns: vec![Column {
-                    name: "k".into(),
-                    r#type: "utf8".into(),
-                    nullable: false,
-                }],
-                partition_key: vec!["k".into()],
-                row_key: vec![],
-                shards: 1,
-            }),
-        })
+        .create_dataset(one_column("a_events", "utf8"))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e}");
     let e = c
-        .create_dataset(CreateDatasetRequest {
-            spec: Some(DatasetSpec {
-                name: "bad".into(),
-                columns: vec![Column {
-                    name: "k".into(),
-                    r#type: "notatype".into(),
-                    nullable: false,
-                }],
-                partition_key: vec!["k".into()],
-                row_key: vec![],
-                shards: 1,
-            }),
-        })
+        .create_dataset(one_column("bad", "notatype"))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
