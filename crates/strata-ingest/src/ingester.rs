@@ -389,7 +389,7 @@ impl Ingester {
                 .iter()
                 .map(batch_bytes)
                 .sum::<usize>()
-                .min(self.inner.config.memory_limit_bytes);
+                .min(self.max_charge());
             self.reserve(bytes).await?;
             let mut mem = state.mem.lock().expect("memtable");
             if !entry.producer.is_empty() {
@@ -469,7 +469,6 @@ impl Ingester {
     pub async fn drop_dataset(&self, name: &str) -> Result<()> {
         let state = self.dataset(name).await?;
         let _flush = state.flush_lock.lock().await;
-        state.dropped.store(true, Ordering::SeqCst);
         self.inner
             .catalog
             .drop_table(name)
@@ -478,6 +477,9 @@ impl Ingester {
                 TableError::DatasetNotFound(n) => Error::DatasetNotFound(n),
                 e => e.into(),
             })?;
+        // Only now: a failed drop leaves the dataset writable. Entries pushed meanwhile
+        // are discarded below (and skipped by replay: their table is gone).
+        state.dropped.store(true, Ordering::SeqCst);
         self.inner.datasets.write().expect("datasets").remove(name);
         let freed = {
             let mut mem = state.mem.lock().expect("memtable");
@@ -530,12 +532,17 @@ impl Ingester {
         })
     }
 
-    /// Waits for memory for `bytes` of unflushed rows.
+    /// The most one batch is charged: a batch larger than the whole budget is charged the
+    /// budget (it waits for an empty server instead of forever); the semaphore takes at
+    /// most `u32::MAX` permits at once.
+    fn max_charge(&self) -> usize {
+        self.inner.config.memory_limit_bytes.min(u32::MAX as usize)
+    }
+
+    /// Waits for memory for `bytes` (at most `max_charge`) of unflushed rows.
     async fn reserve(&self, bytes: usize) -> Result<()> {
         let inner = &self.inner;
-        // A batch larger than the whole budget is charged the budget: it waits for an
-        // empty server instead of forever.
-        let bytes = bytes.min(inner.config.memory_limit_bytes);
+        let bytes = bytes.min(self.max_charge());
         if inner.memory.available_permits() < bytes {
             // Full: make sure flushes are under way, then wait for them.
             inner.wake_flusher.notify_one();
@@ -846,7 +853,7 @@ impl IngestStream {
         let batches = conform_all(state, sequence, &batches)?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let bytes: usize = batches.iter().map(batch_bytes).sum();
-        let bytes = bytes.min(inner.config.memory_limit_bytes);
+        let bytes = bytes.min(ingester.max_charge());
         ingester.reserve(bytes).await?;
         if *inner.closing.borrow() {
             ingester.release(bytes);
