@@ -4,3 +4,4 @@ mod crash;
 mod model;
 mod multiproc;
 mod server_crash;
+mod sqllogic;

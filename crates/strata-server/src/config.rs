@@ -17,6 +17,12 @@
 //! compaction_interval_ms = 5000
 //! compaction_trigger = 8           # small segments per shard before compaction
 //! wal_file_mb = 64
+//!
+//! [query]
+//! memory_limit_mb = 1024           # all running queries together; sorts, joins and
+//!                                  # aggregations spill to disk beyond it
+//! timeout_ms = 300000              # a statement running longer is cancelled (0: none)
+//! target_partitions = 0            # scan parallelism; 0 = one per core
 //! ```
 
 use std::net::SocketAddr;
@@ -36,6 +42,25 @@ pub struct ServerConfig {
     pub default_shards: u32,
     pub max_message_mb: usize,
     pub ingest: IngestSettings,
+    pub query: QuerySettings,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuerySettings {
+    pub memory_limit_mb: usize,
+    pub timeout_ms: u64,
+    pub target_partitions: usize,
+}
+
+impl Default for QuerySettings {
+    fn default() -> Self {
+        Self {
+            memory_limit_mb: 1024,
+            timeout_ms: 300_000,
+            target_partitions: 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -59,6 +84,7 @@ impl Default for ServerConfig {
             default_shards: 4,
             max_message_mb: 64,
             ingest: IngestSettings::default(),
+            query: QuerySettings::default(),
         }
     }
 }
@@ -113,6 +139,9 @@ impl ServerConfig {
                 i.memory_limit_mb, i.max_batch_mb
             ));
         }
+        if self.query.memory_limit_mb == 0 {
+            return bad("query.memory_limit_mb must be positive".into());
+        }
         if i.flush_interval_ms == 0 || i.flush_rows == 0 || i.flush_mb == 0 {
             return bad("flush_interval_ms, flush_rows and flush_mb must be positive".into());
         }
@@ -135,6 +164,16 @@ impl ServerConfig {
 
     pub fn store_dir(&self) -> PathBuf {
         self.data_dir.join("store")
+    }
+
+    pub fn query_config(&self) -> strata_query::QueryConfig {
+        let q = &self.query;
+        strata_query::QueryConfig {
+            memory_limit: Some(q.memory_limit_mb << 20),
+            timeout: (q.timeout_ms > 0).then(|| Duration::from_millis(q.timeout_ms)),
+            target_partitions: q.target_partitions,
+            default_shards: self.default_shards,
+        }
     }
 
     pub fn ingest_config(&self) -> IngestConfig {

@@ -1,6 +1,7 @@
 //! Errors of the server, and the one place where Strata errors become gRPC statuses.
 
 use strata_ingest::Error as IngestError;
+use strata_query::Error as QueryError;
 use strata_storage::Error as StorageError;
 use strata_table::Error as TableError;
 use tonic::{Code, Status};
@@ -23,6 +24,8 @@ pub enum Error {
     Table(#[from] TableError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Query(#[from] QueryError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -78,11 +81,37 @@ impl From<Error> for Status {
             Error::Ingest(i) => ingest_code(i),
             Error::Table(t) => table_code(t),
             Error::Storage(s) => storage_code(s),
+            Error::Query(q) => query_code(q),
             Error::Config(_) => Code::InvalidArgument,
             Error::Listen { .. } | Error::Transport(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
     }
+}
+
+/// The gRPC code of a SQL error: the client's mistakes (bad SQL, unknown tables or
+/// versions) are never `Internal`.
+pub fn query_code(e: &QueryError) -> Code {
+    match e {
+        QueryError::Sql(_) | QueryError::Plan(_) | QueryError::Unsupported(_) => {
+            Code::InvalidArgument
+        }
+        QueryError::Table(t) => table_code(t),
+        QueryError::Hook(h) => match h.downcast_ref::<IngestError>() {
+            Some(i) => ingest_code(i),
+            None => match h.downcast_ref::<TableError>() {
+                Some(t) => table_code(t),
+                None => Code::Internal,
+            },
+        },
+        QueryError::ResourcesExhausted(_) => Code::ResourceExhausted,
+        QueryError::Timeout(_) => Code::DeadlineExceeded,
+        QueryError::Execution(_) => Code::Internal,
+    }
+}
+
+pub fn query_status(e: QueryError) -> Status {
+    Status::new(query_code(&e), e.to_string())
 }
 
 pub(crate) fn ingest_status(e: IngestError) -> Status {

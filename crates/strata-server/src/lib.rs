@@ -1,13 +1,15 @@
-//! Strata's server: one port serving the `strata.v1` gRPC services, Arrow Flight
-//! (`DoPut` into datasets), gRPC health checking and server reflection, on the embedded
-//! local store.
+//! Strata's server: one port serving the `strata.v1` gRPC services, Arrow Flight SQL
+//! (with `DoPut` into datasets and pipeline actions), gRPC health checking and server
+//! reflection, on the embedded local store.
 //!
 //! ```text
 //!  tonic (HTTP/2) ──▶ strata.v1.Strata ── CreateDataset/List/Describe/Drop, Flush
 //!                 │                    └─ Ingest (bidi) ─┐
 //!                 ├─▶ Flight DoPut [dataset(, producer)] ─┴▶ strata_ingest::Ingester
-//!                 ├─▶ grpc.health.v1                         ─▶ WAL ─▶ memtables ─▶ Table
-//!                 └─▶ grpc.reflection.v1                                     (LocalStore)
+//!                 ├─▶ Flight SQL (flight_sql) ─▶ strata_query::Engine      ─▶ WAL ─▶
+//!                 │     + DoAction flush/rollback/tag/… (flight_actions)   memtables ─▶
+//!                 ├─▶ grpc.health.v1                                       Table
+//!                 └─▶ grpc.reflection.v1                                   (LocalStore)
 //! ```
 //!
 //! Shutdown (SIGTERM, Ctrl-C or [`Server::shutdown`]): the listener stops accepting,
@@ -18,7 +20,10 @@
 pub mod config;
 pub mod error;
 pub mod flight;
+pub mod flight_actions;
+pub mod flight_sql;
 pub mod service;
+pub mod sql;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +50,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Server {
     addr: SocketAddr,
     ingester: Ingester,
+    engine: strata_query::Engine,
     stop: Option<oneshot::Sender<()>>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -62,6 +68,7 @@ impl Server {
         let store = Arc::new(LocalStore::open(config.store_dir())?);
         let catalog = Catalog::new(store.clone(), store);
         let ingester = Ingester::open(catalog, config.ingest_config()).await?;
+        let engine = sql::engine(&ingester, config.query_config())?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| Error::Listen {
@@ -75,11 +82,15 @@ impl Server {
         let max_message = config.max_message_mb << 20;
         let strata = StrataServer::new(service::StrataService::new(
             ingester.clone(),
+            engine.clone(),
             config.default_shards,
         ))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-        let flight = FlightServiceServer::new(flight::FlightIngest::new(ingester.clone()))
+        let flight = FlightServiceServer::new(flight_sql::StrataFlight::new(
+            ingester.clone(),
+            engine.clone(),
+        ))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
         let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -87,7 +98,7 @@ impl Server {
             .set_serving::<StrataServer<service::StrataService>>()
             .await;
         health_reporter
-            .set_serving::<FlightServiceServer<flight::FlightIngest>>()
+            .set_serving::<FlightServiceServer<flight_sql::StrataFlight>>()
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(strata_proto::FILE_DESCRIPTOR_SET)
@@ -112,6 +123,7 @@ impl Server {
         Ok(Server {
             addr,
             ingester,
+            engine,
             stop: Some(stop),
             serving,
         })
@@ -128,6 +140,11 @@ impl Server {
 
     pub fn ingester(&self) -> &Ingester {
         &self.ingester
+    }
+
+    /// The SQL engine the server answers queries with.
+    pub fn engine(&self) -> &strata_query::Engine {
+        &self.engine
     }
 
     /// Stops accepting, ends ingest streams, flushes and commits every memtable and

@@ -9,18 +9,23 @@ use futures::{Stream, StreamExt};
 use strata_ingest::{Ack, Ingester, PendingAck, WAL_MARK};
 use strata_proto::v1::strata_server::Strata;
 use strata_proto::v1::{
-    Column, CreateDatasetRequest, DatasetInfo, DatasetSpec as PbSpec, DescribeDatasetRequest,
+    Column, CompactRequest, CompactResponse, CreateDatasetRequest, CreateTagRequest, DatasetInfo,
+    DatasetSpec as PbSpec, DeleteTagRequest, DeleteTagResponse, DescribeDatasetRequest,
     DropDatasetRequest, DropDatasetResponse, FlushRequest, FlushResponse, IngestAck, IngestOpened,
-    IngestRequest, IngestResponse, ListDatasetsRequest, ListDatasetsResponse, ingest_request,
-    ingest_response,
+    IngestRequest, IngestResponse, ListDatasetsRequest, ListDatasetsResponse, ListTagsRequest,
+    ListTagsResponse, ListVersionsRequest, ListVersionsResponse, QueryRequest, QueryResponse,
+    RollbackRequest, RollbackResponse, TagInfo as PbTagInfo, VacuumRequest, VacuumResponse,
+    VersionInfo as PbVersionInfo, VersionRef, ingest_request, ingest_response, version_ref,
 };
+use strata_table::{Table, TagInfo, VacuumPolicy, VersionInfo, VersionSpec};
+use strata_query::Engine;
 use strata_types::{ColumnDef, DatasetSpec, DatasetSpecDef};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
-use crate::error::{ingest_status, table_status};
+use crate::error::{ingest_status, query_status, table_status};
 
 /// Acks not yet sent on one stream; beyond this the stream is not read further.
 const MAX_PENDING_ACKS: usize = 4096;
@@ -28,15 +33,25 @@ const MAX_PENDING_ACKS: usize = 4096;
 #[derive(Clone, Debug)]
 pub struct StrataService {
     ingester: Ingester,
+    engine: Engine,
     default_shards: u32,
 }
 
 impl StrataService {
-    pub fn new(ingester: Ingester, default_shards: u32) -> Self {
+    pub fn new(ingester: Ingester, engine: Engine, default_shards: u32) -> Self {
         Self {
             ingester,
+            engine,
             default_shards,
         }
+    }
+
+    async fn table(&self, name: &str) -> Result<Table, Status> {
+        self.ingester
+            .catalog()
+            .open_table(name)
+            .await
+            .map_err(table_status)
     }
 
     async fn info(&self, name: &str) -> Result<DatasetInfo, Status> {
@@ -100,6 +115,92 @@ pub fn schema_ipc(schema: &Schema) -> Result<Vec<u8>, Status> {
 }
 
 type IngestStream = Pin<Box<dyn Stream<Item = Result<IngestResponse, Status>> + Send>>;
+type QueryStream = Pin<Box<dyn Stream<Item = Result<QueryResponse, Status>> + Send>>;
+
+fn version_spec(v: Option<VersionRef>, what: &str) -> Result<VersionSpec, Status> {
+    match v.and_then(|v| v.kind) {
+        Some(version_ref::Kind::Version(n)) => Ok(VersionSpec::Version(n)),
+        Some(version_ref::Kind::Tag(t)) => Ok(VersionSpec::Tag(t)),
+        Some(version_ref::Kind::TimestampMs(t)) => Ok(VersionSpec::Timestamp(t)),
+        None => Err(Status::invalid_argument(format!(
+            "{what} needs a version (number, tag or timestamp_ms)"
+        ))),
+    }
+}
+
+fn version_to_proto(v: &VersionInfo, tags: &[TagInfo]) -> PbVersionInfo {
+    PbVersionInfo {
+        version: v.version,
+        timestamp_ms: v.timestamp_ms,
+        operation: v.operation.name().to_string(),
+        details: serde_json::to_string(&v.operation).unwrap_or_default(),
+        rows_added: v.rows_added,
+        rows_removed: v.rows_removed,
+        tags: tags
+            .iter()
+            .filter(|t| t.version == v.version)
+            .map(|t| t.name.clone())
+            .collect(),
+    }
+}
+
+fn tag_to_proto(t: TagInfo) -> PbTagInfo {
+    PbTagInfo {
+        name: t.name,
+        version: t.version,
+        created_ms: t.created_ms,
+    }
+}
+
+/// Encodes a result stream as one Arrow IPC stream cut into messages: the schema
+/// first, then one message per batch, then the end-of-stream marker.
+fn ipc_messages(
+    stream: strata_query::datafusion::physical_plan::SendableRecordBatchStream,
+) -> Result<QueryStream, Status> {
+    let encode_err = |e: arrow::error::ArrowError| Status::internal(format!("encoding result: {e}"));
+    let mut writer = StreamWriter::try_new(Vec::new(), &stream.schema()).map_err(encode_err)?;
+    let schema_msg = std::mem::take(writer.get_mut());
+    let first = futures::stream::once(async move {
+        Ok(QueryResponse {
+            arrow_ipc: schema_msg.into(),
+        })
+    });
+    let rest = futures::stream::unfold(Some((stream, writer)), move |state| async move {
+        let (mut stream, mut writer) = state?;
+        let item = match stream.next().await {
+            Some(Ok(batch)) => writer
+                .write(&batch)
+                .map(|()| std::mem::take(writer.get_mut()))
+                .map_err(encode_err),
+            Some(Err(e)) => {
+                let e = query_status(strata_query::Error::from(e));
+                return Some((Err(e), None));
+            }
+            None => {
+                let end = writer
+                    .finish()
+                    .map(|()| std::mem::take(writer.get_mut()))
+                    .map_err(encode_err);
+                return Some((
+                    end.map(|b| QueryResponse {
+                        arrow_ipc: b.into(),
+                    }),
+                    None,
+                ));
+            }
+        };
+        match item {
+            Ok(bytes) => Some((
+                Ok(QueryResponse {
+                    arrow_ipc: bytes.into(),
+                }),
+                Some((stream, writer)),
+            )),
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    Ok(Box::pin(first.chain(rest)))
+}
 
 fn ack_message(a: Ack) -> IngestResponse {
     IngestResponse {
@@ -233,6 +334,126 @@ impl Strata for StrataService {
         let dataset = request.into_inner().dataset;
         let version = self.ingester.flush(&dataset).await.map_err(ingest_status)?;
         Ok(Response::new(FlushResponse { version }))
+    }
+
+    type QueryStream = QueryStream;
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let sql = request.into_inner().sql;
+        debug!(sql, "query");
+        let stream = self.engine.execute(&sql).await.map_err(query_status)?;
+        Ok(Response::new(ipc_messages(stream)?))
+    }
+
+    async fn list_versions(
+        &self,
+        request: Request<ListVersionsRequest>,
+    ) -> Result<Response<ListVersionsResponse>, Status> {
+        let table = self.table(&request.into_inner().dataset).await?;
+        let versions = table.list_versions().await.map_err(table_status)?;
+        let tags = table.list_tags().await.map_err(table_status)?;
+        Ok(Response::new(ListVersionsResponse {
+            versions: versions
+                .iter()
+                .map(|v| version_to_proto(v, &tags))
+                .collect(),
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<RollbackRequest>,
+    ) -> Result<Response<RollbackResponse>, Status> {
+        let r = request.into_inner();
+        let to = version_spec(r.to, "Rollback")?;
+        let table = self.table(&r.dataset).await?;
+        // Commit what was acknowledged before the rollback, so it is rolled back too.
+        self.ingester
+            .flush(&r.dataset)
+            .await
+            .map_err(ingest_status)?;
+        let info = table.rollback(&to).await.map_err(table_status)?;
+        self.ingester
+            .refresh_schema(&r.dataset)
+            .await
+            .map_err(ingest_status)?;
+        info!(dataset = r.dataset, version = info.version, "rolled back");
+        Ok(Response::new(RollbackResponse {
+            version: Some(version_to_proto(&info, &[])),
+        }))
+    }
+
+    async fn create_tag(
+        &self,
+        request: Request<CreateTagRequest>,
+    ) -> Result<Response<PbTagInfo>, Status> {
+        let r = request.into_inner();
+        let at = match r.version {
+            None => VersionSpec::Head,
+            v => version_spec(v, "CreateTag")?,
+        };
+        let table = self.table(&r.dataset).await?;
+        let tag = table.create_tag(&r.tag, &at).await.map_err(table_status)?;
+        Ok(Response::new(tag_to_proto(tag)))
+    }
+
+    async fn delete_tag(
+        &self,
+        request: Request<DeleteTagRequest>,
+    ) -> Result<Response<DeleteTagResponse>, Status> {
+        let r = request.into_inner();
+        let table = self.table(&r.dataset).await?;
+        table.delete_tag(&r.tag).await.map_err(table_status)?;
+        Ok(Response::new(DeleteTagResponse {}))
+    }
+
+    async fn list_tags(
+        &self,
+        request: Request<ListTagsRequest>,
+    ) -> Result<Response<ListTagsResponse>, Status> {
+        let table = self.table(&request.into_inner().dataset).await?;
+        let tags = table.list_tags().await.map_err(table_status)?;
+        Ok(Response::new(ListTagsResponse {
+            tags: tags.into_iter().map(tag_to_proto).collect(),
+        }))
+    }
+
+    async fn vacuum(
+        &self,
+        request: Request<VacuumRequest>,
+    ) -> Result<Response<VacuumResponse>, Status> {
+        let r = request.into_inner();
+        let policy = if r.keep_last.is_none() && r.keep_within_ms.is_none() {
+            strata_query::statements::default_vacuum_policy()
+        } else {
+            VacuumPolicy {
+                keep_last: r.keep_last,
+                keep_within_ms: r.keep_within_ms,
+            }
+        };
+        let table = self.table(&r.dataset).await?;
+        let report = table.vacuum(&policy).await.map_err(table_status)?;
+        Ok(Response::new(VacuumResponse {
+            version: report.version.unwrap_or(0),
+            oldest_retained: report.oldest_retained,
+            versions_removed: report.versions_removed,
+            blobs_removed: report.blobs_removed,
+            bytes_removed: report.bytes_removed,
+        }))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactRequest>,
+    ) -> Result<Response<CompactResponse>, Status> {
+        let table = self.table(&request.into_inner().dataset).await?;
+        let info = table.compact().await.map_err(table_status)?;
+        Ok(Response::new(CompactResponse {
+            version: info.map_or(0, |i| i.version),
+        }))
     }
 }
 

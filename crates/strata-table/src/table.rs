@@ -107,7 +107,7 @@ pub enum WriteOutcome {
 }
 
 /// What vacuum keeps.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VacuumPolicy {
     /// Keep at least the newest this many versions.
     pub keep_last: Option<u64>,

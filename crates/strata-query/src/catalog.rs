@@ -1,0 +1,182 @@
+//! The datasets of a [`Catalog`] as a DataFusion catalog: `strata.public.<dataset>`.
+//!
+//! A table name may carry a version after `@`, which is how time-travel SQL reaches the
+//! planner (the engine rewrites `weather VERSION AS OF 12` to `"weather@v12"`):
+//!
+//! | name | version |
+//! |---|---|
+//! | `weather` | the head |
+//! | `weather@v12` | version 12 |
+//! | `weather@t1767225600000` | the newest version committed at or before that time (ms since the epoch) |
+//! | `weather@tag:release-1` | the version tagged `release-1` |
+//!
+//! Dataset names cannot contain `@`, so the forms never collide with a dataset.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use strata_table::{Catalog, VersionSpec};
+
+use crate::hooks::DatasetHooks;
+use crate::provider::StrataTable;
+
+/// The catalog name Strata's datasets appear under.
+pub const CATALOG: &str = "strata";
+/// The one schema of [`CATALOG`].
+pub const SCHEMA: &str = "public";
+
+/// A table reference: a dataset and the version to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionedName {
+    pub dataset: String,
+    pub version: VersionSpec,
+}
+
+impl VersionedName {
+    /// Parses `dataset[@v<N>|@t<ms>|@tag:<name>]`.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let Some((dataset, at)) = name.split_once('@') else {
+            return Ok(Self {
+                dataset: name.to_string(),
+                version: VersionSpec::Head,
+            });
+        };
+        let version = if let Some(tag) = at.strip_prefix("tag:") {
+            VersionSpec::Tag(tag.to_string())
+        } else if let Some(v) = at.strip_prefix('v').and_then(|v| v.parse().ok()) {
+            VersionSpec::Version(v)
+        } else if let Some(t) = at.strip_prefix('t').and_then(|t| t.parse().ok()) {
+            VersionSpec::Timestamp(t)
+        } else {
+            return Err(format!(
+                "table name {name:?}: after '@' expected v<version>, t<milliseconds> or tag:<name>"
+            ));
+        };
+        Ok(Self {
+            dataset: dataset.to_string(),
+            version,
+        })
+    }
+
+    /// The table name that reads this version.
+    pub fn to_table_name(&self) -> String {
+        match &self.version {
+            VersionSpec::Head => self.dataset.clone(),
+            VersionSpec::Version(v) => format!("{}@v{v}", self.dataset),
+            VersionSpec::Timestamp(t) => format!("{}@t{t}", self.dataset),
+            VersionSpec::Tag(tag) => format!("{}@tag:{tag}", self.dataset),
+        }
+    }
+}
+
+/// `strata` catalog with the single schema `public`.
+#[derive(Debug)]
+pub struct StrataCatalog {
+    schema: Arc<StrataSchema>,
+}
+
+impl StrataCatalog {
+    pub fn new(catalog: Catalog, hooks: Arc<dyn DatasetHooks>) -> Self {
+        Self {
+            schema: Arc::new(StrataSchema {
+                catalog,
+                hooks,
+                names: RwLock::new(BTreeSet::new()),
+            }),
+        }
+    }
+
+    pub fn schema_provider(&self) -> &Arc<StrataSchema> {
+        &self.schema
+    }
+}
+
+impl CatalogProvider for StrataCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        vec![SCHEMA.to_string()]
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        (name == SCHEMA).then(|| self.schema.clone() as Arc<dyn SchemaProvider>)
+    }
+}
+
+/// The datasets. Table lookups go to storage every time, so a query always sees the
+/// newest head; the list of names (which DataFusion asks for synchronously, for
+/// `SHOW TABLES` and `information_schema`) is refreshed before each statement.
+#[derive(Debug)]
+pub struct StrataSchema {
+    catalog: Catalog,
+    hooks: Arc<dyn DatasetHooks>,
+    names: RwLock<BTreeSet<String>>,
+}
+
+impl StrataSchema {
+    /// Reloads the list of dataset names.
+    pub async fn refresh(&self) -> crate::Result<()> {
+        let names = self.catalog.list_tables().await?;
+        *self.names.write().expect("names lock") = names.into_iter().collect();
+        Ok(())
+    }
+
+    /// The dataset at a version, as a table provider.
+    pub async fn open(&self, name: &VersionedName) -> crate::Result<StrataTable> {
+        let table = self.catalog.open_table(&name.dataset).await?;
+        Ok(StrataTable::at(&table, name.version.clone())
+            .await?
+            .with_hooks(self.hooks.clone()))
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for StrataSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.names
+            .read()
+            .expect("names lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let name = VersionedName::parse(name).map_err(DataFusionError::Plan)?;
+        match self.open(&name).await {
+            Ok(t) => Ok(Some(Arc::new(t))),
+            // An unknown dataset is an error of its own (NOT_FOUND with the name), not
+            // DataFusion's generic "table not found".
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        VersionedName::parse(name)
+            .map(|n| self.names.read().expect("names lock").contains(&n.dataset))
+            .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versioned_names_round_trip() {
+        for (text, version) in [
+            ("weather", VersionSpec::Head),
+            ("weather@v12", VersionSpec::Version(12)),
+            ("weather@t1767225600000", VersionSpec::Timestamp(1_767_225_600_000)),
+            ("weather@tag:release-1", VersionSpec::Tag("release-1".into())),
+        ] {
+            let n = VersionedName::parse(text).unwrap();
+            assert_eq!(n.dataset, "weather");
+            assert_eq!(n.version, version);
+            assert_eq!(n.to_table_name(), text);
+        }
+        assert!(VersionedName::parse("weather@x").is_err());
+        assert!(VersionedName::parse("weather@vx").is_err());
+    }
+}

@@ -1,0 +1,726 @@
+//! [`Engine`]: SQL text in, Arrow record batches out.
+//!
+//! ```text
+//!  sql ─▶ tag_markers (VERSION AS OF 'tag')
+//!      ─▶ RESTORE / tags / OPTIMIZE / VACUUM? ─▶ Command
+//!      ─▶ DFParser(StrataDialect) ─▶ CREATE/DROP/ALTER/DELETE? ─▶ Command
+//!      ─▶ rewrite `t VERSION AS OF n` ─▶ "t@vn" (TIMESTAMP AS OF: evaluated first)
+//!      ─▶ SessionState.statement_to_plan ─▶ Prepared (plan, parameters)
+//!  Prepared.execute(params) ─▶ optimise, physical plan (StrataTable.scan prunes) ─▶ stream
+//!      └─ under the query timeout; memory from one pool shared by all queries (spills)
+//! ```
+//!
+//! Every statement sees the datasets as they are when it is planned: each table
+//! reference resolves to one version, so a query is a consistent snapshot even while
+//! ingestion commits.
+
+use std::ops::ControlFlow;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
+use datafusion::common::ScalarValue;
+use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{RecordBatchStream, SendableRecordBatchStream};
+use datafusion::prelude::SessionConfig;
+use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{
+    self, Expr as SqlExpr, TableFactor, TableVersion, Value as SqlValue, VisitMut, VisitorMut,
+};
+use futures::{Stream, StreamExt, TryStreamExt};
+use strata_table::{Catalog, Table, VersionSpec};
+use tracing::debug;
+
+use crate::catalog::{CATALOG, SCHEMA, StrataCatalog, StrataSchema, VersionedName};
+use crate::dialect::{StrataDialect, marker_tag, tag_markers};
+use crate::error::{Error, Result};
+use crate::functions::table_functions;
+use crate::hooks::{CatalogHooks, DatasetHooks};
+use crate::provider::ScanLog;
+use crate::statements::{self, Command, VersionAt};
+
+/// Limits and parallelism of query execution.
+#[derive(Clone, Debug, Default)]
+pub struct QueryConfig {
+    /// Memory all running queries may hold together, in bytes; operators that can
+    /// spill (sorts, aggregations, joins) spill to disk beyond it, the others fail the
+    /// query with [`Error::ResourcesExhausted`]. `None`: unlimited.
+    pub memory_limit: Option<usize>,
+    /// Longest a statement may run, planning included. `None`: no limit.
+    pub timeout: Option<Duration>,
+    /// Partitions a scan is split into; 0 means one per core.
+    pub target_partitions: usize,
+    /// Shards of a table made by `CREATE TABLE` without `WITH (shards = N)`; 0 means
+    /// [`statements::DEFAULT_SHARDS`].
+    pub default_shards: u32,
+}
+
+/// Runs SQL over the datasets of one catalog. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    catalog: Catalog,
+    hooks: Arc<dyn DatasetHooks>,
+    config: QueryConfig,
+    schema: Arc<StrataSchema>,
+    state: SessionState,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// An engine that is the only writer of `catalog`.
+    pub fn new(catalog: Catalog, config: QueryConfig) -> Result<Self> {
+        let hooks = Arc::new(CatalogHooks::new(catalog.clone()));
+        Self::with_hooks(catalog, hooks, config)
+    }
+
+    /// An engine whose writes go through `hooks` (the server's ingester).
+    pub fn with_hooks(
+        catalog: Catalog,
+        hooks: Arc<dyn DatasetHooks>,
+        config: QueryConfig,
+    ) -> Result<Self> {
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(limit) = config.memory_limit {
+            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        }
+        let runtime = runtime.build_arc()?;
+        let mut session = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG, SCHEMA)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true);
+        if config.target_partitions > 0 {
+            session = session.with_target_partitions(config.target_partitions);
+        }
+        let strata = Arc::new(StrataCatalog::new(catalog.clone(), hooks.clone()));
+        let schema = strata.schema_provider().clone();
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        catalogs.register_catalog(CATALOG.to_string(), strata);
+        let mut state = SessionStateBuilder::new()
+            .with_config(session)
+            .with_runtime_env(runtime)
+            .with_catalog_list(catalogs)
+            .with_default_features()
+            .build();
+        for (name, f) in table_functions(&catalog) {
+            state.register_udtf(name, f);
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                catalog,
+                hooks,
+                config,
+                schema,
+                state,
+            }),
+        })
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub fn config(&self) -> &QueryConfig {
+        &self.inner.config
+    }
+
+    /// Parses and plans one statement without running it.
+    pub async fn prepare(&self, sql: &str) -> Result<Prepared> {
+        self.within_timeout(self.prepare_inner(sql)).await
+    }
+
+    /// Runs one statement and streams its result.
+    pub async fn execute(&self, sql: &str) -> Result<SendableRecordBatchStream> {
+        self.prepare(sql).await?.execute(vec![]).await
+    }
+
+    /// Runs one statement and collects its result.
+    pub async fn collect(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let stream = self.execute(sql).await?;
+        stream.try_collect().await.map_err(Error::from)
+    }
+
+    async fn within_timeout<T>(&self, f: impl Future<Output = Result<T>>) -> Result<T> {
+        match self.inner.config.timeout {
+            Some(t) => tokio::time::timeout(t, f)
+                .await
+                .unwrap_or(Err(Error::Timeout(t))),
+            None => f.await,
+        }
+    }
+
+    /// A session for one statement, with a fresh scan log.
+    fn session(&self) -> (SessionState, Arc<ScanLog>) {
+        let mut state = self.inner.state.clone();
+        let log = Arc::new(ScanLog::default());
+        state.config_mut().set_extension(log.clone());
+        (state, log)
+    }
+
+    async fn prepare_inner(&self, sql: &str) -> Result<Prepared> {
+        self.inner.schema.refresh().await?;
+        let (sql, tags) = tag_markers(sql);
+        if let Some(cmd) = statements::parse_custom(&sql)? {
+            return Ok(self.command(cmd));
+        }
+        let mut parsed = DFParserBuilder::new(&sql)
+            .with_dialect(&StrataDialect)
+            .build()?
+            .parse_statements()?;
+        let mut statement = match (parsed.pop_front(), parsed.is_empty()) {
+            (Some(s), true) => s,
+            (None, _) => return Err(Error::Sql("empty statement".into())),
+            (Some(_), false) => {
+                return Err(Error::Unsupported(
+                    "several statements in one request; send them one at a time".into(),
+                ));
+            }
+        };
+        match &statement {
+            DfStatement::Statement(s) => {
+                let shards = match self.inner.config.default_shards {
+                    0 => statements::DEFAULT_SHARDS,
+                    n => n,
+                };
+                if let Some(cmd) = statements::from_statement(s, shards)? {
+                    return Ok(self.command(cmd));
+                }
+            }
+            DfStatement::Explain(_) => {}
+            DfStatement::CreateExternalTable(_) | DfStatement::CopyTo(_) => {
+                return Err(Error::Unsupported(
+                    "CREATE EXTERNAL TABLE and COPY: the server does not read or write its own files".into(),
+                ));
+            }
+            other => return Err(Error::Unsupported(format!("{other}"))),
+        }
+        self.rewrite_versions(&mut statement, &tags).await?;
+        let (state, log) = self.session();
+        let plan = state.statement_to_plan(statement).await?;
+        check_plan(&plan)?;
+        debug!(plan = %plan.display_indent(), "planned");
+        Ok(Prepared {
+            engine: self.clone(),
+            body: Body::Query { plan, state, log },
+        })
+    }
+
+    fn command(&self, cmd: Command) -> Prepared {
+        Prepared {
+            engine: self.clone(),
+            body: Body::Command(cmd),
+        }
+    }
+
+    /// Replaces `t VERSION AS OF …` / `TIMESTAMP AS OF …` / `FOR SYSTEM_TIME AS OF …`
+    /// by the versioned table name the catalog resolves.
+    async fn rewrite_versions(&self, statement: &mut DfStatement, tags: &[String]) -> Result<()> {
+        // Pass 1: the timestamp expressions, which must be evaluated.
+        let mut finder = Versions {
+            tags,
+            timestamps: None,
+            found: vec![],
+            error: None,
+        };
+        visit(statement, &mut finder);
+        if let Some(e) = finder.error {
+            return Err(e);
+        }
+        if finder.found.is_empty() {
+            return Ok(());
+        }
+        let mut timestamps = Vec::new();
+        for text in finder.found.iter().filter_map(|f| f.as_ref()) {
+            timestamps.push(self.eval_timestamp(text).await?);
+        }
+        // Pass 2: rename.
+        let mut rewriter = Versions {
+            tags,
+            timestamps: Some(timestamps.into_iter()),
+            found: vec![],
+            error: None,
+        };
+        visit(statement, &mut rewriter);
+        rewriter.error.map_or(Ok(()), Err)
+    }
+
+    /// Milliseconds since the epoch of a SQL timestamp expression (a naive timestamp
+    /// is UTC).
+    async fn eval_timestamp(&self, text: &str) -> Result<i64> {
+        let sql = format!("SELECT CAST(to_timestamp_millis({text}) AS BIGINT)");
+        let (state, _) = self.session();
+        let plan = state.create_logical_plan(&sql).await.map_err(|e| {
+            Error::plan(format!(
+                "TIMESTAMP AS OF {text}: not a timestamp ({})",
+                Error::from(e)
+            ))
+        })?;
+        let batches = DataFrame::new(state, plan).collect().await?;
+        let value = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .and_then(|b| b.column(0).as_any().downcast_ref::<Int64Array>().cloned())
+            .filter(|a| !a.is_null(0))
+            .map(|a| a.value(0));
+        value.ok_or_else(|| Error::plan(format!("TIMESTAMP AS OF {text}: the timestamp is null")))
+    }
+
+    /// Runs a command and answers its one row.
+    async fn run(&self, cmd: &Command) -> Result<RecordBatch> {
+        let catalog = &self.inner.catalog;
+        let hooks = &self.inner.hooks;
+        let name = cmd.dataset();
+        let exists = catalog.list_tables().await?.iter().any(|n| n == name);
+        let open = || async {
+            if exists {
+                catalog.open_table(name).await.map_err(Error::from)
+            } else {
+                Err(strata_table::Error::DatasetNotFound(name.to_string()).into())
+            }
+        };
+        let (version, rows) = match cmd {
+            Command::CreateTable { spec, if_not_exists } => {
+                if exists && *if_not_exists {
+                    (None, None)
+                } else {
+                    let table = hooks.create(spec.clone()).await.map_err(Error::Hook)?;
+                    (Some(table.head_version().await?), None)
+                }
+            }
+            Command::DropTable { if_exists, .. } => {
+                if exists {
+                    hooks.drop(name).await.map_err(Error::Hook)?;
+                } else if !*if_exists {
+                    return Err(strata_table::Error::DatasetNotFound(name.to_string()).into());
+                }
+                (None, None)
+            }
+            Command::AddColumn {
+                field,
+                if_not_exists,
+                ..
+            } => {
+                let table = open().await?;
+                let head = table.head().await?;
+                if *if_not_exists && head.schema.field_with_name(field.name()).is_ok() {
+                    (None, None)
+                } else {
+                    hooks.before_commit(name).await.map_err(Error::Hook)?;
+                    let info = table.add_column(field.clone()).await?;
+                    hooks.schema_changed(name).await.map_err(Error::Hook)?;
+                    (Some(info.version), None)
+                }
+            }
+            Command::Delete { selection, .. } => {
+                let table = open().await?;
+                hooks.before_commit(name).await.map_err(Error::Hook)?;
+                let info = self.delete(&table, selection.as_deref()).await?;
+                (Some(info.version), Some(info.rows_removed))
+            }
+            Command::Restore { to, .. } => {
+                let table = open().await?;
+                let spec = match to {
+                    VersionAt::Spec(s) => s.clone(),
+                    VersionAt::Timestamp(text) => {
+                        VersionSpec::Timestamp(self.eval_timestamp(text).await?)
+                    }
+                };
+                // Rows acknowledged before the RESTORE are committed first, so a bad
+                // load still in memory is rolled back with the rest.
+                hooks.before_commit(name).await.map_err(Error::Hook)?;
+                let info = table.rollback(&spec).await?;
+                hooks.schema_changed(name).await.map_err(Error::Hook)?;
+                (Some(info.version), None)
+            }
+            Command::CreateTag { tag, version, .. } => {
+                let table = open().await?;
+                let at = version.map_or(VersionSpec::Head, VersionSpec::Version);
+                let info = table.create_tag(tag, &at).await?;
+                (Some(info.version), None)
+            }
+            Command::DropTag { tag, if_exists, .. } => {
+                let table = open().await?;
+                match table.delete_tag(tag).await {
+                    Ok(()) => {}
+                    Err(strata_table::Error::TagNotFound { .. }) if *if_exists => {}
+                    Err(e) => return Err(e.into()),
+                }
+                (None, None)
+            }
+            Command::Optimize { .. } => {
+                let table = open().await?;
+                let info = table.compact().await?;
+                (info.map(|i| i.version), None)
+            }
+            Command::Vacuum { policy, .. } => {
+                let table = open().await?;
+                let report = table.vacuum(policy).await?;
+                (report.version, Some(report.versions_removed))
+            }
+        };
+        cmd.result(version, rows)
+    }
+
+    /// `DELETE FROM table [WHERE selection]` as one commit.
+    async fn delete(
+        &self,
+        table: &Table,
+        selection: Option<&str>,
+    ) -> Result<strata_table::VersionInfo> {
+        let Some(selection) = selection else {
+            return Ok(table.delete_where(&strata_table::Predicate::And(vec![])).await?);
+        };
+        let head = table.head_version().await?;
+        let at = VersionedName {
+            dataset: table.name().to_string(),
+            version: VersionSpec::Version(head),
+        };
+        let quoted = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+        let sql = format!(
+            "SELECT * FROM {} WHERE {selection}",
+            quoted(&at.to_table_name())
+        );
+        let (state, _) = self.session();
+        let plan = state.create_logical_plan(&sql).await?;
+        let analyzed = state
+            .analyzer()
+            .execute_and_check(plan, state.config_options(), |_, _| {})?;
+        let filter = statements::plan_filter(&analyzed)
+            .ok_or_else(|| Error::plan(format!("DELETE: cannot plan WHERE {selection}")))?;
+        let schema = table.snapshot(&VersionSpec::Version(head)).await?.schema();
+        if let Some(p) = statements::to_predicate(&filter, &schema) {
+            return Ok(table.delete_where(&p).await?);
+        }
+        // A condition the table layer cannot evaluate: find the primary keys of the
+        // matching rows with DataFusion, then delete those keys.
+        if !table.spec().has_row_key() {
+            return Err(Error::Unsupported(format!(
+                "DELETE … WHERE {selection} on {:?}: without a row key, rows can only be deleted by comparisons of columns with constants (=, <>, <, <=, >, >=, IN, BETWEEN, IS NULL, AND, OR, NOT)",
+                table.name()
+            )));
+        }
+        let keys: Vec<String> = table.spec().primary_key().map(quoted).collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {selection}",
+            keys.join(", "),
+            quoted(&at.to_table_name())
+        );
+        let (state, _) = self.session();
+        let plan = state.create_logical_plan(&sql).await?;
+        let batches = DataFrame::new(state, plan).collect().await?;
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
+        let keys = arrow::compute::concat_batches(&schema, &batches)?;
+        Ok(table.delete_keys(&keys).await?)
+    }
+}
+
+/// Refuses plans Strata does not run: DataFusion's in-memory DDL (tables, views,
+/// schemas that would vanish after the statement) and writes to files.
+fn check_plan(plan: &LogicalPlan) -> Result<()> {
+    match plan {
+        LogicalPlan::Ddl(d) => Err(Error::Unsupported(match d {
+            DdlStatement::CreateMemoryTable(_) => {
+                "CREATE TABLE … AS SELECT: create the table with its PRIMARY KEY, then INSERT INTO … SELECT".to_string()
+            }
+            other => format!("{}", other.display()),
+        })),
+        LogicalPlan::Copy(_) => Err(Error::Unsupported("COPY".into())),
+        LogicalPlan::Statement(s) => Err(Error::Unsupported(format!(
+            "{}: each statement runs in its own session",
+            s.name()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Applies a visitor to the SQL statements inside a DataFusion statement.
+fn visit(statement: &mut DfStatement, v: &mut Versions<'_>) {
+    match statement {
+        DfStatement::Statement(s) => {
+            let _ = s.visit(v);
+        }
+        DfStatement::Explain(e) => visit(&mut e.statement, v),
+        _ => {}
+    }
+}
+
+/// Finds (pass 1) or rewrites (pass 2) versioned table references.
+struct Versions<'a> {
+    tags: &'a [String],
+    /// Pass 2: evaluated `TIMESTAMP AS OF` values, in visiting order.
+    timestamps: Option<std::vec::IntoIter<i64>>,
+    /// Pass 1: one entry per versioned reference, the timestamp expression if any.
+    found: Vec<Option<String>>,
+    error: Option<Error>,
+}
+
+impl Versions<'_> {
+    fn version(&mut self, v: &TableVersion) -> Result<VersionAtRef> {
+        match v {
+            TableVersion::VersionAsOf(SqlExpr::Value(value)) => match &value.value {
+                SqlValue::Number(n, _) => {
+                    if let Some(tag) = marker_tag(n, self.tags) {
+                        return Ok(VersionAtRef::Spec(VersionSpec::Tag(tag.to_string())));
+                    }
+                    n.parse::<u64>()
+                        .map(|n| VersionAtRef::Spec(VersionSpec::Version(n)))
+                        .map_err(|_| {
+                            Error::plan(format!(
+                                "VERSION AS OF {n}: expected a version number (1, 2, …) or a tag name"
+                            ))
+                        })
+                }
+                SqlValue::Placeholder(p) => Err(Error::Unsupported(format!(
+                    "a parameter ({p}) in VERSION AS OF; give the version in the SQL text"
+                ))),
+                other => Err(Error::plan(format!(
+                    "VERSION AS OF {other}: expected a version number or a tag name"
+                ))),
+            },
+            TableVersion::TimestampAsOf(e) | TableVersion::ForSystemTimeAsOf(e) => {
+                Ok(VersionAtRef::Timestamp(e.to_string()))
+            }
+            other => Err(Error::Unsupported(format!("table version clause {other}"))),
+        }
+    }
+}
+
+enum VersionAtRef {
+    Spec(VersionSpec),
+    Timestamp(String),
+}
+
+impl VisitorMut for Versions<'_> {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        let TableFactor::Table { name, version, .. } = factor else {
+            return ControlFlow::Continue(());
+        };
+        let Some(v) = version.as_ref() else {
+            return ControlFlow::Continue(());
+        };
+        let at = match self.version(v) {
+            Ok(at) => at,
+            Err(e) => {
+                self.error = Some(e);
+                return ControlFlow::Break(());
+            }
+        };
+        let Some(timestamps) = self.timestamps.as_mut() else {
+            self.found.push(match at {
+                VersionAtRef::Timestamp(t) => Some(t),
+                VersionAtRef::Spec(_) => None,
+            });
+            return ControlFlow::Continue(());
+        };
+        let spec = match at {
+            VersionAtRef::Spec(s) => s,
+            VersionAtRef::Timestamp(_) => match timestamps.next() {
+                Some(ms) => VersionSpec::Timestamp(ms),
+                None => {
+                    self.error = Some(Error::Execution("timestamp versions out of step".into()));
+                    return ControlFlow::Break(());
+                }
+            },
+        };
+        let Some(last) = name.0.last_mut().and_then(|p| p.as_ident_mut()) else {
+            self.error = Some(Error::plan(format!("invalid table name {name}")));
+            return ControlFlow::Break(());
+        };
+        let dataset = if last.quote_style.is_some() {
+            last.value.clone()
+        } else {
+            last.value.to_ascii_lowercase()
+        };
+        let versioned = VersionedName {
+            dataset,
+            version: spec,
+        };
+        *last = ast::Ident::with_quote('"', versioned.to_table_name());
+        *version = None;
+        ControlFlow::Continue(())
+    }
+}
+
+/// A planned statement, ready to run (several times, with different parameters).
+pub struct Prepared {
+    engine: Engine,
+    body: Body,
+}
+
+enum Body {
+    Query {
+        plan: LogicalPlan,
+        state: SessionState,
+        log: Arc<ScanLog>,
+    },
+    Command(Command),
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.body {
+            Body::Query { plan, .. } => write!(f, "Prepared({})", plan.display()),
+            Body::Command(c) => write!(f, "Prepared({c:?})"),
+        }
+    }
+}
+
+impl Prepared {
+    /// The schema of the result.
+    pub fn schema(&self) -> SchemaRef {
+        match &self.body {
+            Body::Query { plan, .. } => Arc::new(plan.schema().as_arrow().clone()),
+            Body::Command(_) => Command::result_schema(),
+        }
+    }
+
+    /// True for statements that read (`SELECT`, `EXPLAIN`, `SHOW`), false for those
+    /// that write or change the catalog.
+    pub fn is_query(&self) -> bool {
+        match &self.body {
+            Body::Query { plan, .. } => !matches!(plan, LogicalPlan::Dml(_)),
+            Body::Command(_) => false,
+        }
+    }
+
+    /// The parameters (`$1`, `$2`, …) in order, with their types where the planner
+    /// could infer them.
+    pub fn parameters(&self) -> Result<Vec<(String, Option<DataType>)>> {
+        let Body::Query { plan, .. } = &self.body else {
+            return Ok(vec![]);
+        };
+        let mut params: Vec<(String, Option<DataType>)> =
+            plan.get_parameter_types()?.into_iter().collect();
+        params.sort_by_key(|(name, _)| {
+            name.trim_start_matches('$')
+                .parse::<usize>()
+                .unwrap_or(usize::MAX)
+        });
+        Ok(params)
+    }
+
+    /// Runs the statement with positional parameter values.
+    pub async fn execute(&self, params: Vec<ScalarValue>) -> Result<SendableRecordBatchStream> {
+        let engine = self.engine.clone();
+        let timeout = engine.inner.config.timeout;
+        let start = tokio::time::Instant::now();
+        let stream = engine.within_timeout(self.start(params)).await?;
+        Ok(match timeout {
+            Some(t) => Box::pin(Deadline {
+                schema: stream.schema(),
+                inner: stream,
+                sleep: Box::pin(tokio::time::sleep_until(start + t)),
+                timeout: t,
+                done: false,
+            }),
+            None => stream,
+        })
+    }
+
+    async fn start(&self, params: Vec<ScalarValue>) -> Result<SendableRecordBatchStream> {
+        let (plan, state, log) = match &self.body {
+            Body::Command(cmd) => {
+                let batch = self.engine.run(cmd).await?;
+                return Ok(one_batch(batch));
+            }
+            Body::Query { plan, state, log } => (plan.clone(), state.clone(), log.clone()),
+        };
+        let plan = if params.is_empty() {
+            plan
+        } else {
+            plan.with_param_values(params)?
+        };
+        let explain = matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
+        let stream = DataFrame::new(state, plan).execute_stream().await?;
+        if !explain {
+            return Ok(stream);
+        }
+        // EXPLAIN [ANALYZE]: add what Strata's scans pruned.
+        let schema = stream.schema();
+        let mut batches: Vec<RecordBatch> = stream.try_collect().await?;
+        let scans = log.entries();
+        if !scans.is_empty() && schema.fields().len() == 2 {
+            let kinds: Vec<&str> = scans.iter().map(|_| "strata_scan").collect();
+            let lines: Vec<String> = scans.iter().map(|s| s.to_string()).collect();
+            batches.push(RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(kinds)),
+                    Arc::new(StringArray::from(lines)),
+                ],
+            )?);
+        }
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(batches.into_iter().map(Ok)),
+        )))
+    }
+}
+
+fn one_batch(batch: RecordBatch) -> SendableRecordBatchStream {
+    Box::pin(RecordBatchStreamAdapter::new(
+        batch.schema(),
+        futures::stream::once(async move { Ok(batch) }),
+    ))
+}
+
+/// Ends a result stream with [`Error::Timeout`] at its deadline; dropping the inner
+/// stream cancels the query's remaining work.
+struct Deadline {
+    schema: SchemaRef,
+    inner: SendableRecordBatchStream,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+    done: bool,
+}
+
+impl Stream for Deadline {
+    type Item = datafusion::error::Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            let t = self.timeout;
+            return Poll::Ready(Some(Err(DataFusionError::from(Error::Timeout(t)))));
+        }
+        let next = self.inner.poll_next_unpin(cx);
+        if matches!(next, Poll::Ready(None)) {
+            self.done = true;
+        }
+        next
+    }
+}
+
+impl RecordBatchStream for Deadline {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}

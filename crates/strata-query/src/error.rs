@@ -1,0 +1,172 @@
+//! Errors of the query layer, sorted by whose fault they are.
+//!
+//! DataFusion reports everything as a [`DataFusionError`], with Strata's own errors
+//! boxed inside (`External`, `Context`, `Shared`, Arrow's `ExternalError`). [`From`]
+//! digs them out again, so a missing dataset stays a [`strata_table::Error`] and a bad
+//! query stays a client error: the server maps each variant to one gRPC code.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::error::ArrowError;
+use datafusion::error::DataFusionError;
+
+use crate::hooks::HookError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The text is not SQL Strata can parse.
+    #[error("SQL parse error: {0}")]
+    Sql(String),
+    /// The statement parses but cannot be planned: unknown column, type mismatch,
+    /// wrong arguments, a bad version clause, …
+    #[error("{0}")]
+    Plan(String),
+    /// Valid SQL that Strata does not run.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// The table layer refused (unknown dataset, version or tag, vacuumed version,
+    /// schema mismatch, conflict, storage failure, …).
+    #[error(transparent)]
+    Table(#[from] strata_table::Error),
+    /// The dataset owner (the ingester, in the server) refused.
+    #[error("{0}")]
+    Hook(HookError),
+    /// The query needed more memory than the query memory limit allows.
+    #[error("query exceeded the query memory limit: {0}")]
+    ResourcesExhausted(String),
+    /// The query ran longer than the query timeout.
+    #[error("query cancelled after the query timeout of {0:?}")]
+    Timeout(Duration),
+    /// Execution failed for a reason that is not the query's fault.
+    #[error("query execution failed: {0}")]
+    Execution(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn plan(message: impl Into<String>) -> Self {
+        Error::Plan(message.into())
+    }
+
+    /// True when the client sent something wrong (as opposed to the server failing).
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, Error::Sql(_) | Error::Plan(_) | Error::Unsupported(_))
+    }
+}
+
+impl From<Error> for DataFusionError {
+    fn from(e: Error) -> Self {
+        DataFusionError::External(Box::new(e))
+    }
+}
+
+impl From<strata_types::Error> for Error {
+    fn from(e: strata_types::Error) -> Self {
+        Error::Plan(e.to_string())
+    }
+}
+
+impl From<ArrowError> for Error {
+    fn from(e: ArrowError) -> Self {
+        DataFusionError::from(e).into()
+    }
+}
+
+type Boxed = Box<dyn std::error::Error + Send + Sync>;
+
+fn from_boxed(b: Boxed) -> Error {
+    let b = match b.downcast::<Error>() {
+        Ok(e) => return *e,
+        Err(b) => b,
+    };
+    let b = match b.downcast::<strata_table::Error>() {
+        Ok(e) => return Error::Table(*e),
+        Err(b) => b,
+    };
+    let b = match b.downcast::<DataFusionError>() {
+        Ok(e) => return (*e).into(),
+        Err(b) => b,
+    };
+    match b.downcast::<ArrowError>() {
+        Ok(e) => (*e).into(),
+        Err(b) => Error::Execution(b.to_string()),
+    }
+}
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        use DataFusionError as D;
+        match e {
+            D::External(b) => from_boxed(b),
+            D::Context(_, inner) | D::Diagnostic(_, inner) => (*inner).into(),
+            D::Shared(arc) => match Arc::try_unwrap(arc) {
+                Ok(inner) => inner.into(),
+                Err(arc) => shared(&arc),
+            },
+            D::ArrowError(a, _) => match *a {
+                ArrowError::ExternalError(b) => from_boxed(b),
+                other => Error::Execution(other.to_string()),
+            },
+            D::Collection(mut errors) if !errors.is_empty() => errors.swap_remove(0).into(),
+            D::SQL(p, _) => Error::Sql(p.to_string()),
+            D::Plan(m) | D::Configuration(m) => Error::Plan(m),
+            e @ (D::SchemaError(..)
+            | D::AmbiguousReference { .. }
+            | D::DuplicateQualifiedField { .. }) => Error::Plan(e.strip_backtrace()),
+            D::NotImplemented(m) => Error::Unsupported(m),
+            D::ResourcesExhausted(m) => Error::ResourcesExhausted(m),
+            other => Error::Execution(other.strip_backtrace()),
+        }
+    }
+}
+
+/// A shared error (one failure reported to several consumers) cannot be taken apart;
+/// it keeps its class and message.
+fn shared(e: &DataFusionError) -> Error {
+    use DataFusionError as D;
+    let root = e.find_root();
+    if let D::External(b) = root {
+        if let Some(q) = b.downcast_ref::<Error>() {
+            return match q {
+                Error::Timeout(d) => Error::Timeout(*d),
+                Error::ResourcesExhausted(m) => Error::ResourcesExhausted(m.clone()),
+                other => Error::Execution(other.to_string()),
+            };
+        }
+    }
+    match root {
+        D::ResourcesExhausted(m) => Error::ResourcesExhausted(m.clone()),
+        D::Plan(m) => Error::Plan(m.clone()),
+        other => Error::Execution(other.strip_backtrace()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strata_errors_survive_datafusion_wrapping() {
+        let e = DataFusionError::from(Error::Table(strata_table::Error::DatasetNotFound(
+            "nope".into(),
+        )))
+        .context("planning");
+        let e = DataFusionError::ArrowError(
+            Box::new(ArrowError::ExternalError(Box::new(e))),
+            None,
+        );
+        assert!(matches!(
+            Error::from(e),
+            Error::Table(strata_table::Error::DatasetNotFound(n)) if n == "nope"
+        ));
+        let t = DataFusionError::Shared(Arc::new(Error::Timeout(Duration::from_secs(1)).into()));
+        assert!(matches!(Error::from(t), Error::Timeout(_)));
+        assert!(Error::from(DataFusionError::Plan("x".into())).is_client_error());
+        assert!(matches!(
+            Error::from(DataFusionError::ResourcesExhausted("mem".into())),
+            Error::ResourcesExhausted(_)
+        ));
+    }
+}

@@ -1,0 +1,537 @@
+//! [`StrataTable`]: a DataFusion [`TableProvider`] for one dataset at one version.
+//!
+//! `scan` prunes in two steps before any byte of a segment is read:
+//! 1. shards: equality / `IN` filters on every partition key column give the literal
+//!    keys; their shards (the same xxh3 hash the writer uses) are the only ones read;
+//! 2. segments: the manifest's per-column min/max/null counts feed a DataFusion
+//!    [`PruningPredicate`] built from all filters.
+//!
+//! The remaining segments become one [`PartitionedFile`] each (size from the manifest, so
+//! no `head` request), spread over `target_partitions` groups by size, read by
+//! DataFusion's [`ParquetSource`] with the filters as predicate (row group statistics,
+//! page index, row filters). A segment's deletion vector travels as a file-level
+//! [`ParquetRowSelection`] that DataFusion splits across row groups.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt64Array};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::sink::DataSinkExec;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_expr::execution_props::ExecutionProps;
+use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
+use datafusion::physical_optimizer::pruning::PruningPredicate;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use strata_table::segment::{deletion_selection, shard_of_rows};
+use strata_table::{LiveSegment, Snapshot, Table, VersionSpec};
+use strata_types::Value;
+
+use crate::error::{Error, Result};
+use crate::hooks::DatasetHooks;
+use crate::sink::StrataSink;
+use crate::object_store::BlobObjectStore;
+
+/// The object store URL segments are read under unless told otherwise.
+pub const DEFAULT_STORE_URL: &str = "strata://store/";
+
+/// Most partition key combinations (product of the literal lists) turned into shards;
+/// beyond this the filter does not prune shards.
+const MAX_KEY_COMBINATIONS: usize = 4096;
+
+/// One dataset at one version, as a DataFusion table.
+#[derive(Clone)]
+pub struct StrataTable {
+    snapshot: Snapshot,
+    store_url: ObjectStoreUrl,
+    /// Where `INSERT` commits go through; without hooks the table is read-only.
+    hooks: Option<Arc<dyn DatasetHooks>>,
+    /// True when the table reads the head (only then may it be written).
+    at_head: bool,
+}
+
+impl fmt::Debug for StrataTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StrataTable")
+            .field("dataset", &self.snapshot.table().name())
+            .field("version", &self.snapshot.version())
+            .field("store_url", &self.store_url.as_str())
+            .finish()
+    }
+}
+
+/// What `scan` decided, for tests and `EXPLAIN ANALYZE`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PruneStats {
+    pub dataset: String,
+    pub version: u64,
+    pub segments_total: usize,
+    /// Segments left after shard pruning.
+    pub segments_after_shards: usize,
+    /// Segments left after statistics pruning (and dropping fully deleted segments).
+    pub segments_scanned: usize,
+    /// Bytes of all live segments, and of the segments left to scan (the scan reads
+    /// only the projected columns' pages of those).
+    pub bytes_total: u64,
+    pub bytes_after_pruning: u64,
+}
+
+impl fmt::Display for PruneStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}@v{}: segments total={} after_shard_pruning={} after_stats_pruning={}, segment bytes total={} after_pruning={}",
+            self.dataset,
+            self.version,
+            self.segments_total,
+            self.segments_after_shards,
+            self.segments_scanned,
+            self.bytes_total,
+            self.bytes_after_pruning
+        )
+    }
+}
+
+/// The pruning decisions of the scans of one statement, collected through the
+/// session's config extensions (the engine installs a fresh log per statement).
+#[derive(Debug, Default)]
+pub struct ScanLog(Mutex<Vec<PruneStats>>);
+
+impl ScanLog {
+    pub fn entries(&self) -> Vec<PruneStats> {
+        self.0.lock().expect("scan log lock").clone()
+    }
+}
+
+impl StrataTable {
+    /// The table at a version already resolved.
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self {
+            snapshot,
+            store_url: ObjectStoreUrl::parse(DEFAULT_STORE_URL).expect("valid default URL"),
+            hooks: None,
+            at_head: false,
+        }
+    }
+
+    /// `table` at `version` (head, number, timestamp or tag).
+    pub async fn at(table: &Table, version: VersionSpec) -> Result<Self> {
+        let at_head = version == VersionSpec::Head;
+        let mut t = Self::new(table.snapshot(&version).await?);
+        t.at_head = at_head;
+        Ok(t)
+    }
+
+    /// Lets `INSERT` write to the table (at the head only), committing through `hooks`.
+    pub fn with_hooks(mut self, hooks: Arc<dyn DatasetHooks>) -> Self {
+        self.hooks = Some(hooks);
+        self
+    }
+
+    /// Reads segments under `url` instead of [`DEFAULT_STORE_URL`]: needed when one
+    /// session holds tables of catalogs on different blob stores.
+    pub fn with_store_url(mut self, url: ObjectStoreUrl) -> Self {
+        self.store_url = url;
+        self
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    pub fn version(&self) -> u64 {
+        self.snapshot.version()
+    }
+
+    pub fn store_url(&self) -> &ObjectStoreUrl {
+        &self.store_url
+    }
+
+    /// Registers the table's blob store under its URL unless something is registered.
+    pub fn ensure_store(&self, state: &dyn Session) {
+        let env = state.runtime_env();
+        if env.object_store(&self.store_url).is_err() {
+            env.register_object_store(
+                self.store_url.as_ref(),
+                Arc::new(BlobObjectStore::new(self.snapshot.table().blobs().clone())),
+            );
+        }
+    }
+
+    /// The live segments `filters` (a conjunction) may match, and what pruning did.
+    pub fn prune(&self, filters: &[Expr]) -> DfResult<(Vec<LiveSegment>, PruneStats)> {
+        let manifest = self.snapshot.manifest();
+        let mut stats = PruneStats {
+            dataset: self.snapshot.table().name().to_string(),
+            version: self.version(),
+            segments_total: manifest.segment_count(),
+            bytes_total: manifest.live_segments().map(|s| s.meta.bytes).sum(),
+            ..Default::default()
+        };
+        let segments: Vec<LiveSegment> = match self.shards_for(filters)? {
+            Some(shards) => shards
+                .into_iter()
+                .flat_map(|s| manifest.shard_segments(s).cloned())
+                .collect(),
+            None => manifest.live_segments().cloned().collect(),
+        };
+        stats.segments_after_shards = segments.len();
+        let schema = self.schema();
+        let keep = match self.pruning_predicate(filters)? {
+            Some(pp) => pp.prune(&SegmentStatistics {
+                schema: &schema,
+                segments: &segments,
+            })?,
+            None => vec![true; segments.len()],
+        };
+        let out: Vec<LiveSegment> = segments
+            .into_iter()
+            .zip(keep)
+            .filter(|(s, keep)| *keep && s.live_rows() > 0)
+            .map(|(s, _)| s)
+            .collect();
+        stats.segments_scanned = out.len();
+        stats.bytes_after_pruning = out.iter().map(|s| s.meta.bytes).sum();
+        Ok((out, stats))
+    }
+
+    fn physical_expr(&self, expr: &Expr) -> DfResult<Arc<dyn PhysicalExpr>> {
+        let df_schema = DFSchema::try_from(self.schema().as_ref().clone())?;
+        create_physical_expr(expr, &df_schema, &ExecutionProps::new())
+    }
+
+    fn pruning_predicate(&self, filters: &[Expr]) -> DfResult<Option<PruningPredicate>> {
+        let Some(expr) = conjunction(filters.iter().cloned()) else {
+            return Ok(None);
+        };
+        let physical = self.physical_expr(&expr)?;
+        // Expressions the pruning machinery cannot use simply do not prune.
+        Ok(PruningPredicate::try_new(physical, self.schema())
+            .ok()
+            .filter(|pp| !pp.always_true()))
+    }
+
+    /// Shards the filters restrict the scan to, or `None` when they do not restrict it.
+    fn shards_for(&self, filters: &[Expr]) -> DfResult<Option<BTreeSet<u32>>> {
+        let spec = self.snapshot.table().spec();
+        let schema = self.schema();
+        let mut per_column: Vec<Vec<ScalarValue>> = Vec::new();
+        for name in &spec.partition_key {
+            let values = filters
+                .iter()
+                .flat_map(split_conjunction)
+                .find_map(|e| key_literals(e).filter(|(c, _)| c == name).map(|(_, v)| v));
+            let Some(values) = values else {
+                return Ok(None);
+            };
+            let field = schema.field_with_name(name)?;
+            // A literal that does not survive a round trip through the column type
+            // could hash differently from the stored value: then do not prune.
+            let mut cast = Vec::with_capacity(values.len());
+            for v in values {
+                if v.is_null() {
+                    continue; // `key = NULL` matches no row
+                }
+                match v.cast_to(field.data_type()) {
+                    Ok(c) if c.cast_to(&v.data_type()).ok().as_ref() == Some(&v) => cast.push(c),
+                    _ => return Ok(None),
+                }
+            }
+            per_column.push(cast);
+        }
+        let combos = per_column
+            .iter()
+            .try_fold(1usize, |acc, v| acc.checked_mul(v.len()))
+            .unwrap_or(usize::MAX);
+        if combos > MAX_KEY_COMBINATIONS {
+            return Ok(None);
+        }
+        if combos == 0 {
+            return Ok(Some(BTreeSet::new()));
+        }
+        // The cartesian product of the key literals, column by column.
+        let mut rows: Vec<Vec<ScalarValue>> = vec![vec![]];
+        for values in &per_column {
+            rows = rows
+                .into_iter()
+                .flat_map(|r| {
+                    values.iter().map(move |v| {
+                        let mut r = r.clone();
+                        r.push(v.clone());
+                        r
+                    })
+                })
+                .collect();
+        }
+        let fields: Vec<Field> = spec
+            .partition_key
+            .iter()
+            .map(|n| schema.field_with_name(n).cloned())
+            .collect::<Result<_, _>>()?;
+        let columns: Vec<ArrayRef> = (0..fields.len())
+            .map(|i| ScalarValue::iter_to_array(rows.iter().map(|r| r[i].clone())))
+            .collect::<DfResult<_>>()?;
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        let indices: Vec<usize> = (0..batch.num_columns()).collect();
+        let shards = shard_of_rows(&batch, &indices, spec.shards)
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        Ok(Some(shards.into_iter().collect()))
+    }
+
+    fn filter_prunes(&self, filter: &Expr) -> bool {
+        let spec = self.snapshot.table().spec();
+        let on_key = spec.partition_key.len() == 1
+            && split_conjunction(filter)
+                .into_iter()
+                .filter_map(key_literals)
+                .any(|(c, _)| c == spec.partition_key[0]);
+        on_key
+            || self
+                .pruning_predicate(std::slice::from_ref(filter))
+                .ok()
+                .flatten()
+                .is_some()
+    }
+}
+
+/// `col = lit`, `lit = col`, `col IN (lits)` and ORs of those on one column: the column
+/// and the literals it may equal.
+fn key_literals(expr: &Expr) -> Option<(String, Vec<ScalarValue>)> {
+    match expr {
+        Expr::BinaryExpr(b) if b.op == Operator::Eq => match (b.left.as_ref(), b.right.as_ref()) {
+            (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) => {
+                Some((c.name.clone(), vec![v.clone()]))
+            }
+            _ => None,
+        },
+        Expr::BinaryExpr(b) if b.op == Operator::Or => {
+            let (lc, mut lv) = key_literals(&b.left)?;
+            let (rc, rv) = key_literals(&b.right)?;
+            (lc == rc).then(|| {
+                lv.extend(rv);
+                (lc, lv)
+            })
+        }
+        Expr::InList(l) if !l.negated => {
+            let Expr::Column(c) = l.expr.as_ref() else {
+                return None;
+            };
+            let values = l
+                .list
+                .iter()
+                .map(|e| match e {
+                    Expr::Literal(v, _) => Some(v.clone()),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some((c.name.clone(), values))
+        }
+        _ => None,
+    }
+}
+
+/// Segment statistics from the manifest, one container per segment. They cover every
+/// row of a segment, deleted or not: a superset of the live rows, so pruning is safe.
+struct SegmentStatistics<'a> {
+    schema: &'a Schema,
+    segments: &'a [LiveSegment],
+}
+
+impl SegmentStatistics<'_> {
+    fn bound(&self, column: &Column, min: bool) -> Option<ArrayRef> {
+        let dt = self.schema.field_with_name(&column.name).ok()?.data_type();
+        let arrays = self
+            .segments
+            .iter()
+            .map(|s| {
+                let st = s.meta.column_stats(&column.name);
+                let v = if min { st.min } else { st.max };
+                v.unwrap_or(Value::Null).to_array(dt).ok()
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let refs: Vec<&dyn arrow::array::Array> = arrays.iter().map(|a| a.as_ref()).collect();
+        arrow::compute::concat(&refs).ok()
+    }
+}
+
+impl PruningStatistics for SegmentStatistics<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.bound(column, true)
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.bound(column, false)
+    }
+
+    fn num_containers(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        self.schema.field_with_name(&column.name).ok()?;
+        Some(Arc::new(UInt64Array::from_iter_values(
+            self.segments
+                .iter()
+                .map(|s| s.meta.column_stats(&column.name).null_count),
+        )))
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        Some(Arc::new(UInt64Array::from_iter_values(
+            self.segments.iter().map(|s| s.meta.rows),
+        )))
+    }
+
+    fn contained(
+        &self,
+        _column: &Column,
+        _values: &std::collections::HashSet<ScalarValue>,
+    ) -> Option<BooleanArray> {
+        None
+    }
+}
+
+/// Spreads files over at most `n` groups, largest first onto the lightest group.
+fn group_files(mut files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> {
+    let n = n.clamp(1, files.len().max(1));
+    files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..n).map(|_| (0, vec![])).collect();
+    for f in files {
+        let g = groups
+            .iter_mut()
+            .min_by_key(|(bytes, _)| *bytes)
+            .expect("at least one group");
+        g.0 += f.object_meta.size;
+        g.1.push(f);
+    }
+    groups
+        .into_iter()
+        .filter(|(_, f)| !f.is_empty())
+        .map(|(_, f)| FileGroup::new(f))
+        .collect()
+}
+
+#[async_trait]
+impl TableProvider for StrataTable {
+    fn schema(&self) -> SchemaRef {
+        self.snapshot.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if self.filter_prunes(f) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = self.schema();
+        let (segments, stats) = self.prune(filters)?;
+        tracing::debug!(
+            dataset = %self.snapshot.table().name(),
+            version = self.version(),
+            total = stats.segments_total,
+            after_shards = stats.segments_after_shards,
+            scanned = stats.segments_scanned,
+            "pruned segments"
+        );
+        if let Some(log) = state.config().get_extension::<ScanLog>() {
+            log.0.lock().expect("scan log lock").push(stats.clone());
+        }
+        if segments.is_empty() {
+            let projected = match projection {
+                Some(p) => Arc::new(schema.project(p)?),
+                None => schema,
+            };
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        self.ensure_store(state);
+        let mut source = ParquetSource::new(schema.clone())
+            .with_table_parquet_options(state.table_options().parquet.clone())
+            .with_enable_page_index(true)
+            .with_pushdown_filters(true);
+        if let Some(expr) = conjunction(filters.iter().cloned()) {
+            source = source.with_predicate(self.physical_expr(&expr)?);
+        }
+        let files: Vec<PartitionedFile> = segments
+            .iter()
+            .map(|s| {
+                let file = PartitionedFile::new(s.meta.path.clone(), s.meta.bytes);
+                match &s.deleted {
+                    Some(dv) if !dv.is_empty() => file.with_extension(ParquetRowSelection::new(
+                        deletion_selection(dv, s.meta.rows),
+                    )),
+                    _ => file,
+                }
+            })
+            .collect();
+        let groups = group_files(files, state.config().target_partitions());
+        let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
+            .with_file_groups(groups)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let name = self.snapshot.table().name();
+        let Some(hooks) = self.hooks.clone() else {
+            return Err(Error::Unsupported(format!("dataset {name:?} is read-only here")).into());
+        };
+        if !self.at_head {
+            return Err(Error::plan(format!(
+                "cannot write to version {} of {name:?}: only the head takes writes",
+                self.version()
+            ))
+            .into());
+        }
+        if insert_op != InsertOp::Append {
+            return Err(Error::Unsupported(format!(
+                "{insert_op} on {name:?}: use INSERT INTO (rows with an existing primary key replace it)"
+            ))
+            .into());
+        }
+        let sink = StrataSink::new(self.snapshot.table().clone(), self.schema(), hooks);
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}

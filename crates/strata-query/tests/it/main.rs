@@ -1,0 +1,5 @@
+//! Integration tests of the query layer: SQL through DataFusion over Strata tables.
+
+mod common;
+mod object_store;
+mod sql;

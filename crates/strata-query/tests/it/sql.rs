@@ -1,0 +1,477 @@
+//! SQL through the engine: pruning, time travel, introspection, write statements,
+//! limits and errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, RecordBatch, StringArray, UInt64Array};
+use arrow::compute::concat_batches;
+use strata_query::{Engine, Error, QueryConfig};
+use strata_storage::{BlobStore, CountingBlobStore, MemoryBlobStore, MemoryMetaStore, MetaStore};
+use strata_table::Catalog;
+
+use crate::common::{History, STATIONS, batch, weather, write};
+
+fn engine(catalog: &Catalog) -> Engine {
+    Engine::new(catalog.clone(), QueryConfig::default()).unwrap()
+}
+
+async fn rows(engine: &Engine, sql: &str) -> RecordBatch {
+    let stream = engine
+        .execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let schema = stream.schema();
+    let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    concat_batches(&schema, &batches).unwrap()
+}
+
+async fn count(engine: &Engine, sql: &str) -> i64 {
+    let b = rows(engine, sql).await;
+    assert_eq!(b.num_rows(), 1, "{sql}");
+    let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Int64).unwrap();
+    c.as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0)
+}
+
+async fn err(engine: &Engine, sql: &str) -> Error {
+    match engine.collect(sql).await {
+        Ok(b) => panic!("{sql}: expected an error, got {b:?}"),
+        Err(e) => e,
+    }
+}
+
+fn strings(b: &RecordBatch, col: &str) -> Vec<String> {
+    let c = arrow::compute::cast(
+        b.column_by_name(col).unwrap(),
+        &arrow::datatypes::DataType::Utf8,
+    )
+    .unwrap();
+    let c = c.as_any().downcast_ref::<StringArray>().unwrap();
+    (0..c.len()).map(|i| c.value(i).to_string()).collect()
+}
+
+async fn history() -> (Catalog, History, Engine) {
+    let catalog = crate::common::memory_catalog();
+    let h = weather(&catalog, "weather").await;
+    let e = engine(&catalog);
+    (catalog, h, e)
+}
+
+#[tokio::test]
+async fn time_travel_by_version_tag_and_timestamp() {
+    let (_c, h, e) = history().await;
+    let n = STATIONS as i64;
+    assert_eq!(count(&e, "SELECT count(*) FROM weather").await, 250 * n);
+    let q = format!("SELECT count(*) FROM weather VERSION AS OF {}", h.v_first);
+    assert_eq!(count(&e, &q).await, 100 * n);
+    // The upsert replaced rows: no key appears twice at any version.
+    let q = format!(
+        "SELECT count(*) FROM (SELECT station, ts FROM weather VERSION AS OF {} GROUP BY station, ts HAVING count(*) > 1)",
+        h.v_upsert
+    );
+    assert_eq!(count(&e, &q).await, 0);
+    let q = format!(
+        "SELECT count(*) FROM weather VERSION AS OF {} WHERE temp >= 1000",
+        h.v_upsert
+    );
+    assert_eq!(count(&e, &q).await, 100 * n);
+    // Tags, by string or bare name.
+    h.table
+        .create_tag("first", &h.v_first.into())
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&e, "SELECT count(*) FROM weather VERSION AS OF 'first'").await,
+        100 * n
+    );
+    assert_eq!(
+        count(&e, "SELECT count(*) FROM weather version as of first").await,
+        100 * n
+    );
+    // Timestamps: now is after every commit; an expression works too.
+    assert_eq!(
+        count(
+            &e,
+            "SELECT count(*) FROM weather TIMESTAMP AS OF now() + INTERVAL '1 minute'"
+        )
+        .await,
+        250 * n
+    );
+    let e2 = err(&e, "SELECT * FROM weather TIMESTAMP AS OF '1999-01-01T00:00:00'").await;
+    assert!(
+        matches!(e2, Error::Table(strata_table::Error::NoVersionAtTime { .. })),
+        "{e2}"
+    );
+    // The versioned name works directly too.
+    let q = format!("SELECT count(*) FROM \"weather@v{}\"", h.v_first);
+    assert_eq!(count(&e, &q).await, 100 * n);
+}
+
+#[tokio::test]
+async fn two_versions_of_one_table_in_one_query() {
+    let (_c, h, e) = history().await;
+    // Rows the upsert changed: join the version before it with the one after.
+    let q = format!(
+        "SELECT count(*) FROM weather VERSION AS OF {a} o JOIN weather VERSION AS OF {b} n \
+         ON o.station = n.station AND o.ts = n.ts WHERE o.temp <> n.temp",
+        a = h.v_upsert - 1,
+        b = h.v_upsert
+    );
+    assert_eq!(count(&e, &q).await, 100 * STATIONS as i64);
+    // Schema at each version: humidity exists only from v_column on.
+    let q = format!("SELECT humidity FROM weather VERSION AS OF {}", h.v_upsert);
+    assert!(err(&e, &q).await.is_client_error());
+    let q = format!(
+        "SELECT count(humidity) FROM weather VERSION AS OF {}",
+        h.v_head
+    );
+    assert_eq!(count(&e, &q).await, 50 * STATIONS as i64);
+}
+
+#[tokio::test]
+async fn full_sql_joins_windows_subqueries() {
+    let (_c, _h, e) = history().await;
+    let b = rows(
+        &e,
+        "SELECT station, ts, rank() OVER (PARTITION BY station ORDER BY temp DESC, ts) r \
+         FROM weather WHERE ts < 3 ORDER BY station, r",
+    )
+    .await;
+    assert_eq!(b.num_rows(), 3 * STATIONS);
+    let q = "SELECT count(*) FROM weather w WHERE temp > (SELECT avg(temp) FROM weather) \
+             AND station IN (SELECT DISTINCT station FROM weather WHERE station < 's5')";
+    assert!(count(&e, q).await > 0);
+    let b = rows(
+        &e,
+        "SELECT station, max(temp) m FROM weather GROUP BY station ORDER BY m DESC LIMIT 3",
+    )
+    .await;
+    assert_eq!(b.num_rows(), 3);
+    let b = rows(&e, "SHOW TABLES").await;
+    assert!(strings(&b, "table_name").contains(&"weather".to_string()));
+}
+
+#[tokio::test]
+async fn introspection_functions() {
+    let (_c, h, e) = history().await;
+    h.table.create_tag("t1", &h.v_first.into()).await.unwrap();
+    let b = rows(
+        &e,
+        "SELECT version, operation, tags, is_head FROM strata_versions('weather') ORDER BY version",
+    )
+    .await;
+    assert_eq!(b.num_rows() as u64, h.v_head);
+    let ops = strings(&b, "operation");
+    assert_eq!(ops[0], "create");
+    assert!(ops.contains(&"upsert".to_string()) && ops.contains(&"add_column".to_string()));
+    let tags = b
+        .column_by_name("tags")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+        .clone();
+    assert_eq!(tags.value((h.v_first - 1) as usize), "t1");
+    let segs = rows(
+        &e,
+        "SELECT sum(live_rows) live, sum(deleted_rows) deleted FROM strata_segments('weather')",
+    )
+    .await;
+    let live = segs
+        .column(0)
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(live, 250 * STATIONS as u64);
+    let q = format!(
+        "SELECT sum(live_rows) FROM strata_segments('weather', {})",
+        h.v_first
+    );
+    assert_eq!(count(&e, &q).await, 100 * STATIONS as i64);
+    assert!(
+        err(&e, "SELECT * FROM strata_versions('nope')")
+            .await
+            .to_string()
+            .contains("nope")
+    );
+    assert!(err(&e, "SELECT * FROM strata_versions()").await.is_client_error());
+}
+
+#[tokio::test]
+async fn write_statements_round_trip() {
+    let catalog = crate::common::memory_catalog();
+    let e = engine(&catalog);
+    let b = rows(
+        &e,
+        "CREATE TABLE readings (station VARCHAR, ts BIGINT, temp DOUBLE, \
+         PRIMARY KEY ((station), ts)) WITH (shards = 4)",
+    )
+    .await;
+    assert_eq!(strings(&b, "operation"), vec!["CREATE TABLE"]);
+    assert_eq!(
+        catalog.open_table("readings").await.unwrap().spec().shards,
+        4
+    );
+    // IF NOT EXISTS is quiet; without it the name is taken.
+    rows(&e, "CREATE TABLE IF NOT EXISTS readings (a INT PRIMARY KEY)").await;
+    assert!(matches!(
+        err(&e, "CREATE TABLE readings (a INT PRIMARY KEY)").await,
+        Error::Hook(_)
+    ));
+    let b = rows(
+        &e,
+        "INSERT INTO readings VALUES ('a', 1, 10.0), ('a', 2, 11.0), ('b', 1, 20.0), ('b', 2, NULL)",
+    )
+    .await;
+    assert_eq!(count_of(&b), 4);
+    // An upsert: the same key replaces the row.
+    rows(&e, "INSERT INTO readings VALUES ('a', 1, 99.0)").await;
+    assert_eq!(count(&e, "SELECT count(*) FROM readings").await, 4);
+    assert_eq!(
+        count(&e, "SELECT CAST(temp AS BIGINT) FROM readings WHERE station = 'a' AND ts = 1").await,
+        99
+    );
+    let before_delete = catalog
+        .open_table("readings")
+        .await
+        .unwrap()
+        .head_version()
+        .await
+        .unwrap();
+    // DELETE with a predicate the table layer evaluates …
+    let b = rows(&e, "DELETE FROM readings WHERE station = 'b' AND temp IS NULL").await;
+    assert_eq!(
+        b.column_by_name("rows")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap()
+            .value(0),
+        1
+    );
+    // … and one it does not (a function): found by key.
+    rows(&e, "DELETE FROM readings WHERE abs(temp - 11.0) < 0.5").await;
+    assert_eq!(count(&e, "SELECT count(*) FROM readings").await, 2);
+    // INSERT … SELECT from an older version restores a row.
+    let q = format!(
+        "INSERT INTO readings SELECT * FROM readings VERSION AS OF {before_delete} WHERE ts = 2"
+    );
+    rows(&e, &q).await;
+    assert_eq!(count(&e, "SELECT count(*) FROM readings").await, 4);
+    // ALTER TABLE ADD COLUMN: old rows read null.
+    rows(&e, "ALTER TABLE readings ADD COLUMN humidity DOUBLE").await;
+    rows(&e, "INSERT INTO readings (station, ts, temp, humidity) VALUES ('c', 1, 1.0, 0.5)").await;
+    assert_eq!(count(&e, "SELECT count(humidity) FROM readings").await, 1);
+    // RESTORE to the version before the deletes, then tags.
+    let q = format!("RESTORE TABLE readings TO VERSION AS OF {before_delete}");
+    let b = rows(&e, &q).await;
+    assert_eq!(strings(&b, "operation"), vec!["RESTORE"]);
+    assert_eq!(count(&e, "SELECT count(*) FROM readings").await, 4);
+    assert!(err(&e, "SELECT humidity FROM readings").await.is_client_error());
+    rows(&e, "ALTER TABLE readings CREATE TAG good").await;
+    rows(&e, "DELETE FROM readings").await;
+    assert_eq!(count(&e, "SELECT count(*) FROM readings").await, 0);
+    rows(&e, "RESTORE readings TO VERSION AS OF 'good'").await;
+    assert_eq!(count(&e, "SELECT count(*) FROM readings").await, 4);
+    rows(&e, "ALTER TABLE readings DROP TAG good").await;
+    assert!(matches!(
+        err(&e, "ALTER TABLE readings DROP TAG good").await,
+        Error::Table(strata_table::Error::TagNotFound { .. })
+    ));
+    rows(&e, "ALTER TABLE readings DROP TAG IF EXISTS good").await;
+    rows(&e, "OPTIMIZE readings").await;
+    assert_eq!(count(&e, "SELECT count(*) FROM readings").await, 4);
+    rows(&e, "VACUUM readings RETAIN 1 VERSIONS").await;
+    assert_eq!(count(&e, "SELECT count(*) FROM readings").await, 4);
+    // Past versions are read-only.
+    let e2 = err(&e, "INSERT INTO \"readings@v2\" VALUES ('z', 1, 1.0)").await;
+    assert!(e2.is_client_error(), "{e2}");
+    rows(&e, "DROP TABLE readings").await;
+    assert!(matches!(
+        err(&e, "SELECT * FROM readings").await,
+        Error::Table(strata_table::Error::DatasetNotFound(_))
+    ));
+    rows(&e, "DROP TABLE IF EXISTS readings").await;
+}
+
+fn count_of(b: &RecordBatch) -> u64 {
+    b.column(0)
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .unwrap()
+        .value(0)
+}
+
+#[tokio::test]
+async fn errors_are_the_clients_when_they_should_be() {
+    let (_c, h, e) = history().await;
+    for sql in [
+        "SELEC 1",
+        "SELECT nope FROM weather",
+        "SELECT * FROM weather VERSION AS OF 1.5",
+        "CREATE TABLE t (a INT)",
+        "UPDATE weather SET temp = 1",
+        "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/tmp'",
+        "SELECT 1; SELECT 2",
+        "",
+    ] {
+        let e = err(&e, sql).await;
+        assert!(e.is_client_error(), "{sql}: {e:?}");
+    }
+    assert!(matches!(
+        err(&e, "SELECT * FROM nope").await,
+        Error::Table(strata_table::Error::DatasetNotFound(n)) if n == "nope"
+    ));
+    let q = format!("SELECT * FROM weather VERSION AS OF {}", h.v_head + 5);
+    assert!(matches!(
+        err(&e, &q).await,
+        Error::Table(strata_table::Error::VersionNotFound { .. })
+    ));
+    assert!(matches!(
+        err(&e, "SELECT * FROM weather VERSION AS OF 'nope'").await,
+        Error::Table(strata_table::Error::TagNotFound { .. })
+    ));
+    // The parser's message reaches the user.
+    let m = err(&e, "SELECT * FROM weather WHERE").await.to_string();
+    assert!(m.contains("Expected"), "{m}");
+}
+
+/// A query on one station and a short time range reads a small fraction of the bytes a
+/// full scan reads: shard pruning, segment statistics, row groups and pages.
+#[tokio::test]
+async fn pruning_reads_a_fraction_of_the_bytes() {
+    let blobs = Arc::new(CountingBlobStore::new(Arc::new(MemoryBlobStore::new())));
+    let meta: Arc<dyn MetaStore> = Arc::new(MemoryMetaStore::new());
+    let catalog = Catalog::new(blobs.clone() as Arc<dyn BlobStore>, meta);
+    let table = catalog
+        .create_table(crate::common::weather_spec("weather"))
+        .await
+        .unwrap();
+    // 20 commits of 500 ticks each: segments cover disjoint time ranges.
+    for i in 0..20 {
+        write(&table, batch(i * 500..(i + 1) * 500, 0.0)).await;
+    }
+    let e = engine(&catalog);
+    blobs.reset();
+    let full = count(&e, "SELECT count(*) FROM (SELECT * FROM weather)").await;
+    let full_bytes = blobs.snapshot().bytes_read;
+    assert_eq!(full, 20 * 500 * STATIONS as i64);
+    blobs.reset();
+    let one = rows(
+        &e,
+        "SELECT * FROM weather WHERE station = 's3' AND ts >= 7200 AND ts < 7260",
+    )
+    .await;
+    let one_bytes = blobs.snapshot().bytes_read;
+    assert_eq!(one.num_rows(), 60);
+    assert!(
+        one_bytes * 20 < full_bytes,
+        "pruned query read {one_bytes} bytes, full scan {full_bytes}"
+    );
+    // EXPLAIN ANALYZE shows Strata's pruning and DataFusion's metrics.
+    let b = rows(
+        &e,
+        "EXPLAIN ANALYZE SELECT * FROM weather WHERE station = 's3' AND ts >= 7200 AND ts < 7260",
+    )
+    .await;
+    let text = strings(&b, "plan").join("\n");
+    assert!(text.contains("after_shard_pruning="), "{text}");
+    assert!(text.contains("bytes_scanned"), "{text}");
+    let kinds = strings(&b, "plan_type");
+    let scan = kinds.iter().position(|k| k == "strata_scan").unwrap();
+    let line = &strings(&b, "plan")[scan];
+    assert!(line.contains("segments total=20"), "{line}");
+    assert!(line.contains("after_stats_pruning=1"), "{line}");
+}
+
+#[tokio::test]
+async fn memory_limit_fails_the_query_not_the_engine() {
+    let catalog = crate::common::memory_catalog();
+    let table = catalog
+        .create_table(crate::common::weather_spec("weather"))
+        .await
+        .unwrap();
+    for i in 0..4 {
+        write(&table, batch(i * 2000..(i + 1) * 2000, 0.0)).await;
+    }
+    let e = Engine::new(
+        catalog.clone(),
+        QueryConfig {
+            memory_limit: Some(256 * 1024),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // A join whose build side cannot spill needs more than the limit.
+    let q = "SELECT count(*) FROM weather a JOIN weather b ON a.ts = b.ts AND a.station <> b.station";
+    let error = err(&e, q).await;
+    assert!(matches!(error, Error::ResourcesExhausted(_)), "{error:?}");
+    // The engine keeps serving.
+    assert_eq!(
+        count(&e, "SELECT count(*) FROM weather").await,
+        8000 * STATIONS as i64
+    );
+}
+
+#[tokio::test]
+async fn timeout_cancels_a_long_query() {
+    let (catalog, _h, _) = history().await;
+    let e = Engine::new(
+        catalog,
+        QueryConfig {
+            timeout: Some(Duration::from_millis(200)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let q = "SELECT count(*) FROM weather a, weather b, weather c, weather d WHERE a.temp + b.temp + c.temp + d.temp = -1";
+    let error = err(&e, q).await;
+    assert!(matches!(error, Error::Timeout(_)), "{error:?}");
+    assert_eq!(
+        count(&e, "SELECT count(*) FROM weather").await,
+        250 * STATIONS as i64
+    );
+}
+
+#[tokio::test]
+async fn prepared_statements_take_parameters() {
+    let (_c, _h, e) = history().await;
+    let p = e
+        .prepare("SELECT count(*) FROM weather WHERE station = $1 AND ts < $2")
+        .await
+        .unwrap();
+    let params = p.parameters().unwrap();
+    assert_eq!(params.len(), 2);
+    assert_eq!(params[0].0, "$1");
+    use strata_query::datafusion::common::ScalarValue;
+    for (station, ts, expect) in [("s1", 10i64, 10i64), ("s2", 100, 100), ("zz", 100, 0)] {
+        let s = p
+            .execute(vec![
+                ScalarValue::Utf8(Some(station.into())),
+                ScalarValue::Int64(Some(ts)),
+            ])
+            .await
+            .unwrap();
+        let b: Vec<RecordBatch> = futures::TryStreamExt::try_collect(s).await.unwrap();
+        let c = b[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(c, expect);
+    }
+    assert!(p.is_query());
+    assert!(
+        !e.prepare("DELETE FROM weather WHERE ts < 0")
+            .await
+            .unwrap()
+            .is_query()
+    );
+}
