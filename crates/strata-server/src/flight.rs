@@ -1,4 +1,6 @@
-//! Arrow Flight on Strata's port: `DoPut` writes into a dataset.
+//! Arrow Flight `DoPut` into datasets: the PATH-descriptor half of Strata's Flight
+//! service (the Flight SQL half is [`crate::flight_sql`], which routes every `DoPut`
+//! that carries no Flight SQL command here).
 //!
 //! The descriptor is a PATH: `[dataset]` (no exactly-once: every batch is applied) or
 //! `[dataset, producer]`, in which case every record batch must carry its sequence
@@ -15,22 +17,18 @@ use std::pin::Pin;
 
 use arrow::ipc::{MessageHeader, root_as_message};
 use arrow_flight::flight_descriptor::DescriptorType;
-use arrow_flight::flight_service_server::FlightService;
-use arrow_flight::{
-    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
-    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
-};
+use arrow_flight::{FlightData, FlightDescriptor, PutResult};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::Stream;
 use strata_ingest::{Ack, Ingester};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
 use crate::error::ingest_status;
 use crate::service::{Batch, drive};
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[derive(Clone, Debug)]
 pub struct FlightIngest {
@@ -217,97 +215,5 @@ impl Framer {
                 "unexpected Arrow IPC message type {other:?} in DoPut"
             ))),
         }
-    }
-}
-
-fn unsupported<T>(what: &str) -> Result<T, Status> {
-    Err(Status::unimplemented(format!(
-        "Flight {what} is not served here; Strata's Flight endpoint takes DoPut into datasets"
-    )))
-}
-
-#[tonic::async_trait]
-impl FlightService for FlightIngest {
-    type HandshakeStream = BoxStream<HandshakeResponse>;
-    type ListFlightsStream = BoxStream<FlightInfo>;
-    type DoGetStream = BoxStream<FlightData>;
-    type DoPutStream = BoxStream<PutResult>;
-    type DoExchangeStream = BoxStream<FlightData>;
-    type DoActionStream = BoxStream<arrow_flight::Result>;
-    type ListActionsStream = BoxStream<ActionType>;
-
-    async fn handshake(
-        &self,
-        _request: Request<Streaming<HandshakeRequest>>,
-    ) -> Result<Response<Self::HandshakeStream>, Status> {
-        unsupported("Handshake")
-    }
-
-    async fn list_flights(
-        &self,
-        _request: Request<Criteria>,
-    ) -> Result<Response<Self::ListFlightsStream>, Status> {
-        unsupported("ListFlights")
-    }
-
-    async fn get_flight_info(
-        &self,
-        _request: Request<FlightDescriptor>,
-    ) -> Result<Response<FlightInfo>, Status> {
-        unsupported("GetFlightInfo")
-    }
-
-    async fn poll_flight_info(
-        &self,
-        _request: Request<FlightDescriptor>,
-    ) -> Result<Response<PollInfo>, Status> {
-        unsupported("PollFlightInfo")
-    }
-
-    async fn get_schema(
-        &self,
-        _request: Request<FlightDescriptor>,
-    ) -> Result<Response<SchemaResult>, Status> {
-        unsupported("GetSchema")
-    }
-
-    async fn do_get(
-        &self,
-        _request: Request<Ticket>,
-    ) -> Result<Response<Self::DoGetStream>, Status> {
-        unsupported("DoGet")
-    }
-
-    async fn do_put(
-        &self,
-        request: Request<Streaming<FlightData>>,
-    ) -> Result<Response<Self::DoPutStream>, Status> {
-        let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty DoPut stream"))?;
-        Ok(Response::new(self.do_put_path(first, inbound).await?))
-    }
-
-    async fn do_exchange(
-        &self,
-        _request: Request<Streaming<FlightData>>,
-    ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        unsupported("DoExchange")
-    }
-
-    async fn do_action(
-        &self,
-        _request: Request<Action>,
-    ) -> Result<Response<Self::DoActionStream>, Status> {
-        unsupported("DoAction")
-    }
-
-    async fn list_actions(
-        &self,
-        _request: Request<Empty>,
-    ) -> Result<Response<Self::ListActionsStream>, Status> {
-        Ok(Response::new(Box::pin(futures::stream::empty())))
     }
 }
