@@ -207,7 +207,12 @@ pub fn build_spec(args: &CreateArgs) -> Result<ProtoSpec> {
     DatasetSpec::from_def(&check)
         .map_err(|e| Error::Invalid(format!("invalid dataset spec: {e}")))?;
 
-    Ok(ProtoSpec {
+    Ok(spec_to_proto(def))
+}
+
+/// A dataset spec in the API's form.
+pub fn spec_to_proto(def: DatasetSpecDef) -> ProtoSpec {
+    ProtoSpec {
         name: def.name,
         columns: def
             .columns
@@ -221,7 +226,7 @@ pub fn build_spec(args: &CreateArgs) -> Result<ProtoSpec> {
         partition_key: def.partition_key,
         row_key: def.row_key,
         shards: def.shards,
-    })
+    }
 }
 
 /// Prints a dataset's description, aligned for reading.

@@ -62,6 +62,10 @@ pub enum Error {
     /// The server failed to start or stopped with an error.
     #[error("{0}")]
     Server(String),
+
+    /// Writing the output failed (stdout closed, disk full, ...).
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
 }
 
 impl Error {
@@ -86,6 +90,17 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+
+    /// True when the output's reader went away (`strata sql … | head`): not worth a
+    /// message.
+    pub fn is_broken_pipe(&self) -> bool {
+        let io = match self {
+            Self::Output(e) => Some(e),
+            Self::Arrow(ArrowError::IoError(_, e)) => Some(e),
+            _ => None,
+        };
+        io.is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     }
 }
 

@@ -242,10 +242,39 @@ pub async fn ingest(
     };
     let progress = Progress::new(progress);
     let started = Instant::now();
-    let outcome = stream(&mut client, files, schema, opts, &mut summary, &progress).await;
+    let source: Source =
+        Box::new(move |last, emit| read::produce(&files, &schema, &opts, last, emit));
+    let outcome = stream(&mut client, source, &mut summary, &progress).await;
     summary.elapsed = started.elapsed();
     progress.finish();
     Ok((summary, outcome))
+}
+
+/// Where an ingest stream's batches come from: called on a blocking thread with the
+/// producer's last durable sequence, it numbers its batches 1, 2, 3, … and hands each
+/// to `emit` (those at or below the last sequence as [`Item::Skipped`]), stopping
+/// early when `emit` returns false. Returns the number of batches numbered.
+pub type Source = Box<dyn FnOnce(u64, &mut dyn FnMut(Item) -> bool) -> Result<u64> + Send>;
+
+/// Streams the batches of `source` into `dataset` through the `Ingest` RPC, as
+/// `producer` (exactly-once) or anonymously. Failures are in the outcome, with the
+/// summary of what was acknowledged.
+pub async fn ingest_source(
+    client: &mut Client,
+    dataset: &str,
+    producer: Option<&str>,
+    source: Source,
+) -> (Summary, Result<()>) {
+    let mut summary = Summary {
+        dataset: dataset.to_string(),
+        producer: producer.map(str::to_string),
+        ..Summary::default()
+    };
+    let progress = Progress::new(false);
+    let started = Instant::now();
+    let outcome = stream(client, source, &mut summary, &progress).await;
+    summary.elapsed = started.elapsed();
+    (summary, outcome)
 }
 
 /// The dataset's Arrow schema: `arrow_schema`, or built from the spec's columns when the
@@ -276,9 +305,7 @@ fn dataset_schema(info: &DatasetInfo) -> Result<SchemaRef> {
 /// durable.
 async fn stream(
     client: &mut Client,
-    files: Vec<InputFile>,
-    schema: SchemaRef,
-    opts: ReadOptions,
+    source: Source,
     summary: &mut Summary,
     progress: &Progress,
 ) -> Result<()> {
@@ -326,9 +353,7 @@ async fn stream(
 
     let (item_tx, mut item_rx) = mpsc::channel::<Item>(WINDOW);
     let mut reader = Some(tokio::task::spawn_blocking(move || {
-        read::produce(&files, &schema, &opts, last, |item| {
-            item_tx.blocking_send(item).is_ok()
-        })
+        source(last, &mut |item| item_tx.blocking_send(item).is_ok())
     }));
 
     // (sequence, IPC bytes) of the batches awaiting their ack, oldest first.
@@ -366,7 +391,7 @@ async fn stream(
                         match handle.await {
                             Ok(Ok(total)) => summary.input_batches = Some(total),
                             Ok(Err(e)) => read_error = Some(e),
-                            Err(e) => read_error = Some(Error::Invalid(format!("the file reader failed: {e}"))),
+                            Err(e) => read_error = Some(Error::Invalid(format!("the batch reader failed: {e}"))),
                         }
                     }
                 }

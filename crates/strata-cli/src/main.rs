@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use strata_cli::{datasets, ingest, serve};
+use strata_cli::{client, datasets, demo, ingest, serve, sql, versions};
 
 /// Strata, a versioned columnar analytics database: command-line client.
 #[derive(Debug, Parser)]
@@ -39,14 +39,72 @@ enum Command {
         /// Dataset name.
         dataset: String,
     },
+    /// Run SQL: the statements given, a script on stdin, or an interactive shell.
+    Sql(sql::SqlArgs),
+    /// List a dataset's versions: time, operation, details, rows added and removed, tags.
+    Versions {
+        /// Dataset name.
+        dataset: String,
+    },
+    /// Make a new version equal to an earlier one (VERSION: a number, tag:NAME, or an
+    /// RFC 3339 timestamp such as 2026-01-01T12:00:00Z).
+    Rollback(versions::RollbackArgs),
+    /// Name a version (`strata tag DATASET VERSION NAME`), or delete a name
+    /// (`strata tag --delete DATASET NAME`).
+    Tag(versions::TagArgs),
+    /// List a dataset's tags.
+    Tags {
+        /// Dataset name.
+        dataset: String,
+    },
+    /// Remove old versions (never the head or a tagged one) and the segments only they
+    /// use. Without flags, versions of the last 7 days are kept.
+    Vacuum(versions::VacuumArgs),
+    /// Merge a dataset's small segments (a new version with the same rows).
+    Compact {
+        /// Dataset name.
+        dataset: String,
+    },
+    /// Start an embedded server and walk through ingest, queries, time travel, a bad
+    /// load and its rollback, on a generated weather feed.
+    Demo(demo::DemoArgs),
 }
 
 async fn run(cli: Cli) -> strata_cli::Result<()> {
+    let server = cli.server.as_str();
+    let mut out = std::io::stdout();
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
-        Command::Ingest(args) => ingest::run(&cli.server, args).await,
-        Command::Datasets(command) => datasets::run(&cli.server, command).await,
-        Command::Flush { dataset } => ingest::flush(&cli.server, &dataset).await,
+        Command::Ingest(args) => ingest::run(server, args).await,
+        Command::Datasets(command) => datasets::run(server, command).await,
+        Command::Flush { dataset } => ingest::flush(server, &dataset).await,
+        Command::Sql(args) => sql::run(server, args).await,
+        Command::Versions { dataset } => {
+            versions::versions(&mut client::connect(server).await?, &dataset, &mut out).await
+        }
+        Command::Rollback(args) => versions::rollback(
+            &mut client::connect(server).await?,
+            &args.dataset,
+            &args.version,
+            &mut out,
+        )
+        .await
+        .map(|_| ()),
+        Command::Tag(args) => {
+            // Check the arguments before connecting.
+            args.action()?;
+            versions::tag(&mut client::connect(server).await?, &args, &mut out).await
+        }
+        Command::Tags { dataset } => {
+            versions::tags(&mut client::connect(server).await?, &dataset, &mut out).await
+        }
+        Command::Vacuum(args) => {
+            versions::vacuum(&mut client::connect(server).await?, &args, &mut out).await
+        }
+        Command::Compact { dataset } => {
+            versions::compact(&mut client::connect(server).await?, &dataset, &mut out).await
+        }
+        Command::Demo(args) => demo::run(args).await,
     }
 }
 
@@ -55,6 +113,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match Box::pin(run(cli)).await {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of the output went away (`strata sql … | head`): nothing to say.
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -124,8 +184,43 @@ mod tests {
             Some(&["station".to_string()][..])
         );
 
+        let cli = Cli::try_parse_from(["strata", "sql", "--format", "csv", "SELECT 1"]).unwrap();
+        let Command::Sql(args) = cli.command else {
+            panic!("expected sql")
+        };
+        assert_eq!(args.query.as_deref(), Some("SELECT 1"));
+        assert_eq!(args.format, strata_cli::query::OutputFormat::Csv);
+
+        let cli = Cli::try_parse_from(["strata", "rollback", "weather", "tag:good"]).unwrap();
+        let Command::Rollback(args) = cli.command else {
+            panic!("expected rollback")
+        };
+        assert_eq!(args.version, versions::VersionArg::Tag("good".into()));
+
+        let cli = Cli::try_parse_from(["strata", "tag", "--delete", "weather", "good"]).unwrap();
+        let Command::Tag(args) = cli.command else {
+            panic!("expected tag")
+        };
+        assert_eq!(
+            args.action().unwrap(),
+            versions::TagAction::Delete {
+                name: "good".into()
+            }
+        );
+
+        let cli = Cli::try_parse_from(["strata", "demo", "--rows", "5000"]).unwrap();
+        let Command::Demo(args) = cli.command else {
+            panic!("expected demo")
+        };
+        assert_eq!(args.rows, 5000);
+
         for bad in [
-            &["strata", "ingest", "weather"][..],
+            &["strata", "rollback", "weather", "yesterday"][..],
+            &["strata", "rollback", "weather"],
+            &["strata", "sql", "--format", "xml", "SELECT 1"],
+            &["strata", "vacuum", "weather", "--keep-within", "7 weeks"],
+            &["strata", "demo", "--rows", "10"],
+            &["strata", "ingest", "weather"],
             &["strata", "ingest", "w", "a.csv", "--batch-rows", "0"],
             &["strata", "ingest", "w", "a.csv", "--producer", "bad id"],
             &["strata", "datasets", "create", "w", "--column", "x"],

@@ -12,9 +12,12 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions, write_message};
 use strata_proto::v1::strata_server::{Strata, StrataServer};
 use strata_proto::v1::{
-    CreateDatasetRequest, DatasetInfo, DescribeDatasetRequest, DropDatasetRequest,
+    CompactRequest, CompactResponse, CreateDatasetRequest, CreateTagRequest, DatasetInfo,
+    DeleteTagRequest, DeleteTagResponse, DescribeDatasetRequest, DropDatasetRequest,
     DropDatasetResponse, FlushRequest, FlushResponse, IngestAck, IngestOpened, IngestRequest,
-    IngestResponse, ListDatasetsRequest, ListDatasetsResponse, ingest_request, ingest_response,
+    IngestResponse, ListDatasetsRequest, ListDatasetsResponse, ListTagsRequest, ListTagsResponse,
+    ListVersionsRequest, ListVersionsResponse, QueryRequest, QueryResponse, RollbackRequest,
+    RollbackResponse, TagInfo, VacuumRequest, VacuumResponse, ingest_request, ingest_response,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -190,6 +193,57 @@ impl Strata for Mock {
 
     async fn flush(&self, _: Request<FlushRequest>) -> Result<Response<FlushResponse>, Status> {
         Ok(Response::new(FlushResponse { version: 7 }))
+    }
+
+    // The rest of the API is not used by ingest.
+
+    type QueryStream = ReceiverStream<Result<QueryResponse, Status>>;
+
+    async fn query(&self, _: Request<QueryRequest>) -> Result<Response<Self::QueryStream>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn list_versions(
+        &self,
+        _: Request<ListVersionsRequest>,
+    ) -> Result<Response<ListVersionsResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn rollback(
+        &self,
+        _: Request<RollbackRequest>,
+    ) -> Result<Response<RollbackResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn create_tag(&self, _: Request<CreateTagRequest>) -> Result<Response<TagInfo>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn delete_tag(
+        &self,
+        _: Request<DeleteTagRequest>,
+    ) -> Result<Response<DeleteTagResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn list_tags(
+        &self,
+        _: Request<ListTagsRequest>,
+    ) -> Result<Response<ListTagsResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn vacuum(&self, _: Request<VacuumRequest>) -> Result<Response<VacuumResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn compact(
+        &self,
+        _: Request<CompactRequest>,
+    ) -> Result<Response<CompactResponse>, Status> {
+        Err(Status::unimplemented("mock"))
     }
 }
 

@@ -1,0 +1,314 @@
+//! Running one SQL statement through the `Query` RPC and writing its result.
+//!
+//! ```text
+//!  Query(sql) ─▶ QueryResponse{arrow_ipc}… (one Arrow IPC stream cut into messages)
+//!      ─▶ StreamDecoder ─▶ schema, record batches as they arrive
+//!      ─▶ table: collect, then one aligned table and "N rows in T s"
+//!         csv / json / ndjson: written batch by batch
+//!         arrow: the IPC bytes themselves, passed through (end-of-stream marker added)
+//! ```
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::buffer::Buffer;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::StreamDecoder;
+use arrow::util::pretty::pretty_format_batches_with_schema;
+use strata_proto::v1::QueryRequest;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::output::group;
+
+/// The end-of-stream marker of the Arrow IPC stream format.
+const IPC_EOS: [u8; 8] = [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0];
+
+/// How `strata sql` prints results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// An aligned table, then the row count and elapsed time.
+    #[default]
+    Table,
+    /// CSV with a header line.
+    Csv,
+    /// One JSON array of row objects per statement.
+    Json,
+    /// Newline-delimited JSON: one object per row.
+    Ndjson,
+    /// The raw Arrow IPC stream (binary; redirect stdout to a file or a pipe).
+    Arrow,
+}
+
+/// What a statement returned.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub schema: SchemaRef,
+    pub rows: u64,
+    /// From sending the request to the end of the result stream.
+    pub elapsed: Duration,
+}
+
+/// An error writing the output (stdout closed, disk full, …).
+pub fn output_error(e: std::io::Error) -> Error {
+    Error::Output(e)
+}
+
+/// Where decoded results go.
+trait Sink {
+    fn batch(&mut self, schema: &SchemaRef, batch: RecordBatch) -> Result<()>;
+    /// The stream ended; `schema` is its schema.
+    fn finish(&mut self, schema: &SchemaRef, outcome: &Outcome) -> Result<()>;
+    /// Raw IPC bytes as received (for the `arrow` format).
+    fn raw(&mut self, _bytes: &[u8]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs `sql` and streams its decoded batches into `sink`.
+async fn run_into(
+    client: &mut Client,
+    sql: &str,
+    context: &str,
+    sink: &mut dyn Sink,
+) -> Result<Outcome> {
+    let started = Instant::now();
+    let mut responses = client
+        .query(QueryRequest {
+            sql: sql.to_string(),
+        })
+        .await
+        .map_err(|s| Error::status(context, &s))?
+        .into_inner();
+    let mut decoder = StreamDecoder::new();
+    let mut rows = 0u64;
+    loop {
+        let chunk = match responses.message().await {
+            Ok(Some(response)) => response.arrow_ipc,
+            Ok(None) => break,
+            Err(status) => return Err(Error::status(context, &status)),
+        };
+        sink.raw(&chunk)?;
+        let mut buffer = Buffer::from(chunk);
+        while !buffer.is_empty() {
+            let decoded = decoder.decode(&mut buffer).map_err(|e| {
+                Error::Protocol(format!("the server sent a bad Arrow IPC stream: {e}"))
+            })?;
+            if let Some(batch) = decoded {
+                rows += batch.num_rows() as u64;
+                let schema = batch.schema();
+                sink.batch(&schema, batch)?;
+            }
+        }
+    }
+    decoder
+        .finish()
+        .map_err(|e| Error::Protocol(format!("the server's Arrow IPC stream is cut short: {e}")))?;
+    let schema = decoder.schema().ok_or_else(|| {
+        Error::Protocol("the server ended the query without sending a schema".into())
+    })?;
+    let outcome = Outcome {
+        schema: schema.clone(),
+        rows,
+        elapsed: started.elapsed(),
+    };
+    sink.finish(&schema, &outcome)?;
+    Ok(outcome)
+}
+
+/// Runs `sql` and returns its schema and batches. A failed call is an
+/// [`Error::Status`] whose context is `context`.
+pub async fn collect(
+    client: &mut Client,
+    sql: &str,
+    context: &str,
+) -> Result<(Outcome, Vec<RecordBatch>)> {
+    let mut sink = Collect::default();
+    let outcome = run_into(client, sql, context, &mut sink).await?;
+    Ok((outcome, sink.batches))
+}
+
+/// Runs `sql` and writes its result to `out` in `format`. A failed call is an
+/// [`Error::Status`] whose context is `context`.
+pub async fn run(
+    client: &mut Client,
+    sql: &str,
+    context: &str,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<Outcome> {
+    let outcome = match format {
+        OutputFormat::Table => {
+            let mut sink = Collect::default();
+            let outcome = run_into(client, sql, context, &mut sink).await?;
+            write_table(out, &outcome.schema, &sink.batches)?;
+            writeln!(out, "{}", summary_line(&outcome)).map_err(output_error)?;
+            outcome
+        }
+        OutputFormat::Csv => run_into(client, sql, context, &mut CsvSink::new(out)).await?,
+        OutputFormat::Json => run_into(client, sql, context, &mut JsonSink::new(out, true)).await?,
+        OutputFormat::Ndjson => {
+            run_into(client, sql, context, &mut JsonSink::new(out, false)).await?
+        }
+        OutputFormat::Arrow => run_into(client, sql, context, &mut RawSink::new(out)).await?,
+    };
+    out.flush().map_err(output_error)?;
+    Ok(outcome)
+}
+
+/// `3 rows in 0.012 s`
+pub fn summary_line(outcome: &Outcome) -> String {
+    format!(
+        "{} row{} in {:.3} s",
+        group(outcome.rows),
+        if outcome.rows == 1 { "" } else { "s" },
+        outcome.elapsed.as_secs_f64()
+    )
+}
+
+/// Writes `batches` as an aligned table with a header (also when there are no rows).
+pub fn write_table(out: &mut dyn Write, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<()> {
+    let table = pretty_format_batches_with_schema(schema.clone(), batches)?;
+    writeln!(out, "{table}").map_err(output_error)
+}
+
+#[derive(Default)]
+struct Collect {
+    batches: Vec<RecordBatch>,
+}
+
+impl Sink for Collect {
+    fn batch(&mut self, _: &SchemaRef, batch: RecordBatch) -> Result<()> {
+        self.batches.push(batch);
+        Ok(())
+    }
+
+    fn finish(&mut self, _: &SchemaRef, _: &Outcome) -> Result<()> {
+        Ok(())
+    }
+}
+
+struct CsvSink<'a> {
+    writer: arrow::csv::Writer<&'a mut dyn Write>,
+    wrote: bool,
+}
+
+impl<'a> CsvSink<'a> {
+    fn new(out: &'a mut dyn Write) -> Self {
+        Self {
+            writer: arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(out),
+            wrote: false,
+        }
+    }
+}
+
+impl Sink for CsvSink<'_> {
+    fn batch(&mut self, _: &SchemaRef, batch: RecordBatch) -> Result<()> {
+        self.writer.write(&batch)?;
+        self.wrote = true;
+        Ok(())
+    }
+
+    fn finish(&mut self, schema: &SchemaRef, _: &Outcome) -> Result<()> {
+        if !self.wrote {
+            // No batch: the header alone, from the schema.
+            self.writer.write(&RecordBatch::new_empty(schema.clone()))?;
+        }
+        Ok(())
+    }
+}
+
+enum JsonWriter<'a> {
+    Array(arrow::json::ArrayWriter<&'a mut dyn Write>),
+    Lines(arrow::json::LineDelimitedWriter<&'a mut dyn Write>),
+}
+
+struct JsonSink<'a> {
+    writer: JsonWriter<'a>,
+}
+
+impl<'a> JsonSink<'a> {
+    fn new(out: &'a mut dyn Write, array: bool) -> Self {
+        // Nulls are written as `null` so every object has every column.
+        let builder = arrow::json::WriterBuilder::new().with_explicit_nulls(true);
+        let writer = if array {
+            JsonWriter::Array(builder.build(out))
+        } else {
+            JsonWriter::Lines(builder.build(out))
+        };
+        Self { writer }
+    }
+}
+
+impl Sink for JsonSink<'_> {
+    fn batch(&mut self, _: &SchemaRef, batch: RecordBatch) -> Result<()> {
+        match &mut self.writer {
+            JsonWriter::Array(w) => w.write(&batch)?,
+            JsonWriter::Lines(w) => w.write(&batch)?,
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, _: &SchemaRef, _: &Outcome) -> Result<()> {
+        match &mut self.writer {
+            JsonWriter::Array(w) => {
+                w.finish()?;
+                // The array writer leaves the line open.
+                w.get_mut().write_all(b"\n").map_err(output_error)?;
+            }
+            JsonWriter::Lines(w) => w.finish()?,
+        }
+        Ok(())
+    }
+}
+
+/// Passes the IPC bytes through, adding the end-of-stream marker if the server did not
+/// send one, so the output is a complete stream (`pyarrow.ipc.open_stream`).
+struct RawSink<'a> {
+    out: &'a mut dyn Write,
+    /// The last up to 8 bytes written.
+    tail: Vec<u8>,
+}
+
+impl<'a> RawSink<'a> {
+    fn new(out: &'a mut dyn Write) -> Self {
+        Self {
+            out,
+            tail: Vec::with_capacity(16),
+        }
+    }
+}
+
+impl Sink for RawSink<'_> {
+    fn raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out.write_all(bytes).map_err(output_error)?;
+        self.tail
+            .extend_from_slice(&bytes[bytes.len().saturating_sub(8)..]);
+        let excess = self.tail.len().saturating_sub(8);
+        self.tail.drain(..excess);
+        Ok(())
+    }
+
+    fn batch(&mut self, _: &SchemaRef, _: RecordBatch) -> Result<()> {
+        Ok(())
+    }
+
+    fn finish(&mut self, _: &SchemaRef, _: &Outcome) -> Result<()> {
+        if self.tail != IPC_EOS {
+            self.out.write_all(&IPC_EOS).map_err(output_error)?;
+        }
+        Ok(())
+    }
+}
+
+/// The first column of the first row of a result, as text (for narratives and tests).
+pub fn scalar_text(batches: &[RecordBatch]) -> Option<String> {
+    let batch = batches.iter().find(|b| b.num_rows() > 0)?;
+    let options = arrow::util::display::FormatOptions::default();
+    let formatter =
+        arrow::util::display::ArrayFormatter::try_new(batch.column(0).as_ref(), &options).ok()?;
+    Some(formatter.value(0).to_string())
+}

@@ -1,0 +1,339 @@
+//! `strata sql`: SQL through the `Query` RPC, as one command, a script on stdin, or an
+//! interactive shell.
+//!
+//! ```text
+//!  strata sql 'SELECT …; SELECT …'   each statement in order; the first error stops
+//!  strata sql - / … | strata sql     statements from stdin, split at `;`; the first
+//!                                    error stops (exit status 1)
+//!  strata sql (stdin a terminal)     the shell: line editing, history in
+//!                                    $STRATA_HISTORY or ~/.strata_history, statements
+//!                                    end at `;` and may span lines; an error is printed
+//!                                    and the shell goes on; \q, exit or Ctrl-D quits;
+//!                                    Ctrl-C clears the statement being typed or cancels
+//!                                    the running one
+//! ```
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::client::{self, Client};
+use crate::error::{Error, Result, code_name};
+use crate::query::{self, OutputFormat, output_error};
+use crate::split::Splitter;
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// Statements to run, separated by `;`. `-` reads them from stdin; without QUERY,
+    /// stdin is read when it is not a terminal, else the interactive shell starts.
+    #[arg(value_name = "QUERY")]
+    pub query: Option<String>,
+
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t)]
+    pub format: OutputFormat,
+
+    /// The shell's history file [default: $HOME/.strata_history].
+    #[arg(long, env = "STRATA_HISTORY", value_name = "FILE")]
+    pub history: Option<PathBuf>,
+}
+
+/// `strata sql`.
+pub async fn run(server: &str, args: SqlArgs) -> Result<()> {
+    let stdin = std::io::stdin();
+    let interactive = args.query.is_none() && stdin.is_terminal();
+    if args.format == OutputFormat::Arrow && std::io::stdout().is_terminal() {
+        return Err(Error::Invalid(
+            "--format arrow writes binary Arrow IPC: redirect stdout to a file or a pipe".into(),
+        ));
+    }
+    let mut client = client::connect(server).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    match args.query.as_deref() {
+        Some("-") | None if !interactive => {
+            run_script(&mut client, stdin.lock(), args.format, &mut out).await
+        }
+        Some(text) => {
+            let statements = crate::split::split(text);
+            if statements.is_empty() {
+                return Err(Error::Invalid("no statement given".into()));
+            }
+            run_statements(&mut client, statements, args.format, &mut out).await
+        }
+        None => {
+            let history = args.history.or_else(default_history);
+            let mut editor = Editor::new(history)?;
+            let mut stderr = std::io::stderr();
+            let shell = Shell {
+                format: args.format,
+                cancel_on_ctrl_c: true,
+            };
+            shell
+                .run(&mut client, &mut editor, &mut out, &mut stderr)
+                .await
+        }
+    }
+}
+
+/// `$HOME/.strata_history`, if there is a home.
+fn default_history() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".strata_history"))
+}
+
+/// What to call statement `i` (0-based) of `n` in an error.
+fn context(i: usize, n: Option<usize>) -> String {
+    match n {
+        Some(1) => "query failed".to_string(),
+        Some(n) => format!("statement {} of {n} failed", i + 1),
+        None => format!("statement {} failed", i + 1),
+    }
+}
+
+/// Runs `statements` in order, writing each result to `out`; stops at the first error.
+pub async fn run_statements(
+    client: &mut Client,
+    statements: Vec<String>,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let n = statements.len();
+    for (i, sql) in statements.iter().enumerate() {
+        query::run(client, sql, &context(i, Some(n)), format, out).await?;
+    }
+    Ok(())
+}
+
+/// Reads statements from `input`, split at `;` (the last may lack it), and runs each as
+/// soon as it is complete; stops at the first error.
+pub async fn run_script(
+    client: &mut Client,
+    mut input: impl BufRead,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let mut splitter = Splitter::new();
+    let mut line = String::new();
+    let mut i = 0;
+    loop {
+        line.clear();
+        let read = input
+            .read_line(&mut line)
+            .map_err(|e| Error::io("<stdin>", e))?;
+        let statements = if read == 0 {
+            splitter.finish().into_iter().collect()
+        } else {
+            splitter.push(&line)
+        };
+        for sql in statements {
+            query::run(client, &sql, &context(i, None), format, out).await?;
+            i += 1;
+        }
+        if read == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// A line of input to the shell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Line {
+    Text(String),
+    /// Ctrl-C.
+    Interrupted,
+    /// Ctrl-D, or the end of the input.
+    Eof,
+}
+
+/// Where the shell's lines come from: the line editor, or a script in tests.
+pub trait LineSource {
+    fn read_line(&mut self, prompt: &str) -> Result<Line>;
+    /// Remembers a complete statement (or shell command) in the history.
+    fn remember(&mut self, entry: &str);
+}
+
+/// The rustyline editor with a history file.
+pub struct Editor {
+    editor: rustyline::DefaultEditor,
+    history: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Editor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Editor")
+            .field("history", &self.history)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Editor {
+    /// An editor whose history is loaded from, and saved to, `history`.
+    pub fn new(history: Option<PathBuf>) -> Result<Self> {
+        let config = rustyline::Config::builder()
+            .auto_add_history(false)
+            .max_history_size(10_000)
+            .map_err(|e| Error::Invalid(format!("line editor: {e}")))?
+            .history_ignore_dups(true)
+            .map_err(|e| Error::Invalid(format!("line editor: {e}")))?
+            .build();
+        let mut editor = rustyline::DefaultEditor::with_config(config)
+            .map_err(|e| Error::Invalid(format!("cannot start the line editor: {e}")))?;
+        if let Some(path) = &history
+            && path.exists()
+            && let Err(e) = editor.load_history(path)
+        {
+            eprintln!("note: cannot read the history file {}: {e}", path.display());
+        }
+        Ok(Self { editor, history })
+    }
+}
+
+impl Editor {
+    /// Entries in the history.
+    pub fn history_len(&self) -> usize {
+        use rustyline::history::History as _;
+        self.editor.history().len()
+    }
+}
+
+impl LineSource for Editor {
+    fn read_line(&mut self, prompt: &str) -> Result<Line> {
+        use rustyline::error::ReadlineError;
+        match self.editor.readline(prompt) {
+            Ok(line) => Ok(Line::Text(line)),
+            Err(ReadlineError::Interrupted) => Ok(Line::Interrupted),
+            Err(ReadlineError::Eof) => Ok(Line::Eof),
+            Err(e) => Err(Error::Invalid(format!("cannot read the input: {e}"))),
+        }
+    }
+
+    fn remember(&mut self, entry: &str) {
+        let _ = self.editor.add_history_entry(entry);
+        // Saved after every entry, so a shell that is killed keeps its history.
+        if let Some(path) = &self.history
+            && let Err(e) = self.editor.save_history(path)
+        {
+            eprintln!(
+                "note: cannot write the history file {}: {e}",
+                path.display()
+            );
+            self.history = None;
+        }
+    }
+}
+
+const PROMPT: &str = "strata> ";
+const CONTINUATION: &str = "    ..> ";
+
+const HELP: &str = "\
+Statements end with `;` and may span lines. Examples:
+  SELECT station, max(temperature) FROM weather GROUP BY station;
+  SELECT count(*) FROM weather VERSION AS OF 3;        -- or 'tag', TIMESTAMP AS OF '…'
+  SELECT * FROM strata_versions('weather');
+  RESTORE TABLE weather TO VERSION AS OF 3;
+  ALTER TABLE weather CREATE TAG good [AS OF VERSION 3];
+Shell commands: \\q (or exit, quit, Ctrl-D) quits; \\? (or help) shows this.
+Ctrl-C clears the statement being typed, or cancels the running one.";
+
+/// The interactive shell.
+#[derive(Clone, Debug)]
+pub struct Shell {
+    pub format: OutputFormat,
+    /// Ctrl-C (SIGINT) while a statement runs cancels it. Off in tests.
+    pub cancel_on_ctrl_c: bool,
+}
+
+impl Shell {
+    /// Reads and runs statements until `\q`, `exit` or the end of the input. Errors of
+    /// statements are written to `err` with their gRPC code and the shell goes on; only
+    /// failing to read the input or to write the output ends it with an error.
+    pub async fn run(
+        &self,
+        client: &mut Client,
+        input: &mut dyn LineSource,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<()> {
+        let mut splitter = Splitter::new();
+        // Lines of the statement being typed, as typed, for the history.
+        let mut typed = String::new();
+        writeln!(
+            err,
+            "Strata SQL shell. End statements with `;`; \\? for help, \\q to quit."
+        )
+        .map_err(output_error)?;
+        loop {
+            let prompt = if splitter.is_empty() {
+                PROMPT
+            } else {
+                CONTINUATION
+            };
+            let line = match input.read_line(prompt)? {
+                Line::Eof => break,
+                Line::Interrupted => {
+                    splitter.clear();
+                    typed.clear();
+                    continue;
+                }
+                Line::Text(line) => line,
+            };
+            if splitter.is_empty() {
+                match line.trim().trim_end_matches(';').trim() {
+                    "" => continue,
+                    "\\q" | "exit" | "quit" => break,
+                    "\\?" | "\\h" | "help" => {
+                        input.remember(line.trim());
+                        writeln!(err, "{HELP}").map_err(output_error)?;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            if !typed.is_empty() {
+                typed.push('\n');
+            }
+            typed.push_str(&line);
+            let statements = splitter.push(&format!("{line}\n"));
+            if splitter.is_empty() {
+                input.remember(typed.trim());
+                typed.clear();
+            }
+            for sql in statements {
+                self.run_one(client, &sql, out, err).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_one(
+        &self,
+        client: &mut Client,
+        sql: &str,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<()> {
+        let result = if self.cancel_on_ctrl_c {
+            tokio::select! {
+                r = query::run(client, sql, "query failed", self.format, out) => Some(r),
+                _ = tokio::signal::ctrl_c() => None,
+            }
+        } else {
+            Some(query::run(client, sql, "query failed", self.format, out).await)
+        };
+        match result {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(Error::Status { code, message, .. })) => {
+                writeln!(err, "error: {}: {message}", code_name(code)).map_err(output_error)
+            }
+            Some(Err(e @ (Error::Output(_) | Error::Arrow(_)))) if e.is_broken_pipe() => Err(e),
+            Some(Err(e)) => writeln!(err, "error: {e}").map_err(output_error),
+            None => {
+                // Dropping the call cancels it on the server.
+                out.flush().map_err(output_error)?;
+                writeln!(err, "cancelled").map_err(output_error)
+            }
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! `strata sql`, the version commands and `strata demo` against a real server on a
+//! loopback port.
+
+use std::collections::VecDeque;
+use std::io::Cursor;
+
+use arrow::ipc::reader::StreamReader;
+use strata_datagen::{WeatherFeed, station_name, weather_spec};
+use strata_proto::v1::{CreateDatasetRequest, FlushRequest};
+use strata_server::{Server, ServerConfig};
+
+use crate::client::{self, Client};
+use crate::datasets::spec_to_proto;
+use crate::demo::{self, DemoArgs};
+use crate::error::Error;
+use crate::ingest::{self, Source};
+use crate::query::{self, OutputFormat};
+use crate::read::{self, Item};
+use crate::sql::{self, Line, LineSource, Shell};
+use crate::versions::{self, TagArgs, VersionArg};
+
+/// Three stations, ten readings each (one a minute from 2026-01-01T00:00Z).
+const STATIONS: usize = 3;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    server: Server,
+    client: Client,
+}
+
+impl Fixture {
+    /// A server with the weather dataset (2 shards), holding no rows.
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(ServerConfig {
+            data_dir: dir.path().join("data"),
+            listen: "127.0.0.1:0".into(),
+            ..ServerConfig::default()
+        })
+        .await
+        .unwrap();
+        let mut client = client::connect(&server.url()).await.unwrap();
+        let mut def = weather_spec().to_def();
+        def.shards = 2;
+        client
+            .create_dataset(CreateDatasetRequest {
+                spec: Some(spec_to_proto(def)),
+            })
+            .await
+            .unwrap();
+        Self {
+            _dir: dir,
+            server,
+            client,
+        }
+    }
+
+    /// Streams feed rows `first..first + rows` through the Ingest RPC and flushes;
+    /// returns the version committed.
+    async fn load(&mut self, first: u64, rows: u64) -> u64 {
+        let feed = WeatherFeed {
+            stations: STATIONS,
+            ..WeatherFeed::default()
+        };
+        let source: Source = Box::new(move |_, emit| {
+            let batch = feed.batch(first, rows as usize);
+            emit(Item::Batch {
+                sequence: 1,
+                rows,
+                ipc: read::encode_ipc(&batch)?,
+            });
+            Ok(1)
+        });
+        let (summary, outcome) =
+            ingest::ingest_source(&mut self.client, "weather", None, source).await;
+        outcome.unwrap();
+        assert_eq!(summary.rows, rows);
+        self.client
+            .flush(FlushRequest {
+                dataset: "weather".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .version
+    }
+
+    async fn output(&mut self, sql: &str, format: OutputFormat) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::new();
+        query::run(&mut self.client, sql, "query failed", format, &mut out).await?;
+        Ok(out)
+    }
+
+    async fn text(&mut self, sql: &str, format: OutputFormat) -> String {
+        String::from_utf8(self.output(sql, format).await.unwrap()).unwrap()
+    }
+
+    async fn count(&mut self, sql: &str) -> String {
+        let (_, batches) = query::collect(&mut self.client, sql, "count")
+            .await
+            .unwrap();
+        query::scalar_text(&batches).unwrap()
+    }
+}
+
+const PER_STATION: &str =
+    "SELECT station, count(*) AS n, max(ts) AS last FROM weather GROUP BY station ORDER BY station";
+
+#[tokio::test]
+async fn sql_prints_tables_csv_json_and_arrow() {
+    let mut f = Fixture::start().await;
+    f.load(0, 30).await;
+    let (s0, s1, s2) = (station_name(0), station_name(1), station_name(2));
+
+    let table = f.text(PER_STATION, OutputFormat::Table).await;
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[..7],
+        [
+            "+--------------+----+----------------------+",
+            "| station      | n  | last                 |",
+            "+--------------+----+----------------------+",
+            &format!("| {s0} | 10 | 2026-01-01T00:09:00Z |"),
+            &format!("| {s1} | 10 | 2026-01-01T00:09:00Z |"),
+            &format!("| {s2} | 10 | 2026-01-01T00:09:00Z |"),
+            "+--------------+----+----------------------+",
+        ],
+        "{table}"
+    );
+    assert!(lines[7].starts_with("3 rows in "), "{table}");
+    assert_eq!(lines.len(), 8, "{table}");
+
+    let csv = f.text(PER_STATION, OutputFormat::Csv).await;
+    assert_eq!(
+        csv,
+        format!(
+            "station,n,last\n{s0},10,2026-01-01T00:09:00Z\n{s1},10,2026-01-01T00:09:00Z\n\
+             {s2},10,2026-01-01T00:09:00Z\n"
+        )
+    );
+
+    let json = f.text(PER_STATION, OutputFormat::Json).await;
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 3, "{json}");
+    assert_eq!(rows[1]["station"], s1.as_str());
+    assert_eq!(rows[1]["n"], 10);
+    assert!(json.ends_with("]\n"), "{json}");
+
+    let ndjson = f.text(PER_STATION, OutputFormat::Ndjson).await;
+    assert_eq!(ndjson.lines().count(), 3, "{ndjson}");
+    let row: serde_json::Value = serde_json::from_str(ndjson.lines().next().unwrap()).unwrap();
+    assert_eq!(row["station"], s0.as_str());
+
+    // Raw Arrow IPC: a complete stream any Arrow reader opens.
+    let ipc = f.output(PER_STATION, OutputFormat::Arrow).await.unwrap();
+    assert!(ipc.ends_with(&[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0]));
+    let reader = StreamReader::try_new(Cursor::new(ipc), None).unwrap();
+    assert_eq!(reader.schema().field(1).name(), "n");
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 3);
+
+    // No rows: the header still shows.
+    let empty = "SELECT station FROM weather WHERE temperature > 1000";
+    let table = f.text(empty, OutputFormat::Table).await;
+    assert!(table.contains("| station |"), "{table}");
+    assert!(
+        table.ends_with(" s\n") && table.contains("0 rows in "),
+        "{table}"
+    );
+    assert_eq!(f.text(empty, OutputFormat::Csv).await, "station\n");
+    assert_eq!(f.text(empty, OutputFormat::Json).await, "[]\n");
+
+    f.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_sql_fails_with_the_status_and_the_parser_message() {
+    let mut f = Fixture::start().await;
+    let err = f.output("SELEC 1", OutputFormat::Table).await.unwrap_err();
+    let Error::Status { code, message, .. } = &err else {
+        panic!("expected a status, got {err}")
+    };
+    assert_eq!(*code, tonic::Code::InvalidArgument);
+    assert!(message.contains("SELEC"), "{message}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("query failed: INVALID_ARGUMENT: SQL parse error"),
+        "{text}"
+    );
+
+    let err = f
+        .output("SELECT * FROM nowhere", OutputFormat::Table)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nowhere"), "{err}");
+
+    // Statements run in order and the first error stops the rest.
+    let mut out = Vec::new();
+    let statements = crate::split::split("SELECT 1 AS a; SELEC 2; SELECT 3 AS c");
+    let err = sql::run_statements(&mut f.client, statements, OutputFormat::Csv, &mut out)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("statement 2 of 3 failed: INVALID_ARGUMENT"),
+        "{err}"
+    );
+    assert_eq!(String::from_utf8(out).unwrap(), "a\n1\n");
+    f.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_script_on_stdin_runs_statement_by_statement() {
+    let mut f = Fixture::start().await;
+    let script = "-- two statements, one across lines\nSELECT 1 AS a;\nSELECT\n  'x;y' AS b\n";
+    let mut out = Vec::new();
+    sql::run_script(
+        &mut f.client,
+        Cursor::new(script),
+        OutputFormat::Csv,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), "a\n1\nb\nx;y\n");
+
+    let mut out = Vec::new();
+    let err = sql::run_script(
+        &mut f.client,
+        Cursor::new("SELECT 1 AS a;\nSELECT nope FROM weather;\nSELECT 3;"),
+        OutputFormat::Csv,
+        &mut out,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("statement 2 failed: INVALID_ARGUMENT"),
+        "{err}"
+    );
+    assert!(err.contains("nope"), "{err}");
+    assert_eq!(String::from_utf8(out).unwrap(), "a\n1\n");
+    f.server.shutdown().await.unwrap();
+}
+
+/// The shell's input, scripted.
+#[derive(Default)]
+struct Script {
+    lines: VecDeque<Line>,
+    prompts: Vec<String>,
+    history: Vec<String>,
+}
+
+impl Script {
+    fn new(lines: &[&str]) -> Self {
+        Self {
+            lines: lines
+                .iter()
+                .map(|l| match *l {
+                    "^C" => Line::Interrupted,
+                    l => Line::Text(l.to_string()),
+                })
+                .collect(),
+            ..Self::default()
+        }
+    }
+}
+
+impl LineSource for Script {
+    fn read_line(&mut self, prompt: &str) -> crate::Result<Line> {
+        self.prompts.push(prompt.to_string());
+        Ok(self.lines.pop_front().unwrap_or(Line::Eof))
+    }
+
+    fn remember(&mut self, entry: &str) {
+        self.history.push(entry.to_string());
+    }
+}
+
+#[tokio::test]
+async fn the_shell_runs_multiline_statements_and_survives_errors() {
+    let mut f = Fixture::start().await;
+    f.load(0, 30).await;
+    let shell = Shell {
+        format: OutputFormat::Table,
+        cancel_on_ctrl_c: false,
+    };
+    let mut input = Script::new(&[
+        "SELECT count(*) AS readings",
+        "FROM weather;",
+        "SELEC oops;",
+        "",
+        "SELECT 'typed, then' AS abandoned",
+        "^C",
+        "\\?",
+        "SELECT 7 AS seven; SELECT 8 AS eight;",
+        "SELECT * FROM weather VERSION AS OF 99;",
+        "\\q",
+        "SELECT 'after quit' AS never;",
+    ]);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    shell
+        .run(&mut f.client, &mut input, &mut out, &mut err)
+        .await
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    );
+    assert!(
+        out.contains("| readings |") && out.contains("| 30       |"),
+        "{out}"
+    );
+    assert!(
+        out.contains("| seven |") && out.contains("| eight |"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("abandoned") && !out.contains("never"),
+        "{out}"
+    );
+    assert_eq!(out.matches(" row in ").count(), 3, "{out}");
+    assert!(
+        err.contains("error: INVALID_ARGUMENT: SQL parse error"),
+        "{err}"
+    );
+    assert!(err.contains("error: NOT_FOUND:"), "{err}");
+    assert!(err.contains("\\q (or exit"), "help was shown: {err}");
+    assert_eq!(
+        input.prompts[..3],
+        ["strata> ", "    ..> ", "strata> "],
+        "a continuation prompt while a statement is open"
+    );
+    assert_eq!(
+        input.history,
+        [
+            "SELECT count(*) AS readings\nFROM weather;",
+            "SELEC oops;",
+            "\\?",
+            "SELECT 7 AS seven; SELECT 8 AS eight;",
+            "SELECT * FROM weather VERSION AS OF 99;",
+        ]
+    );
+
+    // Ctrl-D (end of input) quits too.
+    let mut input = Script::new(&["SELECT 1 AS one;"]);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    shell
+        .run(&mut f.client, &mut input, &mut out, &mut err)
+        .await
+        .unwrap();
+    assert!(String::from_utf8(out).unwrap().contains("| one |"));
+    f.server.shutdown().await.unwrap();
+}
+
+#[test]
+fn the_shell_history_persists_across_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history");
+    let mut editor = sql::Editor::new(Some(path.clone())).unwrap();
+    editor.remember("SELECT 1;");
+    editor.remember("SELECT\n2;");
+    drop(editor);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("SELECT 1;"), "{text}");
+    let editor = sql::Editor::new(Some(path)).unwrap();
+    assert_eq!(editor.history_len(), 2);
+}
+
+#[tokio::test]
+async fn versions_rollback_and_tags() {
+    let mut f = Fixture::start().await;
+    let first = f.load(0, 30).await;
+    let second = f.load(30, 30).await;
+    assert_eq!(second, first + 1);
+
+    let mut out = Vec::new();
+    versions::versions(&mut f.client, "weather", &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("| version | time ")
+            && text.contains("| operation | details | rows added | rows removed | tags |"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("| {second}       |")), "{text}");
+    assert!(text.contains("| 30         |"), "{text}");
+    assert!(
+        text.ends_with(&format!("versions, head {second}\n")),
+        "{text}"
+    );
+
+    // Tag the first load, roll back to it, and check the rows.
+    let tag = |delete, first: &str, second: Option<&str>| TagArgs {
+        delete,
+        dataset: "weather".into(),
+        first: first.into(),
+        second: second.map(Into::into),
+    };
+    let mut out = Vec::new();
+    versions::tag(
+        &mut f.client,
+        &tag(false, &first.to_string(), Some("first_load")),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    versions::tag(&mut f.client, &tag(false, "head", Some("both")), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!(
+            "tagged weather version {first} as first_load\ntagged weather version {second} as both\n"
+        )
+    );
+    let mut out = Vec::new();
+    versions::tags(&mut f.client, "weather", &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains(&format!("| first_load | {first} ")), "{text}");
+
+    let mut out = Vec::new();
+    let restored = versions::rollback(
+        &mut f.client,
+        "weather",
+        &VersionArg::Tag("first_load".into()),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert_eq!(restored, second + 1);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!(
+            "rolled back weather to tag first_load (version {first}): new head version {restored}\n"
+        )
+    );
+    assert_eq!(f.count("SELECT count(*) FROM weather").await, "30");
+
+    // By number, then by time: the newest version at or before now is the head.
+    let mut out = Vec::new();
+    versions::rollback(
+        &mut f.client,
+        "weather",
+        &VersionArg::Number(second),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert_eq!(f.count("SELECT count(*) FROM weather").await, "60");
+    let now = VersionArg::parse("2100-01-01T00:00:00Z", false).unwrap();
+    versions::rollback(&mut f.client, "weather", &now, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(f.count("SELECT count(*) FROM weather").await, "60");
+
+    let mut out = Vec::new();
+    versions::versions(&mut f.client, "weather", &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains(&format!("| rollback  | to={first} ")),
+        "{text}"
+    );
+    assert!(text.contains("first_load"), "{text}");
+
+    // Delete a tag; deleting it again is NOT_FOUND.
+    let mut out = Vec::new();
+    versions::tag(&mut f.client, &tag(true, "first_load", None), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "deleted tag first_load of weather\n"
+    );
+    let err = versions::tag(
+        &mut f.client,
+        &tag(true, "first_load", None),
+        &mut Vec::new(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("NOT_FOUND"), "{err}");
+
+    // Unknown datasets and versions.
+    let err = versions::versions(&mut f.client, "nope", &mut Vec::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("listing the versions of nope: NOT_FOUND"),
+        "{err}"
+    );
+    let err = versions::rollback(
+        &mut f.client,
+        "weather",
+        &VersionArg::Number(999),
+        &mut Vec::new(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("rolling weather back to version 999: NOT_FOUND"),
+        "{err}"
+    );
+
+    let mut out = Vec::new();
+    versions::compact(&mut f.client, "weather", &mut out)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8(out)
+            .unwrap()
+            .starts_with("compacted weather: "),
+        "compact answers"
+    );
+    f.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_demo_runs_end_to_end() {
+    let mut out = Vec::new();
+    let args = DemoArgs {
+        rows: 3_000,
+        data_dir: None,
+    };
+    let report = demo::demo(&args, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+
+    assert_eq!(report.rows_at_backfill, 2_000);
+    assert_eq!(report.rows_before, 3_000);
+    assert_eq!(report.rows_with_bad, 3_000 + demo::BAD_ROWS);
+    assert_eq!(report.absurd_with_bad, demo::BAD_ROWS);
+    assert_eq!(
+        report.rows_after, report.rows_before,
+        "the rollback restored the rows"
+    );
+    assert_eq!(report.absurd_after, 0);
+    assert_eq!(
+        (
+            report.backfill_version,
+            report.live_version,
+            report.bad_version,
+            report.restored_version
+        ),
+        (
+            report.created + 1,
+            report.created + 2,
+            report.created + 3,
+            report.created + 4
+        ),
+        "one version per load, deterministic"
+    );
+
+    for expected in [
+        "date_trunc('day', ts)",
+        "date_trunc('month', ts)",
+        "The five windiest stations",
+        "strata_versions('weather')",
+        &format!("VERSION AS OF {}", report.backfill_version),
+        "ALTER TABLE weather CREATE TAG before_bad_load",
+        "RESTORE TABLE weather TO VERSION AS OF 'before_bad_load'",
+        "| 999.0      |",
+        "before_bad_load",
+        "Shut the server down",
+        "What happened",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    // The first station's first day, in the daily precipitation table.
+    let first_day = format!("| {} | 2026-01-01T00:00:00Z |", station_name(0));
+    assert!(text.contains(&first_day), "{text}");
+    assert!(text.contains("5 rows in"), "the top five: {text}");
+}

@@ -1,0 +1,121 @@
+//! The `strata` binary itself against a real server: exit statuses, stdout and stderr as
+//! a user or a script sees them.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use strata_server::{Server, ServerConfig};
+
+/// Runs `strata ARGS` against `url` with `stdin` piped in (never a terminal).
+async fn strata(url: &str, args: &[&str], stdin: &str) -> Output {
+    let (url, args, stdin) = (
+        url.to_string(),
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        stdin.to_string(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(&args)
+            .env("STRATA_SERVER", &url)
+            .env("HOME", "/nonexistent")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_and_version_commands_from_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerConfig {
+        data_dir: dir.path().join("data"),
+        listen: "127.0.0.1:0".into(),
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let url = server.url();
+
+    // Statements from stdin, split at `;`, results as CSV.
+    let out = strata(
+        &url,
+        &["sql", "--format", "csv"],
+        "SELECT 1 AS one;\nSELECT 'a;b' AS two\n",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "one\n1\ntwo\na;b\n");
+
+    // Bad SQL: exit status 1, the status code and the parser's message on stderr.
+    let out = strata(&url, &["sql", "SELEC 1"], "").await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("error: query failed: INVALID_ARGUMENT: SQL parse error"),
+        "{err}"
+    );
+    assert!(err.contains("SELEC"), "{err}");
+    assert!(out.stdout.is_empty());
+
+    // A table, created and written with SQL, then its history.
+    let script = "CREATE TABLE t (k VARCHAR NOT NULL, v BIGINT, PRIMARY KEY (k)) WITH (shards = 1);\n\
+                  INSERT INTO t VALUES ('a', 1), ('b', 2);\n\
+                  INSERT INTO t VALUES ('c', 3);\n";
+    let out = strata(&url, &["sql", "-"], script).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tables = text(&out.stdout);
+    assert!(tables.contains("| CREATE TABLE |"), "{tables}");
+
+    let out = strata(&url, &["tag", "t", "2", "first_insert"], "").await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "tagged t version 2 as first_insert\n");
+
+    let out = strata(&url, &["rollback", "t", "tag:first_insert"], "").await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "rolled back t to tag first_insert (version 2): new head version 4\n"
+    );
+    let out = strata(
+        &url,
+        &["sql", "-f", "csv", "SELECT k FROM t ORDER BY k"],
+        "",
+    )
+    .await;
+    assert_eq!(text(&out.stdout), "k\na\nb\n");
+
+    let out = strata(&url, &["versions", "t"], "").await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let history = text(&out.stdout);
+    assert!(history.contains("| rollback  | to=2 "), "{history}");
+    assert!(history.contains("first_insert"), "{history}");
+    assert!(history.ends_with("4 versions, head 4\n"), "{history}");
+
+    let out = strata(&url, &["rollback", "t", "99"], "").await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("error: rolling t back to version 99: NOT_FOUND"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = strata(&url, &["tag", "t", "first_insert"], "").await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("strata tag --delete"));
+
+    server.shutdown().await.unwrap();
+}
