@@ -146,8 +146,9 @@ impl SchemaProvider for StrataSchema {
         let name = VersionedName::parse(name).map_err(DataFusionError::Plan)?;
         match self.open(&name).await {
             Ok(t) => Ok(Some(Arc::new(t))),
-            // An unknown dataset is an error of its own (NOT_FOUND with the name), not
-            // DataFusion's generic "table not found".
+            // Not a dataset (it may be a table function's name): DataFusion reports
+            // unknown tables itself, and the error layer maps that to NOT_FOUND.
+            Err(crate::Error::Table(strata_table::Error::DatasetNotFound(_))) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }

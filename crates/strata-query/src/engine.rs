@@ -172,6 +172,8 @@ impl Engine {
     /// A session for one statement, with a fresh scan log.
     fn session(&self) -> (SessionState, Arc<ScanLog>) {
         let mut state = self.inner.state.clone();
+        // The statement's start time: `now()` and friends are fixed to it.
+        state.mark_start_execution();
         let log = Arc::new(ScanLog::default());
         state.config_mut().set_extension(log.clone());
         (state, log)
@@ -179,11 +181,12 @@ impl Engine {
 
     async fn prepare_inner(&self, sql: &str) -> Result<Prepared> {
         self.inner.schema.refresh().await?;
-        let (sql, tags) = tag_markers(sql);
-        if let Some(cmd) = statements::parse_custom(&sql)? {
+        // Strata's own statements read tags themselves: parse them before markers.
+        if let Some(cmd) = statements::parse_custom(sql)? {
             return Ok(self.command(cmd));
         }
-        let mut parsed = DFParserBuilder::new(&sql)
+        let (sql, tags) = tag_markers(sql);
+        let mut parsed = DFParserBuilder::new(sql.as_str())
             .with_dialect(&StrataDialect)
             .build()?
             .parse_statements()?;
@@ -303,13 +306,13 @@ impl Engine {
                 if exists && *if_not_exists {
                     (None, None)
                 } else {
-                    let table = hooks.create(spec.clone()).await.map_err(Error::Hook)?;
+                    let table = hooks.create_dataset(spec.clone()).await.map_err(Error::Hook)?;
                     (Some(table.head_version().await?), None)
                 }
             }
             Command::DropTable { if_exists, .. } => {
                 if exists {
-                    hooks.drop(name).await.map_err(Error::Hook)?;
+                    hooks.drop_dataset(name).await.map_err(Error::Hook)?;
                 } else if !*if_exists {
                     return Err(strata_table::Error::DatasetNotFound(name.to_string()).into());
                 }
@@ -547,7 +550,7 @@ impl VisitorMut for Versions<'_> {
                 }
             },
         };
-        let Some(last) = name.0.last_mut().and_then(|p| p.as_ident_mut()) else {
+        let Some(ast::ObjectNamePart::Identifier(last)) = name.0.last_mut() else {
             self.error = Some(Error::plan(format!("invalid table name {name}")));
             return ControlFlow::Break(());
         };

@@ -111,15 +111,24 @@ impl From<DataFusionError> for Error {
             },
             D::Collection(mut errors) if !errors.is_empty() => errors.swap_remove(0).into(),
             D::SQL(p, _) => Error::Sql(p.to_string()),
-            D::Plan(m) | D::Configuration(m) => Error::Plan(m),
-            e @ (D::SchemaError(..)
-            | D::AmbiguousReference { .. }
-            | D::DuplicateQualifiedField { .. }) => Error::Plan(e.strip_backtrace()),
+            D::Plan(m) => match unknown_table(&m) {
+                Some(name) => Error::Table(strata_table::Error::DatasetNotFound(name)),
+                None => Error::Plan(m),
+            },
+            D::Configuration(m) => Error::Plan(m),
+            e @ D::SchemaError(..) => Error::Plan(e.strip_backtrace()),
             D::NotImplemented(m) => Error::Unsupported(m),
             D::ResourcesExhausted(m) => Error::ResourcesExhausted(m),
             other => Error::Execution(other.strip_backtrace()),
         }
     }
+}
+
+/// The dataset of DataFusion's "table 'strata.public.x@v3' not found".
+fn unknown_table(message: &str) -> Option<String> {
+    let name = message.strip_prefix("table '")?.strip_suffix("' not found")?;
+    let table = name.rsplit('.').next()?;
+    Some(table.split('@').next()?.to_string())
 }
 
 /// A shared error (one failure reported to several consumers) cannot be taken apart;

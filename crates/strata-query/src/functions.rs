@@ -110,7 +110,7 @@ fn literal_arg(kind: Kind, exprs: &[Expr], i: usize) -> Result<Option<ScalarValu
 }
 
 impl TableFunctionImpl for Introspection {
-    fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
+    fn call_with_args(&self, args: TableFunctionArgs<'_, '_>) -> DfResult<Arc<dyn TableProvider>> {
         let exprs = args.exprs();
         let usage = match self.kind {
             Kind::Versions => "strata_versions('dataset')",

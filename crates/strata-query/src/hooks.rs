@@ -17,10 +17,10 @@ pub type HookError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[async_trait]
 pub trait DatasetHooks: Send + Sync + fmt::Debug {
     /// Creates a dataset.
-    async fn create(&self, spec: DatasetSpec) -> Result<Table, HookError>;
+    async fn create_dataset(&self, spec: DatasetSpec) -> Result<Table, HookError>;
 
     /// Drops a dataset with everything it holds.
-    async fn drop(&self, name: &str) -> Result<(), HookError>;
+    async fn drop_dataset(&self, name: &str) -> Result<(), HookError>;
 
     /// Called before a SQL statement commits to the dataset (`INSERT`, `DELETE`,
     /// `RESTORE`, `ALTER`): rows acknowledged earlier but not yet committed must be
@@ -51,11 +51,11 @@ impl CatalogHooks {
 
 #[async_trait]
 impl DatasetHooks for CatalogHooks {
-    async fn create(&self, spec: DatasetSpec) -> Result<Table, HookError> {
+    async fn create_dataset(&self, spec: DatasetSpec) -> Result<Table, HookError> {
         Ok(self.catalog.create_table(spec).await?)
     }
 
-    async fn drop(&self, name: &str) -> Result<(), HookError> {
+    async fn drop_dataset(&self, name: &str) -> Result<(), HookError> {
         Ok(self.catalog.drop_table(name).await?)
     }
 }

@@ -31,11 +31,13 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::expr_rewriter::unnormalize_col;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_expr::execution_props::ExecutionProps;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
-use datafusion::physical_optimizer::pruning::PruningPredicate;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use strata_table::segment::{deletion_selection, shard_of_rows};
@@ -210,20 +212,28 @@ impl StrataTable {
         Ok((out, stats))
     }
 
+    /// A filter as a physical expression over the table's columns. Filters reach a
+    /// provider with their columns qualified by the query's name for the table
+    /// (`weather.ts`, `w.ts`); the schema here is unqualified.
     fn physical_expr(&self, expr: &Expr) -> DfResult<Arc<dyn PhysicalExpr>> {
         let df_schema = DFSchema::try_from(self.schema().as_ref().clone())?;
-        create_physical_expr(expr, &df_schema, &ExecutionProps::new())
+        create_physical_expr(
+            &unnormalize_col(expr.clone()),
+            &df_schema,
+            &ExecutionProps::new(),
+            &PhysicalPlanningContext::default(),
+        )
     }
 
-    fn pruning_predicate(&self, filters: &[Expr]) -> DfResult<Option<PruningPredicate>> {
+    fn pruning_predicate(&self, filters: &[Expr]) -> DfResult<Option<Arc<PruningPredicate>>> {
         let Some(expr) = conjunction(filters.iter().cloned()) else {
             return Ok(None);
         };
         let physical = self.physical_expr(&expr)?;
         // Expressions the pruning machinery cannot use simply do not prune.
-        Ok(PruningPredicate::try_new(physical, self.schema())
-            .ok()
-            .filter(|pp| !pp.always_true()))
+        Ok(PruningPredicateBuilder::new()
+            .with_file_schema(self.schema())
+            .build(physical))
     }
 
     /// Shards the filters restrict the scan to, or `None` when they do not restrict it.

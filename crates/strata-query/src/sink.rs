@@ -64,7 +64,7 @@ impl DataSink for StrataSink {
         mut data: SendableRecordBatchStream,
         context: &Arc<TaskContext>,
     ) -> DfResult<u64> {
-        let mut reservation =
+        let reservation =
             MemoryConsumer::new(format!("INSERT INTO {}", self.table.name()))
                 .register(context.memory_pool());
         let mut batches = Vec::new();

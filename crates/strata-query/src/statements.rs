@@ -807,8 +807,8 @@ fn column(e: &Expr) -> Option<&str> {
 fn literal(e: &Expr) -> Option<datafusion::common::ScalarValue> {
     match e {
         Expr::Literal(v, _) => Some(v.clone()),
-        Expr::Cast(c) => literal(&c.expr)?.cast_to(&c.data_type).ok(),
-        Expr::TryCast(c) => literal(&c.expr)?.cast_to(&c.data_type).ok(),
+        Expr::Cast(c) => literal(&c.expr)?.cast_to(c.field.data_type()).ok(),
+        Expr::TryCast(c) => literal(&c.expr)?.cast_to(c.field.data_type()).ok(),
         _ => None,
     }
 }

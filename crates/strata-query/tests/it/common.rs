@@ -3,10 +3,6 @@ use std::sync::Arc;
 
 use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use datafusion::datasource::physical_plan::FileScanConfig;
-use datafusion::datasource::source::DataSourceExec;
-use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::SessionContext;
 use strata_storage::{BlobStore, MemoryBlobStore, MemoryMetaStore, MetaStore};
 use strata_table::{Catalog, Table, WriteOutcome};
 use strata_types::{DatasetName, DatasetSpec};
@@ -120,42 +116,4 @@ pub async fn weather(catalog: &Catalog, name: &str) -> History {
         v_column,
         v_head,
     }
-}
-
-pub async fn sql(ctx: &SessionContext, q: &str) -> Vec<RecordBatch> {
-    ctx.sql(q).await.unwrap().collect().await.unwrap()
-}
-
-/// The one i64/u64-ish value of a one-row, one-column result.
-pub async fn scalar_i64(ctx: &SessionContext, q: &str) -> i64 {
-    let batches = sql(ctx, q).await;
-    let b = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
-    assert_eq!(b.num_rows(), 1, "{q}");
-    let c = arrow::compute::cast(b.column(0), &DataType::Int64).unwrap();
-    c.as_any().downcast_ref::<Int64Array>().unwrap().value(0)
-}
-
-/// Files (segments) the plan's scans read.
-pub fn scanned_files(plan: &Arc<dyn ExecutionPlan>) -> usize {
-    let mut n = 0;
-    if let Some(ds) = plan.downcast_ref::<DataSourceExec>()
-        && let Some(cfg) = ds.data_source().downcast_ref::<FileScanConfig>()
-    {
-        n += cfg.file_groups.iter().map(|g| g.len()).sum::<usize>();
-    }
-    for c in plan.children() {
-        n += scanned_files(c);
-    }
-    n
-}
-
-pub async fn plan_files(ctx: &SessionContext, q: &str) -> usize {
-    let plan = ctx
-        .sql(q)
-        .await
-        .unwrap()
-        .create_physical_plan()
-        .await
-        .unwrap();
-    scanned_files(&plan)
 }
