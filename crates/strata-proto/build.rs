@@ -7,7 +7,12 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = ["strata/v1/strata.proto"];
-    for f in ["strata.proto", "datasets.proto", "ingest.proto", "query.proto"] {
+    for f in [
+        "strata.proto",
+        "datasets.proto",
+        "ingest.proto",
+        "query.proto",
+    ] {
         println!(
             "cargo:rerun-if-changed={}",
             root.join("strata/v1").join(f).display()

@@ -59,12 +59,10 @@ async fn query(
             code: tonic::Code::Internal,
             message: format!("bad IPC from the server: {e}"),
         })?;
-    reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| SqlError {
-            code: tonic::Code::Internal,
-            message: format!("bad IPC from the server: {e}"),
-        })
+    reader.collect::<Result<Vec<_>, _>>().map_err(|e| SqlError {
+        code: tonic::Code::Internal,
+        message: format!("bad IPC from the server: {e}"),
+    })
 }
 
 fn is_write(sql: &str) -> bool {
@@ -84,7 +82,10 @@ fn column_type(dt: &DataType) -> DefaultColumnType {
         DefaultColumnType::Integer
     } else if dt.is_floating() || matches!(dt, DataType::Decimal128(..)) {
         DefaultColumnType::FloatingPoint
-    } else if matches!(dt, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8) {
+    } else if matches!(
+        dt,
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+    ) {
         DefaultColumnType::Text
     } else {
         DefaultColumnType::Any
@@ -105,7 +106,9 @@ impl AsyncDB for StrataDb {
                 .iter()
                 .find(|b| b.num_rows() > 0)
                 .and_then(|b| {
-                    let c = b.column_by_name("rows").or_else(|| b.column_by_name("count"))?;
+                    let c = b
+                        .column_by_name("rows")
+                        .or_else(|| b.column_by_name("count"))?;
                     let c = arrow::compute::cast(c, &DataType::UInt64).ok()?;
                     let c = c.as_any().downcast_ref::<arrow::array::UInt64Array>()?;
                     (!c.is_null(0)).then(|| c.value(0))

@@ -169,8 +169,14 @@ mod tests {
         for (text, version) in [
             ("weather", VersionSpec::Head),
             ("weather@v12", VersionSpec::Version(12)),
-            ("weather@t1767225600000", VersionSpec::Timestamp(1_767_225_600_000)),
-            ("weather@tag:release-1", VersionSpec::Tag("release-1".into())),
+            (
+                "weather@t1767225600000",
+                VersionSpec::Timestamp(1_767_225_600_000),
+            ),
+            (
+                "weather@tag:release-1",
+                VersionSpec::Tag("release-1".into()),
+            ),
         ] {
             let n = VersionedName::parse(text).unwrap();
             assert_eq!(n.dataset, "weather");

@@ -302,11 +302,17 @@ impl Engine {
             }
         };
         let (version, rows) = match cmd {
-            Command::CreateTable { spec, if_not_exists } => {
+            Command::CreateTable {
+                spec,
+                if_not_exists,
+            } => {
                 if exists && *if_not_exists {
                     (None, None)
                 } else {
-                    let table = hooks.create_dataset(spec.clone()).await.map_err(Error::Hook)?;
+                    let table = hooks
+                        .create_dataset(spec.clone())
+                        .await
+                        .map_err(Error::Hook)?;
                     (Some(table.head_version().await?), None)
                 }
             }
@@ -391,7 +397,9 @@ impl Engine {
         selection: Option<&str>,
     ) -> Result<strata_table::VersionInfo> {
         let Some(selection) = selection else {
-            return Ok(table.delete_where(&strata_table::Predicate::And(vec![])).await?);
+            return Ok(table
+                .delete_where(&strata_table::Predicate::And(vec![]))
+                .await?);
         };
         let head = table.head_version().await?;
         let at = VersionedName {
@@ -405,9 +413,10 @@ impl Engine {
         );
         let (state, _) = self.session();
         let plan = state.create_logical_plan(&sql).await?;
-        let analyzed = state
-            .analyzer()
-            .execute_and_check(plan, state.config_options(), |_, _| {})?;
+        let analyzed =
+            state
+                .analyzer()
+                .execute_and_check(plan, state.config_options(), |_, _| {})?;
         let filter = statements::plan_filter(&analyzed)
             .ok_or_else(|| Error::plan(format!("DELETE: cannot plan WHERE {selection}")))?;
         let schema = table.snapshot(&VersionSpec::Version(head)).await?.schema();

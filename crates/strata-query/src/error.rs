@@ -126,7 +126,9 @@ impl From<DataFusionError> for Error {
 
 /// The dataset of DataFusion's "table 'strata.public.x@v3' not found".
 fn unknown_table(message: &str) -> Option<String> {
-    let name = message.strip_prefix("table '")?.strip_suffix("' not found")?;
+    let name = message
+        .strip_prefix("table '")?
+        .strip_suffix("' not found")?;
     let table = name.rsplit('.').next()?;
     Some(table.split('@').next()?.to_string())
 }
@@ -162,10 +164,7 @@ mod tests {
             "nope".into(),
         )))
         .context("planning");
-        let e = DataFusionError::ArrowError(
-            Box::new(ArrowError::ExternalError(Box::new(e))),
-            None,
-        );
+        let e = DataFusionError::ArrowError(Box::new(ArrowError::ExternalError(Box::new(e))), None);
         assert!(matches!(
             Error::from(e),
             Error::Table(strata_table::Error::DatasetNotFound(n)) if n == "nope"

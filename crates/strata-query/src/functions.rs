@@ -218,7 +218,9 @@ impl IntrospectionTable {
                     Arc::new(StringArray::from_iter_values(
                         segs.iter().map(|s| s.meta.id.as_str()),
                     )),
-                    Arc::new(UInt64Array::from_iter_values(segs.iter().map(|s| s.meta.rows))),
+                    Arc::new(UInt64Array::from_iter_values(
+                        segs.iter().map(|s| s.meta.rows),
+                    )),
                     Arc::new(UInt64Array::from_iter_values(
                         segs.iter().map(|s| s.live_rows()),
                     )),

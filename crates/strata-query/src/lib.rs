@@ -59,7 +59,10 @@ pub use provider::{DEFAULT_STORE_URL, PruneStats, ScanLog, StrataTable};
 
 /// Registers the catalog's blob store under [`DEFAULT_STORE_URL`] and every dataset, at
 /// its head version, as a table of the same name. Returns the names registered.
-pub async fn register(ctx: &SessionContext, catalog: &strata_table::Catalog) -> Result<Vec<String>> {
+pub async fn register(
+    ctx: &SessionContext,
+    catalog: &strata_table::Catalog,
+) -> Result<Vec<String>> {
     let url = ObjectStoreUrl::parse(DEFAULT_STORE_URL)?;
     let names = catalog.list_tables().await?;
     let mut store_registered = false;

@@ -16,9 +16,8 @@ use futures::StreamExt;
 use futures::stream::{self, BoxStream};
 use object_store::path::Path;
 use object_store::{
-    Attributes, CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult,
-    MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
-    PutResult,
+    Attributes, CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 use strata_storage::{BlobMeta, BlobStore};
 
@@ -69,11 +68,9 @@ fn not_supported(what: &str) -> object_store::Error {
 fn object_meta(location: &Path, meta: &BlobMeta) -> ObjectMeta {
     ObjectMeta {
         location: location.clone(),
-        last_modified: arrow::temporal_conversions::timestamp_ms_to_datetime(
-            meta.last_modified_ms,
-        )
-        .map(|t| t.and_utc())
-        .unwrap_or_default(),
+        last_modified: arrow::temporal_conversions::timestamp_ms_to_datetime(meta.last_modified_ms)
+            .map(|t| t.and_utc())
+            .unwrap_or_default(),
         size: meta.size,
         e_tag: None,
         version: None,
@@ -161,16 +158,17 @@ impl ObjectStore for BlobObjectStore {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
-        locations
-            .map(|_| Err(not_supported("delete")))
-            .boxed()
+        locations.map(|_| Err(not_supported("delete"))).boxed()
     }
 
     fn list(&self, _prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         stream::once(async { Err(not_supported("list")) }).boxed()
     }
 
-    async fn list_with_delimiter(&self, _prefix: Option<&Path>) -> object_store::Result<ListResult> {
+    async fn list_with_delimiter(
+        &self,
+        _prefix: Option<&Path>,
+    ) -> object_store::Result<ListResult> {
         Err(not_supported("list_with_delimiter"))
     }
 

@@ -64,9 +64,8 @@ impl DataSink for StrataSink {
         mut data: SendableRecordBatchStream,
         context: &Arc<TaskContext>,
     ) -> DfResult<u64> {
-        let reservation =
-            MemoryConsumer::new(format!("INSERT INTO {}", self.table.name()))
-                .register(context.memory_pool());
+        let reservation = MemoryConsumer::new(format!("INSERT INTO {}", self.table.name()))
+            .register(context.memory_pool());
         let mut batches = Vec::new();
         let mut rows = 0u64;
         while let Some(batch) = data.next().await {
@@ -90,7 +89,12 @@ impl DataSink for StrataSink {
             .map_err(Error::Table)?
         {
             WriteOutcome::Committed(v) => {
-                info!(dataset = name, version = v.version, rows, "INSERT committed");
+                info!(
+                    dataset = name,
+                    version = v.version,
+                    rows,
+                    "INSERT committed"
+                );
             }
             // Only producer marks make a write a duplicate, and INSERT carries none.
             WriteOutcome::Duplicate { head } => {

@@ -276,9 +276,9 @@ pub fn parse_custom(sql: &str) -> Result<Option<Command>> {
         t.expect(&["TO"], "after the table name")?;
         let to = if t.words(&["VERSION", "AS", "OF"]) {
             match t.tokens.get(t.pos) {
-                Some(Token::Number(..)) => VersionAt::Spec(VersionSpec::Version(
-                    t.number("a version number")?,
-                )),
+                Some(Token::Number(..)) => {
+                    VersionAt::Spec(VersionSpec::Version(t.number("a version number")?))
+                }
                 _ => VersionAt::Spec(VersionSpec::Tag(t.name("a version number or tag")?)),
             }
         } else if t.words(&["TIMESTAMP", "AS", "OF"]) {
@@ -407,7 +407,12 @@ pub fn sql_type(dt: &ast::DataType) -> Result<String> {
         "INT UNSIGNED" | "INTEGER UNSIGNED" | "UINTEGER" => "uint32".into(),
         "BIGINT UNSIGNED" | "UBIGINT" => "uint64".into(),
         "REAL" | "FLOAT4" => "float32".into(),
-        "FLOAT" if args.first().and_then(|p| p.parse::<u32>().ok()).is_some_and(|p| p <= 24) => {
+        "FLOAT"
+            if args
+                .first()
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|p| p <= 24) =>
+        {
             "float32".into()
         }
         "FLOAT" | "DOUBLE" | "DOUBLE PRECISION" | "FLOAT8" | "FLOAT64" => "float64".into(),
@@ -856,11 +861,15 @@ mod tests {
 
     #[test]
     fn create_table_with_cql_style_key() {
-        let Some(Command::CreateTable { spec, if_not_exists }) = parse(
+        let Some(Command::CreateTable {
+            spec,
+            if_not_exists,
+        }) = parse(
             "CREATE TABLE IF NOT EXISTS Weather (station VARCHAR, \"Ts\" TIMESTAMP(3) WITH TIME ZONE, \
              temp DOUBLE, hum REAL NULL, n BIGINT UNSIGNED, d DECIMAL(10, 2), PRIMARY KEY ((station), \"Ts\")) \
              WITH (shards = 4)",
-        ) else {
+        )
+        else {
             panic!("not a create")
         };
         assert!(if_not_exists);
@@ -889,7 +898,8 @@ mod tests {
         assert_eq!(spec.partition_key, vec!["a", "b"]);
         assert_eq!(spec.row_key, vec!["c"]);
         assert_eq!(spec.shards, DEFAULT_SHARDS);
-        let Some(Command::CreateTable { spec, .. }) = parse("CREATE TABLE t (a INT PRIMARY KEY, v TEXT)")
+        let Some(Command::CreateTable { spec, .. }) =
+            parse("CREATE TABLE t (a INT PRIMARY KEY, v TEXT)")
         else {
             panic!()
         };
@@ -901,9 +911,18 @@ mod tests {
     fn bad_create_tables_say_why() {
         for (sql, needle) in [
             ("CREATE TABLE t (a INT)", "needs a PRIMARY KEY"),
-            ("CREATE TABLE t (a INT, PRIMARY KEY (a)) WITH (shards = 0)", "positive"),
-            ("CREATE TABLE t (a INT, PRIMARY KEY (a)) WITH (color = 1)", "unknown table option"),
-            ("CREATE TABLE t (a JSON, PRIMARY KEY (a))", "unsupported column type"),
+            (
+                "CREATE TABLE t (a INT, PRIMARY KEY (a)) WITH (shards = 0)",
+                "positive",
+            ),
+            (
+                "CREATE TABLE t (a INT, PRIMARY KEY (a)) WITH (color = 1)",
+                "unknown table option",
+            ),
+            (
+                "CREATE TABLE t (a JSON, PRIMARY KEY (a))",
+                "unsupported column type",
+            ),
             ("CREATE TABLE t (a DOUBLE, PRIMARY KEY (a))", "float"),
             ("CREATE TABLE t (a INT, PRIMARY KEY (b))", "b"),
         ] {

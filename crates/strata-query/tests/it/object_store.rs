@@ -41,7 +41,10 @@ async fn ranged_reads_and_read_only() {
         .unwrap();
     assert_eq!(tail.bytes().await.unwrap(), Bytes::from_static(b"789"));
     let many = store.get_ranges(&path, &[0..1, 8..10]).await.unwrap();
-    assert_eq!(many, vec![Bytes::from_static(b"0"), Bytes::from_static(b"89")]);
+    assert_eq!(
+        many,
+        vec![Bytes::from_static(b"0"), Bytes::from_static(b"89")]
+    );
     assert_eq!(store.head(&path).await.unwrap().size, 10);
     assert!(matches!(
         store.head(&Path::from("missing")).await,

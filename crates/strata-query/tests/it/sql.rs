@@ -102,9 +102,16 @@ async fn time_travel_by_version_tag_and_timestamp() {
         .await,
         250 * n
     );
-    let e2 = err(&e, "SELECT * FROM weather TIMESTAMP AS OF '1999-01-01T00:00:00'").await;
+    let e2 = err(
+        &e,
+        "SELECT * FROM weather TIMESTAMP AS OF '1999-01-01T00:00:00'",
+    )
+    .await;
     assert!(
-        matches!(e2, Error::Table(strata_table::Error::NoVersionAtTime { .. })),
+        matches!(
+            e2,
+            Error::Table(strata_table::Error::NoVersionAtTime { .. })
+        ),
         "{e2}"
     );
     // The versioned name works directly too.
@@ -206,7 +213,11 @@ async fn introspection_functions() {
             .to_string()
             .contains("nope")
     );
-    assert!(err(&e, "SELECT * FROM strata_versions()").await.is_client_error());
+    assert!(
+        err(&e, "SELECT * FROM strata_versions()")
+            .await
+            .is_client_error()
+    );
 }
 
 #[tokio::test]
@@ -225,7 +236,11 @@ async fn write_statements_round_trip() {
         4
     );
     // IF NOT EXISTS is quiet; without it the name is taken.
-    rows(&e, "CREATE TABLE IF NOT EXISTS readings (a INT PRIMARY KEY)").await;
+    rows(
+        &e,
+        "CREATE TABLE IF NOT EXISTS readings (a INT PRIMARY KEY)",
+    )
+    .await;
     assert!(matches!(
         err(&e, "CREATE TABLE readings (a INT PRIMARY KEY)").await,
         Error::Hook(_)
@@ -240,7 +255,11 @@ async fn write_statements_round_trip() {
     rows(&e, "INSERT INTO readings VALUES ('a', 1, 99.0)").await;
     assert_eq!(count(&e, "SELECT count(*) FROM readings").await, 4);
     assert_eq!(
-        count(&e, "SELECT CAST(temp AS BIGINT) FROM readings WHERE station = 'a' AND ts = 1").await,
+        count(
+            &e,
+            "SELECT CAST(temp AS BIGINT) FROM readings WHERE station = 'a' AND ts = 1"
+        )
+        .await,
         99
     );
     let before_delete = catalog
@@ -251,7 +270,11 @@ async fn write_statements_round_trip() {
         .await
         .unwrap();
     // DELETE with a predicate the table layer evaluates …
-    let b = rows(&e, "DELETE FROM readings WHERE station = 'b' AND temp IS NULL").await;
+    let b = rows(
+        &e,
+        "DELETE FROM readings WHERE station = 'b' AND temp IS NULL",
+    )
+    .await;
     assert_eq!(
         b.column_by_name("rows")
             .unwrap()
@@ -272,14 +295,22 @@ async fn write_statements_round_trip() {
     assert_eq!(count(&e, "SELECT count(*) FROM readings").await, 4);
     // ALTER TABLE ADD COLUMN: old rows read null.
     rows(&e, "ALTER TABLE readings ADD COLUMN humidity DOUBLE").await;
-    rows(&e, "INSERT INTO readings (station, ts, temp, humidity) VALUES ('c', 1, 1.0, 0.5)").await;
+    rows(
+        &e,
+        "INSERT INTO readings (station, ts, temp, humidity) VALUES ('c', 1, 1.0, 0.5)",
+    )
+    .await;
     assert_eq!(count(&e, "SELECT count(humidity) FROM readings").await, 1);
     // RESTORE to the version before the deletes, then tags.
     let q = format!("RESTORE TABLE readings TO VERSION AS OF {before_delete}");
     let b = rows(&e, &q).await;
     assert_eq!(strings(&b, "operation"), vec!["RESTORE"]);
     assert_eq!(count(&e, "SELECT count(*) FROM readings").await, 4);
-    assert!(err(&e, "SELECT humidity FROM readings").await.is_client_error());
+    assert!(
+        err(&e, "SELECT humidity FROM readings")
+            .await
+            .is_client_error()
+    );
     rows(&e, "ALTER TABLE readings CREATE TAG good").await;
     rows(&e, "DELETE FROM readings").await;
     assert_eq!(count(&e, "SELECT count(*) FROM readings").await, 0);
@@ -421,7 +452,8 @@ async fn memory_limit_fails_the_query_not_the_engine() {
     )
     .unwrap();
     // A join whose build side cannot spill needs more than the limit.
-    let q = "SELECT count(*) FROM weather a JOIN weather b ON a.ts = b.ts AND a.station <> b.station";
+    let q =
+        "SELECT count(*) FROM weather a JOIN weather b ON a.ts = b.ts AND a.station <> b.station";
     let error = err(&e, q).await;
     assert!(matches!(error, Error::ResourcesExhausted(_)), "{error:?}");
     // The engine keeps serving.
@@ -487,5 +519,3 @@ async fn prepared_statements_take_parameters() {
             .is_query()
     );
 }
-
-
