@@ -91,8 +91,8 @@ impl Server {
             ingester.clone(),
             engine.clone(),
         ))
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message);
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<StrataServer<service::StrataService>>()

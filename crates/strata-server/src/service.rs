@@ -17,8 +17,8 @@ use strata_proto::v1::{
     RollbackRequest, RollbackResponse, TagInfo as PbTagInfo, VacuumRequest, VacuumResponse,
     VersionInfo as PbVersionInfo, VersionRef, ingest_request, ingest_response, version_ref,
 };
-use strata_table::{Table, TagInfo, VacuumPolicy, VersionInfo, VersionSpec};
 use strata_query::Engine;
+use strata_table::{Table, TagInfo, VacuumPolicy, VersionInfo, VersionSpec};
 use strata_types::{ColumnDef, DatasetSpec, DatasetSpecDef};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -157,7 +157,8 @@ fn tag_to_proto(t: TagInfo) -> PbTagInfo {
 fn ipc_messages(
     stream: strata_query::datafusion::physical_plan::SendableRecordBatchStream,
 ) -> Result<QueryStream, Status> {
-    let encode_err = |e: arrow::error::ArrowError| Status::internal(format!("encoding result: {e}"));
+    let encode_err =
+        |e: arrow::error::ArrowError| Status::internal(format!("encoding result: {e}"));
     let mut writer = StreamWriter::try_new(Vec::new(), &stream.schema()).map_err(encode_err)?;
     let schema_msg = std::mem::take(writer.get_mut());
     let first = futures::stream::once(async move {
