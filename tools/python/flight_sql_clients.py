@@ -146,7 +146,6 @@ def main():
     except (flight.FlightError, pa.ArrowException) as e:  # NOT_FOUND: ArrowKeyError
         out["action_error"] = f"{type(e).__name__}: {e}"
         check("nope" in str(e), f"action error {e}")
-    out["final_rows"] = out["after_rollback"]
     print(json.dumps(out))
 
 

@@ -306,7 +306,11 @@ mod tests {
             r#"{"dataset":"d","version":{"tag":1}}"#,
             r#"{"dataset":"d","version":{"tag":"a","timestamp_ms":1}}"#,
         ] {
-            assert_eq!(v(bad).unwrap_err().code(), tonic::Code::InvalidArgument, "{bad}");
+            assert_eq!(
+                v(bad).unwrap_err().code(),
+                tonic::Code::InvalidArgument,
+                "{bad}"
+            );
         }
     }
 
@@ -323,7 +327,10 @@ mod tests {
             );
         }
         let b = body("tag", r#"{"dataset":"d","tag":""}"#).unwrap();
-        assert_eq!(b.string("tag").unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            b.string("tag").unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
         assert_eq!(
             b.string("missing").unwrap_err().code(),
             tonic::Code::InvalidArgument

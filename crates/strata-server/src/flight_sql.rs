@@ -44,8 +44,7 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::sql::metadata::{
-    GetCatalogsBuilder, GetDbSchemasBuilder, GetTableTypesBuilder, GetTablesBuilder, SqlInfoData,
-    SqlInfoDataBuilder,
+    GetCatalogsBuilder, GetDbSchemasBuilder, GetTablesBuilder, SqlInfoData, SqlInfoDataBuilder,
 };
 use arrow_flight::sql::server::{DoPutError, FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
@@ -151,7 +150,10 @@ impl StrataFlight {
     }
 
     /// Runs a prepared statement's query with its one bound parameter row.
-    async fn run_prepared_query(&self, handle: &Bytes) -> Result<SendableRecordBatchStream, Status> {
+    async fn run_prepared_query(
+        &self,
+        handle: &Bytes,
+    ) -> Result<SendableRecordBatchStream, Status> {
         let statement = self.statement(handle)?;
         let prepared = self.prepare(&statement.sql).await?;
         let params = match &statement.bound {
@@ -254,7 +256,7 @@ fn unknown_handle(handle: &Bytes) -> Status {
     ))
 }
 
-fn internal(what: &str) -> impl Fn(arrow::error::ArrowError) -> Status + '_ {
+fn internal<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> Status + '_ {
     move |e| Status::internal(format!("{what}: {e}"))
 }
 
@@ -284,9 +286,8 @@ fn flight_info(
 /// Streams a result as Flight data; errors keep their Strata status.
 fn flight_stream(stream: SendableRecordBatchStream) -> Response<DoGetStream> {
     let schema = stream.schema();
-    let batches = stream.map_err(|e| {
-        FlightError::Tonic(Box::new(query_status(strata_query::Error::from(e))))
-    });
+    let batches = stream
+        .map_err(|e| FlightError::Tonic(Box::new(query_status(strata_query::Error::from(e)))));
     let data = FlightDataEncoderBuilder::new()
         .with_schema(schema)
         .build(batches)
@@ -509,7 +510,13 @@ fn sql_info() -> SqlInfoData {
     b.append(
         SqlInfo::SqlKeywords,
         &[
-            "OPTIMIZE", "RESTORE", "SHARDS", "TAG", "VACUUM", "VERSION", "TIMESTAMP",
+            "OPTIMIZE",
+            "RESTORE",
+            "SHARDS",
+            "TAG",
+            "VACUUM",
+            "VERSION",
+            "TIMESTAMP",
         ][..],
     );
     b.build().expect("SqlInfo values are well-formed")
@@ -656,7 +663,9 @@ impl FlightSqlService for StrataFlight {
             return Err(wrong_parameter_count(expected, given));
         }
         let mut open = self.inner.prepared.lock().expect("prepared statements");
-        let statement = open.get_mut(&handle).ok_or_else(|| unknown_handle(&handle))?;
+        let statement = open
+            .get_mut(&handle)
+            .ok_or_else(|| unknown_handle(&handle))?;
         statement.bound = rows;
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(handle),
@@ -729,8 +738,12 @@ impl FlightSqlService for StrataFlight {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        let schema = query.into_builder().schema();
+        flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_catalogs(
@@ -749,7 +762,11 @@ impl FlightSqlService for StrataFlight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_schemas(
@@ -768,7 +785,11 @@ impl FlightSqlService for StrataFlight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_tables(
@@ -825,8 +846,12 @@ impl FlightSqlService for StrataFlight {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        let schema = query.into_builder().schema();
+        flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_table_types(
@@ -834,9 +859,11 @@ impl FlightSqlService for StrataFlight {
         query: CommandGetTableTypes,
         _request: Request<arrow_flight::Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let mut builder: GetTableTypesBuilder = query.into_builder();
+        let mut builder = query.into_builder();
         builder.append(TABLE_TYPE);
-        Ok(batch_stream(builder.build().map_err(internal("table types"))?))
+        Ok(batch_stream(
+            builder.build().map_err(internal("table types"))?,
+        ))
     }
 
     async fn get_flight_info_sql_info(
@@ -845,7 +872,11 @@ impl FlightSqlService for StrataFlight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder(&self.inner.sql_info).schema();
-        flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_sql_info(

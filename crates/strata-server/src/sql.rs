@@ -27,11 +27,11 @@ impl IngesterHooks {
 
 #[async_trait]
 impl DatasetHooks for IngesterHooks {
-    async fn create(&self, spec: DatasetSpec) -> Result<Table, HookError> {
+    async fn create_dataset(&self, spec: DatasetSpec) -> Result<Table, HookError> {
         Ok(self.ingester.create_dataset(spec).await?)
     }
 
-    async fn drop(&self, name: &str) -> Result<(), HookError> {
+    async fn drop_dataset(&self, name: &str) -> Result<(), HookError> {
         Ok(self.ingester.drop_dataset(name).await?)
     }
 
