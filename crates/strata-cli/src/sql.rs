@@ -63,6 +63,7 @@ pub async fn run(server: &str, args: SqlArgs) -> Result<()> {
         }
         None => {
             let history = args.history.or_else(default_history);
+            one_stream_only(args.format)?;
             let mut editor = Editor::new(history)?;
             let mut stderr = std::io::stderr();
             let shell = Shell {
@@ -92,6 +93,16 @@ fn context(i: usize, n: Option<usize>) -> String {
     }
 }
 
+/// `--format arrow` writes one Arrow IPC stream, so it takes one statement.
+fn one_stream_only(format: OutputFormat) -> Result<()> {
+    if format == OutputFormat::Arrow {
+        return Err(Error::Invalid(
+            "--format arrow writes one Arrow IPC stream: give it one statement".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs `statements` in order, writing each result to `out`; stops at the first error.
 pub async fn run_statements(
     client: &mut Client,
@@ -100,6 +111,9 @@ pub async fn run_statements(
     out: &mut dyn Write,
 ) -> Result<()> {
     let n = statements.len();
+    if n > 1 {
+        one_stream_only(format)?;
+    }
     for (i, sql) in statements.iter().enumerate() {
         query::run(client, sql, &context(i, Some(n)), format, out).await?;
     }
@@ -128,6 +142,9 @@ pub async fn run_script(
             splitter.push(&line)
         };
         for sql in statements {
+            if i > 0 {
+                one_stream_only(format)?;
+            }
             query::run(client, &sql, &context(i, None), format, out).await?;
             i += 1;
         }
@@ -171,7 +188,10 @@ impl std::fmt::Debug for Editor {
 impl Editor {
     /// An editor whose history is loaded from, and saved to, `history`.
     pub fn new(history: Option<PathBuf>) -> Result<Self> {
+        // PreferTerm: prompts and editing on the terminal even when stdout is redirected
+        // (`strata sql > results.txt`).
         let config = rustyline::Config::builder()
+            .behavior(rustyline::Behavior::PreferTerm)
             .auto_add_history(false)
             .max_history_size(10_000)
             .map_err(|e| Error::Invalid(format!("line editor: {e}")))?

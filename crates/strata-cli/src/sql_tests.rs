@@ -17,7 +17,7 @@ use crate::ingest::{self, Source};
 use crate::query::{self, OutputFormat};
 use crate::read::{self, Item};
 use crate::sql::{self, Line, LineSource, Shell};
-use crate::versions::{self, TagArgs, VersionArg};
+use crate::versions::{self, TagArgs, VacuumArgs, VersionArg};
 
 /// Three stations, ten readings each (one a minute from 2026-01-01T00:00Z).
 const STATIONS: usize = 3;
@@ -241,6 +241,18 @@ async fn a_script_on_stdin_runs_statement_by_statement() {
     );
     assert!(err.contains("nope"), "{err}");
     assert_eq!(String::from_utf8(out).unwrap(), "a\n1\n");
+
+    // One Arrow IPC stream holds one result.
+    let err = sql::run_script(
+        &mut f.client,
+        Cursor::new("SELECT 1 AS a; SELECT 2 AS b;"),
+        OutputFormat::Arrow,
+        &mut Vec::new(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("one statement"), "{err}");
     f.server.shutdown().await.unwrap();
 }
 
@@ -521,6 +533,34 @@ async fn versions_rollback_and_tags() {
             .starts_with("compacted weather: "),
         "compact answers"
     );
+
+    // Vacuum keeping the newest two versions: the old ones go, the tagged one stays.
+    let mut out = Vec::new();
+    let vacuum = VacuumArgs {
+        dataset: "weather".into(),
+        keep_last: Some(2),
+        keep_within: None,
+    };
+    versions::vacuum(&mut f.client, &vacuum, &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.starts_with("vacuumed weather: version "), "{text}");
+    assert!(!text.contains("versions removed         0\n"), "{text}");
+    let mut out = Vec::new();
+    versions::versions(&mut f.client, "weather", &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        !text.contains("| create "),
+        "version 1 was vacuumed: {text}"
+    );
+    assert!(
+        text.contains(&format!("| {second}       |")),
+        "tagged: {text}"
+    );
+    assert!(text.contains("| vacuum "), "{text}");
     f.server.shutdown().await.unwrap();
 }
 
