@@ -155,6 +155,9 @@ impl AsyncDB for StrataDb {
         Ok(DBOutput::Rows { types, rows })
     }
 
+    /// Connections are plain gRPC channels: dropping one closes it.
+    async fn shutdown(&mut self) {}
+
     fn engine_name(&self) -> &str {
         "strata"
     }
@@ -201,9 +204,10 @@ async fn sqllogictest_files_against_the_server() {
             runner
                 .update_test_file(
                     &file,
-                    &sqllogictest::default_validator,
-                    &sqllogictest::default_normalizer,
-                    &sqllogictest::default_column_validator,
+                    " ",
+                    sqllogictest::default_validator,
+                    sqllogictest::default_normalizer,
+                    sqllogictest::default_column_validator,
                 )
                 .await
                 .unwrap();

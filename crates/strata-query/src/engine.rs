@@ -146,7 +146,7 @@ impl Engine {
 
     /// Parses and plans one statement without running it.
     pub async fn prepare(&self, sql: &str) -> Result<Prepared> {
-        self.within_timeout(self.prepare_inner(sql)).await
+        self.within_timeout(Box::pin(self.prepare_inner(sql))).await
     }
 
     /// Runs one statement and streams its result.
@@ -224,7 +224,11 @@ impl Engine {
         debug!(plan = %plan.display_indent(), "planned");
         Ok(Prepared {
             engine: self.clone(),
-            body: Body::Query { plan, state, log },
+            body: Body::Query {
+                plan,
+                state: Box::new(state),
+                log,
+            },
         })
     }
 
@@ -587,7 +591,7 @@ pub struct Prepared {
 enum Body {
     Query {
         plan: LogicalPlan,
-        state: SessionState,
+        state: Box<SessionState>,
         log: Arc<ScanLog>,
     },
     Command(Command),
@@ -660,7 +664,7 @@ impl Prepared {
                 let batch = self.engine.run(cmd).await?;
                 return Ok(one_batch(batch));
             }
-            Body::Query { plan, state, log } => (plan.clone(), state.clone(), log.clone()),
+            Body::Query { plan, state, log } => (plan.clone(), state.as_ref().clone(), log.clone()),
         };
         let plan = if params.is_empty() {
             plan

@@ -138,14 +138,14 @@ fn unknown_table(message: &str) -> Option<String> {
 fn shared(e: &DataFusionError) -> Error {
     use DataFusionError as D;
     let root = e.find_root();
-    if let D::External(b) = root {
-        if let Some(q) = b.downcast_ref::<Error>() {
-            return match q {
-                Error::Timeout(d) => Error::Timeout(*d),
-                Error::ResourcesExhausted(m) => Error::ResourcesExhausted(m.clone()),
-                other => Error::Execution(other.to_string()),
-            };
-        }
+    if let D::External(b) = root
+        && let Some(q) = b.downcast_ref::<Error>()
+    {
+        return match q {
+            Error::Timeout(d) => Error::Timeout(*d),
+            Error::ResourcesExhausted(m) => Error::ResourcesExhausted(m.clone()),
+            other => Error::Execution(other.to_string()),
+        };
     }
     match root {
         D::ResourcesExhausted(m) => Error::ResourcesExhausted(m.clone()),
