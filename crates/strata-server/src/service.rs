@@ -345,7 +345,9 @@ impl Strata for StrataService {
     ) -> Result<Response<Self::QueryStream>, Status> {
         let sql = request.into_inner().sql;
         debug!(sql, "query");
-        let stream = self.engine.execute(&sql).await.map_err(query_status)?;
+        let stream = Box::pin(self.engine.execute(&sql))
+            .await
+            .map_err(query_status)?;
         Ok(Response::new(ipc_messages(stream)?))
     }
 
