@@ -726,16 +726,7 @@ async fn health_and_reflection_are_served() {
 /// pyarrow.flight as the client: the Python environment comes from `tools/pyenv`.
 #[tokio::test]
 async fn pyarrow_flight_do_put() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let python = std::process::Command::new(root.join("tools/pyenv"))
-        .output()
-        .expect("tools/pyenv runs");
-    assert!(
-        python.status.success(),
-        "tools/pyenv failed: {}",
-        String::from_utf8_lossy(&python.stderr)
-    );
-    let python = String::from_utf8(python.stdout).unwrap().trim().to_string();
+    let (root, python) = crate::e2e::python_env();
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |_| {}).await;
     let mut c = client(&server).await;
@@ -769,4 +760,20 @@ async fn pyarrow_flight_do_put() {
     flush(&mut c, "events").await;
     assert_eq!(ts(&server, "events").await, (0..30).collect::<Vec<_>>());
     server.shutdown().await.unwrap();
+}
+
+/// The repository root and the Python interpreter `tools/pyenv` provides (it installs
+/// the clients on first use); fails the test if the environment cannot be made.
+pub(crate) fn python_env() -> (std::path::PathBuf, String) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = std::process::Command::new(root.join("tools/pyenv"))
+        .output()
+        .expect("tools/pyenv runs");
+    assert!(
+        python.status.success(),
+        "tools/pyenv failed: {}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    let python = String::from_utf8(python.stdout).unwrap().trim().to_string();
+    (root, python)
 }

@@ -823,16 +823,7 @@ async fn flight_actions_for_pipelines_and_do_put_ingest() {
 /// server: tools/python/flight_sql_clients.py, with the environment from tools/pyenv.
 #[tokio::test]
 async fn python_flight_sql_clients() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let python = std::process::Command::new(root.join("tools/pyenv"))
-        .output()
-        .expect("tools/pyenv runs");
-    assert!(
-        python.status.success(),
-        "tools/pyenv failed: {}",
-        String::from_utf8_lossy(&python.stderr)
-    );
-    let python = String::from_utf8(python.stdout).unwrap().trim().to_string();
+    let (root, python) = crate::e2e::python_env();
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let url = format!("grpc://{}", server.addr());
