@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
@@ -95,8 +95,8 @@ fn zstd1_props() -> WriterProperties {
 }
 
 /// Strata's own segment writer properties.
-fn strata_props(keys: &KeyCodec, opts: &SegmentOptions) -> WriterProperties {
-    strata_table::segment::writer_properties(keys, opts)
+fn strata_props(schema: &Schema, keys: &KeyCodec, opts: &SegmentOptions) -> WriterProperties {
+    strata_table::segment::writer_properties(schema, keys, opts)
 }
 
 fn arrow_write<W: std::io::Write + Send>(
@@ -197,7 +197,7 @@ impl Data {
         let strata_props_bytes = Bytes::from(arrow_write(
             Vec::new(),
             &sorted,
-            &strata_props(&keys, &opts),
+            &strata_props(&sorted.schema(), &keys, &opts),
             Some(WRITE_CHUNK_ROWS),
         ));
         let zstd1_file = dir.path().join("zstd1.parquet");
@@ -321,7 +321,7 @@ fn bench_write(c: &mut Criterion, rt: &Runtime, d: &Data) {
     g.bench_function("arrow_zstd1_vec", |b| {
         b.iter(|| black_box(arrow_write(Vec::new(), &d.sorted, &zstd1, None).len()))
     });
-    let sprops = strata_props(keys, opts);
+    let sprops = strata_props(&d.sorted.schema(), keys, opts);
     g.bench_function("arrow_strata_props_vec", |b| {
         b.iter(|| {
             black_box(arrow_write(Vec::new(), &d.sorted, &sprops, Some(WRITE_CHUNK_ROWS)).len())

@@ -17,13 +17,15 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt64Array};
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::pruning::PruningStatistics;
-use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::common::stats::Precision;
+use datafusion::common::{Column, ColumnStatistics, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::sink::DataSinkExec;
@@ -416,8 +418,61 @@ impl PruningStatistics for SegmentStatistics<'_> {
     }
 }
 
-/// Spreads files over at most `n` groups, largest first onto the lightest group.
-fn group_files(mut files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> {
+/// What the manifest knows of a segment's live rows, as DataFusion statistics (they let
+/// `count(*)` be answered without a read and TopK filters skip whole segments).
+///
+/// The row count is exact: deleted rows are counted by the deletion vector. The column
+/// bounds and null counts cover every row written, deleted or not, so they are exact
+/// only for segments without deletions; float bounds are never exact (the manifest
+/// orders floats by IEEE total order, where `-0.0 < 0.0` and NaN is largest).
+fn segment_statistics(schema: &Schema, segment: &LiveSegment) -> Statistics {
+    let whole = segment.deleted.as_ref().is_none_or(|d| d.is_empty());
+    let live = segment.live_rows();
+    let bound = |v: Option<Value>, dt: &DataType, exact: bool| {
+        v.and_then(|v| v.to_array(dt).ok())
+            .and_then(|a| ScalarValue::try_from_array(&a, 0).ok())
+            .map_or(Precision::Absent, |v| precision(exact, v))
+    };
+    let column_statistics = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let st = segment.meta.column_stats(f.name());
+            let exact_bounds = whole && !f.data_type().is_floating();
+            ColumnStatistics {
+                null_count: precision(whole, st.null_count as usize),
+                min_value: bound(st.min, f.data_type(), exact_bounds),
+                max_value: bound(st.max, f.data_type(), exact_bounds),
+                ..ColumnStatistics::new_unknown()
+            }
+        })
+        .collect();
+    let bytes = segment.meta.bytes as f64 * live as f64 / segment.meta.rows.max(1) as f64;
+    Statistics {
+        num_rows: Precision::Exact(live as usize),
+        total_byte_size: Precision::Inexact(bytes as usize),
+        column_statistics,
+    }
+}
+
+fn precision<T: fmt::Debug + Clone + PartialEq + Eq + PartialOrd>(
+    exact: bool,
+    v: T,
+) -> Precision<T> {
+    if exact {
+        Precision::Exact(v)
+    } else {
+        Precision::Inexact(v)
+    }
+}
+
+/// Spreads files over at most `n` groups, largest first onto the lightest group; with
+/// each group's statistics and the whole scan's (merged from the files').
+fn group_files(
+    mut files: Vec<PartitionedFile>,
+    schema: &Schema,
+    n: usize,
+) -> DfResult<(Vec<FileGroup>, Statistics)> {
     let n = n.clamp(1, files.len().max(1));
     files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
     let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..n).map(|_| (0, vec![])).collect();
@@ -429,11 +484,22 @@ fn group_files(mut files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> {
         g.0 += f.object_meta.size;
         g.1.push(f);
     }
-    groups
+    let groups = groups
         .into_iter()
         .filter(|(_, f)| !f.is_empty())
-        .map(|(_, f)| FileGroup::new(f))
-        .collect()
+        .map(|(_, files)| {
+            let stats = Statistics::try_merge_iter(
+                files.iter().filter_map(|f| f.statistics.as_deref()),
+                schema,
+            )?;
+            Ok(FileGroup::new(files).with_statistics(Arc::new(stats)))
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    let total = Statistics::try_merge_iter(
+        groups.iter().filter_map(|g| g.file_statistics(None)),
+        schema,
+    )?;
+    Ok((groups, total))
 }
 
 #[async_trait]
@@ -490,17 +556,29 @@ impl TableProvider for StrataTable {
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
         self.ensure_store(state);
-        let mut source = ParquetSource::new(schema.clone())
+        let env = state.runtime_env();
+        // Segments are immutable and their paths unique, so their footers and page
+        // indexes are cached across queries in the runtime's metadata cache.
+        let readers = CachedParquetFileReaderFactory::new(
+            env.object_store(&self.store_url)?,
+            env.cache_manager.get_file_metadata_cache(),
+        );
+        // No predicate here: the filters reach the Parquet source through DataFusion's
+        // physical filter pushdown (from the `FilterExec` above an `Inexact` scan), which
+        // would otherwise conjoin them with a copy of themselves.
+        let source = ParquetSource::new(schema.clone())
             .with_table_parquet_options(state.table_options().parquet.clone())
+            .with_parquet_file_reader_factory(Arc::new(readers))
             .with_enable_page_index(true)
             .with_pushdown_filters(true);
-        if let Some(expr) = conjunction(filters.iter().cloned()) {
-            source = source.with_predicate(self.physical_expr(&expr)?);
-        }
         let files: Vec<PartitionedFile> = segments
             .iter()
             .map(|s| {
-                let file = PartitionedFile::new(s.meta.path.clone(), s.meta.bytes);
+                let mut file = PartitionedFile::new(s.meta.path.clone(), s.meta.bytes)
+                    .with_statistics(Arc::new(segment_statistics(&schema, s)));
+                if let Some(created) = chrono::DateTime::from_timestamp_millis(s.meta.created_ms) {
+                    file.object_meta.last_modified = created;
+                }
                 match &s.deleted {
                     Some(dv) if !dv.is_empty() => file.with_extension(ParquetRowSelection::new(
                         deletion_selection(dv, s.meta.rows),
@@ -509,9 +587,10 @@ impl TableProvider for StrataTable {
                 }
             })
             .collect();
-        let groups = group_files(files, state.config().target_partitions());
+        let (groups, statistics) = group_files(files, &schema, state.config().target_partitions())?;
         let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
             .with_file_groups(groups)
+            .with_statistics(statistics)
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .build();
