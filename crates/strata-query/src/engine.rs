@@ -25,12 +25,12 @@ use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
 use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
-use datafusion::error::DataFusionError;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::stream::{RecordBatchReceiverStream, RecordBatchStreamAdapter};
 use datafusion::physical_plan::{RecordBatchStream, SendableRecordBatchStream};
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
@@ -48,6 +48,7 @@ use crate::functions::table_functions;
 use crate::hooks::{CatalogHooks, DatasetHooks};
 use crate::provider::ScanLog;
 use crate::statements::{self, Command, VersionAt};
+use crate::views;
 
 /// Limits and parallelism of query execution.
 #[derive(Clone, Debug, Default)]
@@ -221,6 +222,7 @@ impl Engine {
         let (state, log) = self.session();
         let plan = state.statement_to_plan(statement).await?;
         check_plan(&plan)?;
+        let plan = views::plain_output(plan)?;
         debug!(plan = %plan.display_indent(), "planned");
         Ok(Prepared {
             engine: self.clone(),
@@ -448,7 +450,7 @@ impl Engine {
             .first()
             .map(|b| b.schema())
             .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
-        let keys = arrow::compute::concat_batches(&schema, &batches)?;
+        let keys = views::plain_batch(&arrow::compute::concat_batches(&schema, &batches)?)?;
         Ok(table.delete_keys(&keys).await?)
     }
 }
@@ -630,8 +632,15 @@ impl Prepared {
         let Body::Query { plan, .. } = &self.body else {
             return Ok(vec![]);
         };
-        let mut params: Vec<(String, Option<DataType>)> =
-            plan.get_parameter_types()?.into_iter().collect();
+        // Strings are views inside the engine; clients bind the plain types.
+        let mut params: Vec<(String, Option<DataType>)> = plan
+            .get_parameter_types()?
+            .into_iter()
+            .map(|(name, dt)| {
+                let dt = dt.map(|dt| views::plain_type(&dt).unwrap_or(dt));
+                (name, dt)
+            })
+            .collect();
         params.sort_by_key(|(name, _)| {
             name.trim_start_matches('$')
                 .parse::<usize>()
@@ -649,7 +658,7 @@ impl Prepared {
         Ok(match timeout {
             Some(t) => Box::pin(Deadline {
                 schema: stream.schema(),
-                inner: stream,
+                inner: detach(stream),
                 sleep: Box::pin(tokio::time::sleep_until(start + t)),
                 timeout: t,
                 done: false,
@@ -669,6 +678,18 @@ impl Prepared {
         let plan = if params.is_empty() {
             plan
         } else {
+            // A plain value where the plan expects its view (see `parameters`).
+            let expected = plan.get_parameter_types()?;
+            let params = params
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match expected.get(&format!("${}", i + 1)) {
+                    Some(Some(dt)) if views::plain_type(dt).as_ref() == Some(&v.data_type()) => {
+                        v.cast_to(dt)
+                    }
+                    _ => Ok(v),
+                })
+                .collect::<DfResult<Vec<_>>>()?;
             plan.with_param_values(params)?
         };
         let explain = matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
@@ -696,6 +717,26 @@ impl Prepared {
             futures::stream::iter(batches.into_iter().map(Ok)),
         )))
     }
+}
+
+/// Runs `stream` in a task of its own, its batches handed over through a short
+/// channel. One poll of a DataFusion stream can compute for a long time without
+/// yielding (a nested loop join collecting a cross join as its build side, for one):
+/// a deadline checked between polls of the stream itself would wait for it. Polled
+/// from here, the deadline fires on time; dropping the returned stream aborts the task
+/// at its next yield point.
+fn detach(mut stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+    let mut builder = RecordBatchReceiverStream::builder(stream.schema(), 2);
+    let tx = builder.tx();
+    builder.spawn(async move {
+        while let Some(batch) = stream.next().await {
+            if tx.send(batch).await.is_err() {
+                break; // the consumer is gone
+            }
+        }
+        Ok(())
+    });
+    builder.build()
 }
 
 fn one_batch(batch: RecordBatch) -> SendableRecordBatchStream {

@@ -40,6 +40,7 @@ pub mod object_store;
 pub mod provider;
 pub mod sink;
 pub mod statements;
+pub mod views;
 
 use std::sync::Arc;
 

@@ -50,6 +50,7 @@ use crate::error::{Error, Result};
 use crate::hooks::DatasetHooks;
 use crate::object_store::BlobObjectStore;
 use crate::sink::StrataSink;
+use crate::views;
 
 /// The object store URL segments are read under unless told otherwise.
 pub const DEFAULT_STORE_URL: &str = "strata://store/";
@@ -62,6 +63,8 @@ const MAX_KEY_COMBINATIONS: usize = 4096;
 #[derive(Clone)]
 pub struct StrataTable {
     snapshot: Snapshot,
+    /// The snapshot's schema with strings and binaries as views (see [`crate::views`]).
+    schema: SchemaRef,
     store_url: ObjectStoreUrl,
     /// Where `INSERT` commits go through; without hooks the table is read-only.
     hooks: Option<Arc<dyn DatasetHooks>>,
@@ -126,6 +129,7 @@ impl StrataTable {
     /// The table at a version already resolved.
     pub fn new(snapshot: Snapshot) -> Self {
         Self {
+            schema: views::view_schema(&snapshot.schema()),
             snapshot,
             store_url: ObjectStoreUrl::parse(DEFAULT_STORE_URL).expect("valid default URL"),
             hooks: None,
@@ -199,6 +203,7 @@ impl StrataTable {
         let keep = match self.pruning_predicate(filters)? {
             Some(pp) => pp.prune(&SegmentStatistics {
                 schema: &schema,
+                stored: &self.snapshot.schema(),
                 segments: &segments,
             })?,
             None => vec![true; segments.len()],
@@ -241,7 +246,8 @@ impl StrataTable {
     /// Shards the filters restrict the scan to, or `None` when they do not restrict it.
     fn shards_for(&self, filters: &[Expr]) -> DfResult<Option<BTreeSet<u32>>> {
         let spec = self.snapshot.table().spec();
-        let schema = self.schema();
+        // Literals are hashed as stored, in the declared (not the view) types.
+        let schema = self.snapshot.schema();
         let mut per_column: Vec<Vec<ScalarValue>> = Vec::new();
         for name in &spec.partition_key {
             let values = filters
@@ -360,20 +366,23 @@ fn key_literals(expr: &Expr) -> Option<(String, Vec<ScalarValue>)> {
 /// Segment statistics from the manifest, one container per segment. They cover every
 /// row of a segment, deleted or not: a superset of the live rows, so pruning is safe.
 struct SegmentStatistics<'a> {
+    /// The table's schema (views) and the stored one.
     schema: &'a Schema,
+    stored: &'a Schema,
     segments: &'a [LiveSegment],
 }
 
 impl SegmentStatistics<'_> {
     fn bound(&self, column: &Column, min: bool) -> Option<ArrayRef> {
         let dt = self.schema.field_with_name(&column.name).ok()?.data_type();
+        let stored = self.stored.field_with_name(&column.name).ok()?.data_type();
         let arrays = self
             .segments
             .iter()
             .map(|s| {
                 let st = s.meta.column_stats(&column.name);
                 let v = if min { st.min } else { st.max };
-                v.unwrap_or(Value::Null).to_array(dt).ok()
+                stat_array(v, stored, dt)
             })
             .collect::<Option<Vec<_>>>()?;
         let refs: Vec<&dyn arrow::array::Array> = arrays.iter().map(|a| a.as_ref()).collect();
@@ -425,24 +434,26 @@ impl PruningStatistics for SegmentStatistics<'_> {
 /// bounds and null counts cover every row written, deleted or not, so they are exact
 /// only for segments without deletions; float bounds are never exact (the manifest
 /// orders floats by IEEE total order, where `-0.0 < 0.0` and NaN is largest).
-fn segment_statistics(schema: &Schema, segment: &LiveSegment) -> Statistics {
+fn segment_statistics(schema: &Schema, stored: &Schema, segment: &LiveSegment) -> Statistics {
     let whole = segment.deleted.as_ref().is_none_or(|d| d.is_empty());
     let live = segment.live_rows();
-    let bound = |v: Option<Value>, dt: &DataType, exact: bool| {
-        v.and_then(|v| v.to_array(dt).ok())
+    let bound = |v: Option<Value>, stored: &DataType, dt: &DataType, exact: bool| {
+        v.and_then(|v| stat_array(Some(v), stored, dt))
             .and_then(|a| ScalarValue::try_from_array(&a, 0).ok())
             .map_or(Precision::Absent, |v| precision(exact, v))
     };
     let column_statistics = schema
         .fields()
         .iter()
-        .map(|f| {
+        .zip(stored.fields())
+        .map(|(f, s)| {
             let st = segment.meta.column_stats(f.name());
             let exact_bounds = whole && !f.data_type().is_floating();
+            let (dt, sdt) = (f.data_type(), s.data_type());
             ColumnStatistics {
                 null_count: precision(whole, st.null_count as usize),
-                min_value: bound(st.min, f.data_type(), exact_bounds),
-                max_value: bound(st.max, f.data_type(), exact_bounds),
+                min_value: bound(st.min, sdt, dt, exact_bounds),
+                max_value: bound(st.max, sdt, dt, exact_bounds),
                 ..ColumnStatistics::new_unknown()
             }
         })
@@ -452,6 +463,17 @@ fn segment_statistics(schema: &Schema, segment: &LiveSegment) -> Statistics {
         num_rows: Precision::Exact(live as usize),
         total_byte_size: Precision::Inexact(bytes as usize),
         column_statistics,
+    }
+}
+
+/// A manifest bound (absent: null) as a one-value array of `dt`, built in the stored
+/// type `stored` first.
+fn stat_array(v: Option<Value>, stored: &DataType, dt: &DataType) -> Option<ArrayRef> {
+    let array = v.unwrap_or(Value::Null).to_array(stored).ok()?;
+    if stored == dt {
+        Some(array)
+    } else {
+        arrow::compute::cast(&array, dt).ok()
     }
 }
 
@@ -505,7 +527,7 @@ fn group_files(
 #[async_trait]
 impl TableProvider for StrataTable {
     fn schema(&self) -> SchemaRef {
-        self.snapshot.schema()
+        self.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -536,6 +558,7 @@ impl TableProvider for StrataTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let schema = self.schema();
+        let stored = self.snapshot.schema();
         let (segments, stats) = self.prune(filters)?;
         tracing::debug!(
             dataset = %self.snapshot.table().name(),
@@ -575,7 +598,7 @@ impl TableProvider for StrataTable {
             .iter()
             .map(|s| {
                 let mut file = PartitionedFile::new(s.meta.path.clone(), s.meta.bytes)
-                    .with_statistics(Arc::new(segment_statistics(&schema, s)));
+                    .with_statistics(Arc::new(segment_statistics(&schema, &stored, s)));
                 if let Some(created) = chrono::DateTime::from_timestamp_millis(s.meta.created_ms) {
                     file.object_meta.last_modified = created;
                 }

@@ -22,6 +22,7 @@ use tracing::info;
 
 use crate::error::Error;
 use crate::hooks::DatasetHooks;
+use crate::views;
 
 pub struct StrataSink {
     table: Table,
@@ -69,7 +70,8 @@ impl DataSink for StrataSink {
         let mut batches = Vec::new();
         let mut rows = 0u64;
         while let Some(batch) = data.next().await {
-            let batch = batch?;
+            // DataFusion hands the rows over in the engine's types (strings as views).
+            let batch = views::plain_batch(&batch?)?;
             if batch.num_rows() == 0 {
                 continue;
             }
