@@ -12,13 +12,13 @@
 //!
 //! Dataset names cannot contain `@`, so the forms never collide with a dataset.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use strata_table::{Catalog, VersionSpec};
+use strata_table::{Catalog, Table, VersionSpec};
 
 use crate::hooks::DatasetHooks;
 use crate::provider::StrataTable;
@@ -85,6 +85,7 @@ impl StrataCatalog {
                 catalog,
                 hooks,
                 names: RwLock::new(BTreeSet::new()),
+                handles: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -112,19 +113,38 @@ pub struct StrataSchema {
     catalog: Catalog,
     hooks: Arc<dyn DatasetHooks>,
     names: RwLock<BTreeSet<String>>,
+    /// One table handle per dataset, kept across statements: a handle caches its latest
+    /// manifest, so a query at an unchanged head does not replay the version log.
+    handles: Mutex<HashMap<String, Table>>,
 }
 
 impl StrataSchema {
     /// Reloads the list of dataset names.
     pub async fn refresh(&self) -> crate::Result<()> {
-        let names = self.catalog.list_tables().await?;
-        *self.names.write().expect("names lock") = names.into_iter().collect();
+        let names: BTreeSet<String> = self.catalog.list_tables().await?.into_iter().collect();
+        self.handles
+            .lock()
+            .expect("handles lock")
+            .retain(|name, _| names.contains(name));
+        *self.names.write().expect("names lock") = names;
         Ok(())
     }
 
     /// The dataset at a version, as a table provider.
     pub async fn open(&self, name: &VersionedName) -> crate::Result<StrataTable> {
-        let table = self.catalog.open_table(&name.dataset).await?;
+        // The dataset record is read each time (a dropped and recreated dataset has a
+        // new id); the cached handle is used while the id is the same.
+        let fresh = self.catalog.open_table(&name.dataset).await?;
+        let table = {
+            let mut handles = self.handles.lock().expect("handles lock");
+            match handles.get(&name.dataset) {
+                Some(t) if t.id() == fresh.id() => t.clone(),
+                _ => {
+                    handles.insert(name.dataset.clone(), fresh.clone());
+                    fresh
+                }
+            }
+        };
         Ok(StrataTable::at(&table, name.version.clone())
             .await?
             .with_hooks(self.hooks.clone()))
