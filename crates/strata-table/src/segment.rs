@@ -759,6 +759,50 @@ mod tests {
     }
 
     #[test]
+    fn integer_key_columns_are_delta_encoded_without_a_dictionary() {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        // One station, 100K regular timestamps: a dictionary would overflow.
+        let n = 100_000;
+        let keys_col = vec!["station"; n];
+        let ts: Vec<i64> = (0..n as i64)
+            .map(|i| 1_700_000_000_000 + i * 60_000)
+            .collect();
+        let vals: Vec<i64> = (0..n as i64).map(|i| i % 7).collect();
+        let b = batch(&keys_col, &ts, &vals);
+        let keys = KeyCodec::new(&b.schema(), &["k".into()], &["t".into()]).unwrap();
+        let segments = encode_segments("d", 0, &keys, &b, &SegmentOptions::default()).unwrap();
+        let (_, data) = &segments[0];
+        let reader = SerializedFileReader::new(data.clone()).unwrap();
+        let rg = reader.metadata().row_group(0);
+        let encodings = |i: usize| rg.column(i).encodings().collect::<Vec<_>>();
+        let t = encodings(1);
+        assert!(t.contains(&Encoding::DELTA_BINARY_PACKED), "{t:?}");
+        assert!(!t.contains(&Encoding::RLE_DICTIONARY), "{t:?}");
+        // The timestamps take far less than 8 bytes each.
+        assert!(
+            (rg.column(1).compressed_size() as usize) < n / 10,
+            "{}",
+            rg.column(1).compressed_size()
+        );
+        // Other columns keep the dictionary.
+        assert!(encodings(2).contains(&Encoding::RLE_DICTIONARY));
+        // And the rows read back.
+        let back = read_back(data);
+        assert_eq!(back.num_rows(), n);
+        assert_eq!(back.column(1).as_ref(), b.column(1).as_ref());
+    }
+
+    fn read_back(data: &Bytes) -> RecordBatch {
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data.clone())
+                .unwrap()
+                .build()
+                .unwrap();
+        let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+        arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+    }
+
+    #[test]
     fn shards_are_stable_across_releases() {
         // Shards are persisted (segments live in a shard); these values must never change.
         let b = batch(&["a", "b", "station-1", ""], &[0, 1, 2, 3], &[0, 0, 0, 0]);

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use arrow::array::{Array, RecordBatch, StringArray, UInt64Array};
 use arrow::compute::concat_batches;
+use arrow::datatypes::DataType;
+use strata_query::views::plain_type;
 use strata_query::{Engine, Error, QueryConfig};
 use strata_storage::{BlobStore, CountingBlobStore, MemoryBlobStore, MemoryMetaStore, MetaStore};
 use strata_table::Catalog;
@@ -525,4 +527,55 @@ async fn prepared_statements_take_parameters() {
             .unwrap()
             .is_query()
     );
+}
+
+/// The manifest's statistics answer `count(*)`, `min` and `max` without reading a
+/// segment; after a delete (deletion vectors) they must not answer with deleted rows.
+#[tokio::test]
+async fn statistics_answers_stay_right_after_deletes() {
+    let (_c, h, e) = history().await;
+    let n = STATIONS as i64;
+    let before = h.table.head_version().await.unwrap();
+    assert_eq!(count(&e, "SELECT count(*) FROM weather").await, 250 * n);
+    assert_eq!(count(&e, "SELECT max(ts) FROM weather").await, 249);
+    let deleted = "SELECT sum(deleted_rows) FROM strata_segments('weather')";
+    let deleted_before = count(&e, deleted).await;
+    e.collect("DELETE FROM weather WHERE ts >= 240 OR ts < 5")
+        .await
+        .unwrap();
+    // The delete marked rows in deletion vectors: segments still hold them.
+    assert_eq!(count(&e, deleted).await, deleted_before + 15 * n);
+    assert_eq!(count(&e, "SELECT count(*) FROM weather").await, 235 * n);
+    assert_eq!(count(&e, "SELECT max(ts) FROM weather").await, 239);
+    assert_eq!(count(&e, "SELECT min(ts) FROM weather").await, 5);
+    assert_eq!(
+        count(&e, "SELECT count(*) FROM weather WHERE station = 's1'").await,
+        235
+    );
+    let q = format!("SELECT max(ts) FROM weather VERSION AS OF {before}");
+    assert_eq!(count(&e, &q).await, 249);
+}
+
+/// Strings are views inside the engine, but answers carry the declared types.
+#[tokio::test]
+async fn results_carry_the_declared_string_type() {
+    let (_c, _h, e) = history().await;
+    for sql in [
+        "SELECT * FROM weather LIMIT 3",
+        "SELECT station, count(*) FROM weather GROUP BY station",
+        "SELECT w.station, v.station AS s2 FROM weather w JOIN weather v ON w.station = v.station AND w.ts = v.ts LIMIT 2",
+        "SELECT array_agg(station) FROM weather WHERE ts = 0",
+    ] {
+        let b = rows(&e, sql).await;
+        for (f, c) in b.schema().fields().iter().zip(b.columns()) {
+            assert_eq!(plain_type(f.data_type()), None, "{sql}: {f:?}");
+            assert_eq!(c.data_type(), f.data_type(), "{sql}");
+        }
+        let first = b.schema().field(0).data_type().clone();
+        assert!(
+            first == DataType::Utf8
+                || matches!(&first, DataType::List(f) if f.data_type() == &DataType::Utf8),
+            "{sql}: {first}"
+        );
+    }
 }
