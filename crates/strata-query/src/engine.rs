@@ -438,22 +438,40 @@ impl Engine {
             )));
         }
         let keys: Vec<String> = table.spec().primary_key().map(quoted).collect();
-        let sql = format!(
-            "SELECT {} FROM {} WHERE {selection}",
-            keys.join(", "),
-            quoted(&at.to_table_name())
-        );
-        let (state, _) = self.session();
-        let plan = state.create_logical_plan(&sql).await?;
-        let batches = DataFrame::new(state, plan).collect().await?;
-        let schema = batches
-            .first()
-            .map(|b| b.schema())
-            .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
-        let keys = views::plain_batch(&arrow::compute::concat_batches(&schema, &batches)?)?;
-        Ok(table.delete_keys(&keys).await?)
+        // The keys are found at one version and deleted in the version right after it;
+        // when another commit came in between (its rows were not looked at), look again.
+        let mut head = head;
+        let mut attempt = 0;
+        loop {
+            let at = VersionedName {
+                dataset: table.name().to_string(),
+                version: VersionSpec::Version(head),
+            };
+            let sql = format!(
+                "SELECT {} FROM {} WHERE {selection}",
+                keys.join(", "),
+                quoted(&at.to_table_name())
+            );
+            let (state, _) = self.session();
+            let plan = state.create_logical_plan(&sql).await?;
+            let frame = DataFrame::new(state, plan);
+            let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+            let batches = frame.collect().await?;
+            let found = views::plain_batch(&arrow::compute::concat_batches(&schema, &batches)?)?;
+            match table.delete_keys_at(&found, Some(head)).await {
+                Err(e) if e.is_conflict() && attempt < DELETE_ATTEMPTS => {
+                    attempt += 1;
+                    head = table.head_version().await?;
+                }
+                other => return other.map_err(Error::from),
+            }
+        }
     }
 }
+
+/// Times a `DELETE` that finds its keys with a query looks again when commits keep
+/// coming in between.
+const DELETE_ATTEMPTS: usize = 10;
 
 /// Refuses plans Strata does not run: DataFusion's in-memory DDL (tables, views,
 /// schemas that would vanish after the statement) and writes to files.

@@ -1079,6 +1079,18 @@ impl Table {
     /// columns). For a dataset without row key, the key is the partition key and every
     /// row of the partition goes. Always commits one version.
     pub async fn delete_keys(&self, keys: &RecordBatch) -> Result<VersionInfo> {
+        self.delete_keys_at(keys, None).await
+    }
+
+    /// [`Self::delete_keys`] as the version right after `base`: fails with
+    /// [`Error::Conflict`] (and commits nothing) when the head is no longer `base`. For
+    /// keys found by reading version `base`: a row written since under one of those keys
+    /// was not seen by that read and must not be deleted.
+    pub async fn delete_keys_at(
+        &self,
+        keys: &RecordBatch,
+        base_version: Option<u64>,
+    ) -> Result<VersionInfo> {
         let spec = &self.inner.spec;
         let pk: Vec<String> = spec.primary_key().map(str::to_string).collect();
         let pk_schema = Arc::new(Schema::new(
@@ -1099,6 +1111,17 @@ impl Table {
             let by_shard = &by_shard;
             let encoded = &encoded;
             async move {
+                if let Some(expected) = base_version
+                    && base.version != expected
+                {
+                    return Err(Error::Conflict {
+                        dataset: self.name().to_string(),
+                        reason: format!(
+                            "the keys to delete were found at version {expected}, the head is now {}",
+                            base.version
+                        ),
+                    });
+                }
                 let mut txn = Txn::new(Operation::Delete {
                     predicate: format!("primary key in {n} key(s)"),
                 });

@@ -152,6 +152,29 @@ async fn tags_name_versions() {
     ));
 }
 
+/// Keys found by reading one version are deleted only in the version right after it:
+/// a row written in between under such a key was never looked at.
+#[tokio::test]
+async fn a_key_delete_pinned_to_a_version_refuses_a_moved_head() {
+    let cat = catalog(TableOptions::default());
+    let t = cat.create_table(kv_spec("w", 4, true)).await.unwrap();
+    put(&t, &[("a", 1, Some(1.0)), ("b", 1, Some(2.0))]).await;
+    let seen = t.head_version().await.unwrap();
+    // Another writer replaces ("a", 1) after the keys were found.
+    put(&t, &[("a", 1, Some(9.0))]).await;
+    let keys = kv_batch(&[("a", 1, None)]).project(&[0, 1]).unwrap();
+    let err = t.delete_keys_at(&keys, Some(seen)).await.unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(
+        read(&t, VersionSpec::Head).await.len(),
+        2,
+        "nothing deleted"
+    );
+    let head = t.head_version().await.unwrap();
+    let d = t.delete_keys_at(&keys, Some(head)).await.unwrap();
+    assert_eq!((d.version, d.rows_removed), (head + 1, 1));
+}
+
 #[tokio::test]
 async fn deletes_by_key_and_predicate() {
     let cat = catalog(TableOptions::default());
