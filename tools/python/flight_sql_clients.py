@@ -98,6 +98,28 @@ def main():
         out["not_found_error"] = expect_error(
             lambda: cur.execute("SELECT * FROM nope"), "NOT_FOUND", "unknown table"
         )
+
+        # Bulk ingest (adbc_ingest) into the existing dataset; visible once it returns.
+        rows = pa.table(
+            {
+                "station": ["d", "d"],
+                "ts": pa.array([5, 6], pa.int64()),
+                "temp": [5.5, 6.5],
+            }
+        )
+        out["ingested"] = cur.adbc_ingest("weather", rows, mode="append")
+        cur.execute("SELECT ts FROM weather WHERE station = 'd' ORDER BY ts")
+        out["ingested_rows"] = [r[0] for r in cur.fetchall()]
+        out["ingest_create_error"] = expect_error(
+            lambda: cur.adbc_ingest("weather", rows, mode="create"),
+            "ALREADY_EXISTS",
+            "ingest mode create over an existing dataset",
+        )
+        out["ingest_unknown_error"] = expect_error(
+            lambda: cur.adbc_ingest("nope", rows, mode="append"),
+            "NOT_FOUND",
+            "ingest into an unknown dataset",
+        )
         cur.close()
 
     # Pipeline actions with pyarrow.flight on the same port.

@@ -19,7 +19,7 @@ use arrow::ipc::{MessageHeader, root_as_message};
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::{FlightData, FlightDescriptor, PutResult};
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use strata_ingest::{Ack, Ingester};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -51,9 +51,40 @@ impl FlightIngest {
             .clone()
             .ok_or_else(|| Status::invalid_argument("DoPut needs a flight descriptor"))?;
         let (dataset, producer) = path_target(&descriptor)?;
+        let acks = self.acks(&dataset, &producer, first, rest).await?;
+        Ok(Box::pin(acks.map(|a| a.map(put_result))))
+    }
+
+    /// Every batch of a `DoPut` into `dataset`, applied without exactly-once (ADBC's
+    /// bulk ingest, `CommandStatementIngest`). Answers the rows taken once the last
+    /// batch is durable and committed (a flush: like any SQL statement, the next query
+    /// sees the rows); on an error, the batches acknowledged before it stay.
+    pub async fn ingest_all(
+        &self,
+        dataset: &str,
+        first: FlightData,
+        rest: impl Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
+    ) -> Result<u64, Status> {
+        let mut acks = self.acks(dataset, "", first, rest).await?;
+        let mut rows = 0;
+        while let Some(ack) = acks.next().await {
+            rows += ack?.rows;
+        }
+        self.ingester.flush(dataset).await.map_err(ingest_status)?;
+        Ok(rows)
+    }
+
+    /// Feeds the batches of a `DoPut` to the ingester; acks as each turns durable.
+    async fn acks(
+        &self,
+        dataset: &str,
+        producer: &str,
+        first: FlightData,
+        rest: impl Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
+    ) -> Result<BoxStream<Ack>, Status> {
         let stream = self
             .ingester
-            .open_stream(&dataset, &producer)
+            .open_stream(dataset, producer)
             .await
             .map_err(ingest_status)?;
         let mut framer = Framer::default();
@@ -76,7 +107,7 @@ impl FlightIngest {
             let mut stream = stream;
             let send = |r: Result<Ack, Status>| {
                 let tx = tx.clone();
-                async move { tx.send(r.map(put_result)).await.is_ok() }
+                async move { tx.send(r).await.is_ok() }
             };
             drive(&mut stream, batches, send, closing).await;
         });
@@ -91,7 +122,6 @@ async fn next_batch(
     exactly_once: bool,
     counter: &mut u64,
 ) -> Option<Batch> {
-    use futures::StreamExt;
     loop {
         let data = match rest.next().await? {
             Err(s) => return Some(Err(s)),

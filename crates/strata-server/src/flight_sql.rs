@@ -14,6 +14,8 @@
 //!  DoPut(CommandPreparedStatementUpdate) ──── one execution per parameter row
 //!  GetCatalogs / GetDbSchemas / GetTables / GetTableTypes / GetSqlInfo
 //!  DoPut, PATH descriptor [dataset(, producer)] ─▶ crate::flight (the ingester)
+//!  DoPut(CommandStatementIngest) (ADBC adbc_ingest, mode append) ─▶ the ingester;
+//!                                             answers the rows once all are durable
 //!  DoAction flush · rollback · tag · delete_tag · list_versions ─▶ crate::flight_actions
 //! ```
 //!
@@ -51,9 +53,9 @@ use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
     CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
-    CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate,
-    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, SqlNullOrdering,
-    SqlSupportedCaseSensitivity, SqlSupportedTransaction, SupportedSqlGrammar,
+    CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
+    CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    SqlNullOrdering, SqlSupportedCaseSensitivity, SqlSupportedTransaction, SupportedSqlGrammar,
     TicketStatementQuery,
 };
 use arrow_flight::{
@@ -478,7 +480,8 @@ fn sql_info() -> SqlInfoData {
         SqlSupportedTransaction::None as i32,
     );
     b.append(SqlInfo::FlightSqlServerCancel, false);
-    b.append(SqlInfo::FlightSqlServerBulkIngestion, false);
+    b.append(SqlInfo::FlightSqlServerBulkIngestion, true);
+    b.append(SqlInfo::FlightSqlServerIngestTransactionsSupported, false);
     b.append(SqlInfo::SqlDdlCatalog, false);
     b.append(SqlInfo::SqlDdlSchema, false);
     b.append(SqlInfo::SqlDdlTable, true);
@@ -892,6 +895,77 @@ impl FlightSqlService for StrataFlight {
     }
 
     // ---- DoPut into datasets, actions ----------------------------------------------
+
+    /// ADBC's bulk ingest (`adbc_ingest`): rows into an existing dataset through the
+    /// ingester, answered once durable. Creating a dataset needs its primary key, which
+    /// an Arrow schema does not carry: modes that create (`create`, `replace`) are
+    /// refused, `create_append` appends to a dataset that exists.
+    async fn do_put_statement_ingest(
+        &self,
+        command: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        use arrow_flight::sql::{TableExistsOption, TableNotExistOption};
+        if command.temporary {
+            return Err(Status::unimplemented("temporary tables: Strata has none"));
+        }
+        if command.transaction_id.is_some() {
+            return Err(Status::unimplemented(
+                "transactions: each ingest is durable batch by batch",
+            ));
+        }
+        if let Some(c) = command.catalog.as_deref().filter(|c| *c != CATALOG) {
+            return Err(Status::not_found(format!(
+                "catalog {c:?} does not exist (there is {CATALOG:?})"
+            )));
+        }
+        if let Some(s) = command.schema.as_deref().filter(|s| *s != SCHEMA) {
+            return Err(Status::not_found(format!(
+                "schema {s:?} does not exist (there is {SCHEMA:?})"
+            )));
+        }
+        let options = command.table_definition_options.unwrap_or_default();
+        let name = command.table;
+        let exists = self
+            .engine()
+            .catalog()
+            .list_tables()
+            .await
+            .map_err(|e| Status::new(table_code(&e), e.to_string()))?
+            .contains(&name);
+        if exists {
+            match options.if_exists() {
+                TableExistsOption::Append => {}
+                TableExistsOption::Replace => {
+                    return Err(Status::unimplemented(format!(
+                        "ingest mode replace into {name:?}: datasets keep their history;                          DELETE FROM {name} then append, or RESTORE an earlier version"
+                    )));
+                }
+                TableExistsOption::Fail | TableExistsOption::Unspecified => {
+                    return Err(Status::already_exists(format!(
+                        "dataset {name:?} exists: ingest with mode append to add rows"
+                    )));
+                }
+            }
+        } else {
+            let hint = match options.if_not_exist() {
+                TableNotExistOption::Create => {
+                    " (a Strata dataset needs a primary key, which the ingested schema cannot                      give: CREATE TABLE … PRIMARY KEY ((…), …) first)"
+                }
+                _ => "",
+            };
+            return Err(Status::not_found(format!(
+                "dataset {name:?} does not exist{hint}"
+            )));
+        }
+        let mut stream = request.into_inner();
+        let first = match stream.next().await {
+            Some(first) => first?,
+            None => return Err(Status::invalid_argument("empty DoPut stream")),
+        };
+        let rows = self.inner.ingest.ingest_all(&name, first, stream).await?;
+        Ok(rows as i64)
+    }
 
     async fn do_put_fallback(
         &self,

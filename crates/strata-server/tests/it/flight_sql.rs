@@ -854,7 +854,18 @@ async fn python_flight_sql_clients() {
     assert_eq!(report["parameterised"], json!([["b", 2]]));
     assert_eq!(report["qmark"], json!([["c", 3]]));
     assert_eq!(report["table_schema"], json!(["station", "ts", "temp"]));
-    assert_eq!(report["after_rollback"], 4);
+    // adbc_ingest: two rows appended, visible to the next query; create and unknown
+    // datasets refused with the right codes (the script checks the codes).
+    assert_eq!(report["ingested"], 2);
+    assert_eq!(report["ingested_rows"], json!([5, 6]));
+    assert!(
+        report["ingest_create_error"]
+            .as_str()
+            .unwrap()
+            .contains("mode append"),
+        "{report}"
+    );
+    assert_eq!(report["after_rollback"], 6);
     // The server's own view agrees: the bad load is gone for good.
     let rows = Box::pin(server.engine().collect("SELECT count(*) AS n FROM weather"))
         .await
@@ -866,7 +877,7 @@ async fn python_flight_sql_clients() {
             .downcast_ref::<Int64Array>()
             .unwrap()
             .value(0),
-        4
+        6
     );
     server.shutdown().await.unwrap();
 }
