@@ -66,6 +66,19 @@ pub fn plain_type(dt: &DataType) -> Option<DataType> {
     }
 }
 
+/// `schema` with its view types replaced by the plain ones.
+pub fn plain_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<FieldRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match plain_type(f.data_type()) {
+            Some(dt) => Arc::new(f.as_ref().clone().with_data_type(dt)),
+            None => f.clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
 /// `batch` with its view columns cast to the plain types (for the table layer, which
 /// stores and checks the declared types).
 pub fn plain_batch(batch: &RecordBatch) -> DfResult<RecordBatch> {
@@ -98,13 +111,17 @@ pub fn plain_batch(batch: &RecordBatch) -> DfResult<RecordBatch> {
 /// A query plan whose output holds views, under a projection casting them to the
 /// plain types; any other plan as it is.
 pub fn plain_output(plan: LogicalPlan) -> DfResult<LogicalPlan> {
+    if let LogicalPlan::DescribeTable(mut d) = plan {
+        // `DESCRIBE t` lists the declared types.
+        d.schema = plain_schema(&d.schema);
+        return Ok(LogicalPlan::DescribeTable(d));
+    }
     if matches!(
         plan,
         LogicalPlan::Dml(_)
             | LogicalPlan::Ddl(_)
             | LogicalPlan::Explain(_)
             | LogicalPlan::Analyze(_)
-            | LogicalPlan::DescribeTable(_)
             | LogicalPlan::Statement(_)
             | LogicalPlan::Copy(_)
     ) {

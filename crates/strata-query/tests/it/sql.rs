@@ -556,7 +556,8 @@ async fn statistics_answers_stay_right_after_deletes() {
     assert_eq!(count(&e, &q).await, 249);
 }
 
-/// Strings are views inside the engine, but answers carry the declared types.
+/// Strings are views inside the engine, but answers (and `DESCRIBE`) carry the
+/// declared types.
 #[tokio::test]
 async fn results_carry_the_declared_string_type() {
     let (_c, _h, e) = history().await;
@@ -578,6 +579,9 @@ async fn results_carry_the_declared_string_type() {
             "{sql}: {first}"
         );
     }
+    let d = rows(&e, "DESCRIBE weather").await;
+    assert_eq!(strings(&d, "column_name")[0], "station");
+    assert_eq!(strings(&d, "data_type")[0], "Utf8");
 }
 
 /// A `DELETE` whose condition the table layer cannot evaluate finds the keys with a
