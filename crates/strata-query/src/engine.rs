@@ -30,7 +30,7 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
-use datafusion::physical_plan::stream::{RecordBatchReceiverStream, RecordBatchStreamAdapter};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{RecordBatchStream, SendableRecordBatchStream};
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
@@ -64,6 +64,9 @@ pub struct QueryConfig {
     /// Shards of a table made by `CREATE TABLE` without `WITH (shards = N)`; 0 means
     /// [`statements::DEFAULT_SHARDS`].
     pub default_shards: u32,
+    /// The runtime queries execute on (physical planning and every operator), apart
+    /// from the caller's. `None`: the caller's runtime.
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Runs SQL over the datasets of one catalog. Cheap to clone.
@@ -669,14 +672,28 @@ impl Prepared {
 
     /// Runs the statement with positional parameter values.
     pub async fn execute(&self, params: Vec<ScalarValue>) -> Result<SendableRecordBatchStream> {
-        let engine = self.engine.clone();
-        let timeout = engine.inner.config.timeout;
+        let engine = &self.engine;
+        let config = &engine.inner.config;
+        let (plan, state, log) = match &self.body {
+            Body::Command(cmd) => {
+                let batch = engine.within_timeout(engine.run(cmd)).await?;
+                return Ok(one_batch(batch));
+            }
+            Body::Query { plan, state, log } => (plan.clone(), state.as_ref().clone(), log.clone()),
+        };
+        let plan = bind(plan, params)?;
+        let run = run_query(plan, state, log);
+        let (timeout, runtime) = (config.timeout, config.runtime.clone());
+        if timeout.is_none() && runtime.is_none() {
+            return run.await;
+        }
         let start = tokio::time::Instant::now();
-        let stream = engine.within_timeout(self.start(params)).await?;
+        let runtime = runtime.unwrap_or_else(tokio::runtime::Handle::current);
+        let stream = engine.within_timeout(spawn_query(&runtime, run)).await?;
         Ok(match timeout {
             Some(t) => Box::pin(Deadline {
                 schema: stream.schema(),
-                inner: detach(stream),
+                inner: stream,
                 sleep: Box::pin(tokio::time::sleep_until(start + t)),
                 timeout: t,
                 done: false,
@@ -684,77 +701,137 @@ impl Prepared {
             None => stream,
         })
     }
-
-    async fn start(&self, params: Vec<ScalarValue>) -> Result<SendableRecordBatchStream> {
-        let (plan, state, log) = match &self.body {
-            Body::Command(cmd) => {
-                let batch = self.engine.run(cmd).await?;
-                return Ok(one_batch(batch));
-            }
-            Body::Query { plan, state, log } => (plan.clone(), state.as_ref().clone(), log.clone()),
-        };
-        let plan = if params.is_empty() {
-            plan
-        } else {
-            // A plain value where the plan expects its view (see `parameters`).
-            let expected = plan.get_parameter_types()?;
-            let params = params
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| match expected.get(&format!("${}", i + 1)) {
-                    Some(Some(dt)) if views::plain_type(dt).as_ref() == Some(&v.data_type()) => {
-                        v.cast_to(dt)
-                    }
-                    _ => Ok(v),
-                })
-                .collect::<DfResult<Vec<_>>>()?;
-            plan.with_param_values(params)?
-        };
-        let explain = matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
-        let stream = DataFrame::new(state, plan).execute_stream().await?;
-        if !explain {
-            return Ok(stream);
-        }
-        // EXPLAIN [ANALYZE]: add what Strata's scans pruned.
-        let schema = stream.schema();
-        let mut batches: Vec<RecordBatch> = stream.try_collect().await?;
-        let scans = log.entries();
-        if !scans.is_empty() && schema.fields().len() == 2 {
-            let kinds: Vec<&str> = scans.iter().map(|_| "strata_scan").collect();
-            let lines: Vec<String> = scans.iter().map(|s| s.to_string()).collect();
-            batches.push(RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(StringArray::from(kinds)),
-                    Arc::new(StringArray::from(lines)),
-                ],
-            )?);
-        }
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            schema,
-            futures::stream::iter(batches.into_iter().map(Ok)),
-        )))
-    }
 }
 
-/// Runs `stream` in a task of its own, its batches handed over through a short
-/// channel. One poll of a DataFusion stream can compute for a long time without
-/// yielding (a nested loop join collecting a cross join as its build side, for one):
-/// a deadline checked between polls of the stream itself would wait for it. Polled
-/// from here, the deadline fires on time; dropping the returned stream aborts the task
-/// at its next yield point.
-fn detach(mut stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
-    let mut builder = RecordBatchReceiverStream::builder(stream.schema(), 2);
-    let tx = builder.tx();
-    builder.spawn(async move {
+/// `plan` with its parameters bound.
+fn bind(plan: LogicalPlan, params: Vec<ScalarValue>) -> Result<LogicalPlan> {
+    if params.is_empty() {
+        return Ok(plan);
+    }
+    // A plain value where the plan expects its view (see `parameters`).
+    let expected = plan.get_parameter_types()?;
+    let params = params
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match expected.get(&format!("${}", i + 1)) {
+            Some(Some(dt)) if views::plain_type(dt).as_ref() == Some(&v.data_type()) => {
+                v.cast_to(dt)
+            }
+            _ => Ok(v),
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    Ok(plan.with_param_values(params)?)
+}
+
+/// Plans `plan` physically and starts it.
+async fn run_query(
+    plan: LogicalPlan,
+    state: SessionState,
+    log: Arc<ScanLog>,
+) -> Result<SendableRecordBatchStream> {
+    let explain = matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
+    let stream = DataFrame::new(state, plan).execute_stream().await?;
+    if !explain {
+        return Ok(stream);
+    }
+    // EXPLAIN [ANALYZE]: add what Strata's scans pruned.
+    let schema = stream.schema();
+    let mut batches: Vec<RecordBatch> = stream.try_collect().await?;
+    let scans = log.entries();
+    if !scans.is_empty() && schema.fields().len() == 2 {
+        let kinds: Vec<&str> = scans.iter().map(|_| "strata_scan").collect();
+        let lines: Vec<String> = scans.iter().map(|s| s.to_string()).collect();
+        batches.push(RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(kinds)),
+                Arc::new(StringArray::from(lines)),
+            ],
+        )?);
+    }
+    Ok(Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        futures::stream::iter(batches.into_iter().map(Ok)),
+    )))
+}
+
+/// Starts a query (`start`: physical planning, then the stream) in a task of its own
+/// on `runtime`; its batches come back through a short channel.
+///
+/// - On its own runtime (`QueryConfig::runtime`), a query's computation never holds a
+///   thread of the caller's runtime (the server's, which also acknowledges ingestion).
+/// - One poll of a DataFusion stream can compute for a long time without yielding (a
+///   nested loop join whose filter never matches, for one): a deadline checked between
+///   polls of the stream itself would wait for it; polled from here it fires on time.
+///
+/// Dropping the returned stream (or this future) aborts the task at its next yield point.
+async fn spawn_query(
+    runtime: &tokio::runtime::Handle,
+    start: impl Future<Output = Result<SendableRecordBatchStream>> + Send + 'static,
+) -> Result<SendableRecordBatchStream> {
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Result<SchemaRef>>();
+    let (tx, rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
+    let task = QueryTask(Some(runtime.spawn(async move {
+        let mut stream = match start.await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = started_tx.send(Err(e));
+                return;
+            }
+        };
+        if started_tx.send(Ok(stream.schema())).is_err() {
+            return;
+        }
         while let Some(batch) = stream.next().await {
             if tx.send(batch).await.is_err() {
                 break; // the consumer is gone
             }
         }
-        Ok(())
+    })));
+    let schema = match started_rx.await {
+        Ok(started) => started?,
+        Err(_) => return Err(task.failure().await),
+    };
+    let batches = futures::stream::unfold((rx, Some(task)), |(mut rx, task)| async move {
+        match rx.recv().await {
+            Some(item) => Some((item, (rx, task))),
+            // The sender is gone: the end, unless the task died on the way.
+            None => task?
+                .end()
+                .await
+                .map(|e| (Err(DataFusionError::from(e)), (rx, None))),
+        }
     });
-    builder.build()
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+}
+
+/// A running query's task; aborted when dropped.
+struct QueryTask(Option<tokio::task::JoinHandle<()>>);
+
+impl QueryTask {
+    /// Waits for the task; the error if it panicked (or was cancelled from outside).
+    async fn end(mut self) -> Option<Error> {
+        let handle = self.0.take()?;
+        handle
+            .await
+            .err()
+            .map(|e| Error::Execution(format!("the query's task failed: {e}")))
+    }
+
+    /// Why a task ended without saying so.
+    async fn failure(self) -> Error {
+        self.end()
+            .await
+            .unwrap_or_else(|| Error::Execution("the query's task ended before it started".into()))
+    }
+}
+
+impl Drop for QueryTask {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.0 {
+            handle.abort();
+        }
+    }
 }
 
 fn one_batch(batch: RecordBatch) -> SendableRecordBatchStream {

@@ -23,6 +23,8 @@
 //!                                  # aggregations spill to disk beyond it
 //! timeout_ms = 300000              # a statement running longer is cancelled (0: none)
 //! target_partitions = 0            # scan parallelism; 0 = one per core
+//! threads = 0                      # the query runtime's threads, apart from the
+//!                                  # server's (ingest acks); 0 = one per core
 //! ```
 
 use std::net::SocketAddr;
@@ -51,6 +53,7 @@ pub struct QuerySettings {
     pub memory_limit_mb: usize,
     pub timeout_ms: u64,
     pub target_partitions: usize,
+    pub threads: usize,
 }
 
 impl Default for QuerySettings {
@@ -59,6 +62,7 @@ impl Default for QuerySettings {
             memory_limit_mb: 1024,
             timeout_ms: 300_000,
             target_partitions: 0,
+            threads: 0,
         }
     }
 }
@@ -166,13 +170,23 @@ impl ServerConfig {
         self.data_dir.join("store")
     }
 
-    pub fn query_config(&self) -> strata_query::QueryConfig {
+    /// The engine's settings; queries run on `runtime`.
+    pub fn query_config(&self, runtime: tokio::runtime::Handle) -> strata_query::QueryConfig {
         let q = &self.query;
         strata_query::QueryConfig {
             memory_limit: Some(q.memory_limit_mb << 20),
             timeout: (q.timeout_ms > 0).then(|| Duration::from_millis(q.timeout_ms)),
             target_partitions: q.target_partitions,
             default_shards: self.default_shards,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Threads of the query runtime.
+    pub fn query_threads(&self) -> usize {
+        match self.query.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         }
     }
 

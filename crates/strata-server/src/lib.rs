@@ -53,6 +53,40 @@ pub struct Server {
     engine: strata_query::Engine,
     stop: Option<oneshot::Sender<()>>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Where queries execute; stopped with the server.
+    _queries: QueryRuntime,
+}
+
+/// A runtime of its own for query execution: a long query computes on these threads,
+/// never on the server's, which acknowledge ingestion (DataFusion operators cannot be
+/// preempted, and one poll may compute for long).
+#[derive(Debug)]
+struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl QueryRuntime {
+    fn new(threads: usize) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("strata-query")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start the query runtime: {e}")))?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0.as_ref().expect("running").handle().clone()
+    }
+}
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which is not allowed inside another runtime; a
+        // query still computing stops at its next yield point.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Server {
@@ -68,7 +102,8 @@ impl Server {
         let store = Arc::new(LocalStore::open(config.store_dir())?);
         let catalog = Catalog::new(store.clone(), store);
         let ingester = Ingester::open(catalog, config.ingest_config()).await?;
-        let engine = sql::engine(&ingester, config.query_config())?;
+        let queries = QueryRuntime::new(config.query_threads())?;
+        let engine = sql::engine(&ingester, config.query_config(queries.handle()))?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| Error::Listen {
@@ -126,6 +161,7 @@ impl Server {
             engine,
             stop: Some(stop),
             serving,
+            _queries: queries,
         })
     }
 

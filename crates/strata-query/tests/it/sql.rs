@@ -633,3 +633,46 @@ async fn a_key_lookup_delete_that_matches_nothing() {
         0
     );
 }
+
+/// Queries run on the runtime the config names (the server's query runtime): a long
+/// query computes there, and the caller's runtime — one thread here — stays free.
+#[tokio::test(flavor = "current_thread")]
+async fn queries_run_on_their_own_runtime() {
+    let (catalog, _h, _) = history().await;
+    let queries = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let e = Engine::new(
+        catalog,
+        QueryConfig {
+            runtime: Some(queries.handle().clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        count(&e, "SELECT count(*) FROM weather WHERE station = 's1'").await,
+        250
+    );
+    let error = err(&e, "SELECT * FROM nope").await;
+    assert!(
+        matches!(error, Error::Table(_) | Error::Plan(_)),
+        "{error:?}"
+    );
+    // The nested loop join of `timeout_cancels_a_long_query`, which computes for
+    // seconds inside one poll: run inline, it would hold this thread, and the timer
+    // below could not fire before it ended.
+    let q = "SELECT count(*) FROM weather a, weather b, weather c \
+             WHERE c.station = 's1' AND c.ts < 20 AND a.temp + b.temp + c.temp = -1";
+    let stream = e.execute(q).await.unwrap();
+    let mut first = futures::StreamExt::into_future(stream);
+    let waited = tokio::time::timeout(Duration::from_millis(50), &mut first).await;
+    assert!(
+        waited.is_err(),
+        "the timer fired while the query computed elsewhere"
+    );
+    drop(first); // aborts the query at its next yield point
+    queries.shutdown_background();
+}
