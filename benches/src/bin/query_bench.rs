@@ -23,7 +23,7 @@
 //! `weather_old` (Strata at `V_old`) and `weather_pq` (plain Parquet). Each query runs
 //! once on each side to warm up and check that both sides agree (the run aborts if not),
 //! then `--runs` times on each side, alternating; the median is reported, planning
-//! included. Query 7 (`count(*)` at `V_old`) has no plain Parquet counterpart: it is
+//! included (and, apart, the median of SQL-to-physical-plan time). Query 7 (`count(*)` at `V_old`) has no plain Parquet counterpart: it is
 //! compared with the same query on the plain files (which hold the head's rows).
 //! Query 8 (every column aggregated) is the full scan that query 3's pruning avoids.
 //!
@@ -378,10 +378,11 @@ fn session(args: &Args) -> SessionContext {
     SessionContext::new_with_config(config)
 }
 
+/// One run: (total, planning) time, the result and the physical plan.
 async fn run(
     ctx: &SessionContext,
     sql: &str,
-) -> (Duration, Vec<RecordBatch>, Arc<dyn ExecutionPlan>) {
+) -> (Duration, Duration, Vec<RecordBatch>, Arc<dyn ExecutionPlan>) {
     let t = Instant::now();
     let df = ctx
         .sql(sql)
@@ -391,10 +392,11 @@ async fn run(
         .create_physical_plan()
         .await
         .unwrap_or_else(|e| panic!("planning {sql}: {e}"));
+    let planned = t.elapsed();
     let batches = collect(plan.clone(), ctx.task_ctx())
         .await
         .unwrap_or_else(|e| panic!("running {sql}: {e}"));
-    (t.elapsed(), batches, plan)
+    (t.elapsed(), planned, batches, plan)
 }
 
 /// What the Parquet scans of a plan did (from the last run).
@@ -545,6 +547,9 @@ fn check(q: &Query, built: &Built, strata: &[RecordBatch], parquet: &[RecordBatc
 struct Measured {
     strata: Duration,
     parquet: Duration,
+    /// Of those, SQL to physical plan (the median run's).
+    strata_planning: Duration,
+    parquet_planning: Duration,
     strata_scan: ScanInfo,
     parquet_scan: ScanInfo,
     /// Strata's blob store reads in the last timed run.
@@ -554,19 +559,22 @@ struct Measured {
 
 async fn measure(ctx: &SessionContext, built: &Built, q: &Query, runs: usize) -> Measured {
     let (s_sql, p_sql) = (q.sql_for(q.strata_table), q.sql_for(PARQUET));
-    let (_, s_out, _) = run(ctx, &s_sql).await;
-    let (_, p_out, _) = run(ctx, &p_sql).await;
+    let (_, _, s_out, _) = run(ctx, &s_sql).await;
+    let (_, _, p_out, _) = run(ctx, &p_sql).await;
     check(q, built, &s_out, &p_out);
     let mut s_times = Vec::with_capacity(runs);
     let mut p_times = Vec::with_capacity(runs);
+    let (mut s_plans, mut p_plans) = (Vec::new(), Vec::new());
     let mut last = None;
     for _ in 0..runs {
         built.counting.reset();
-        let (t, _, s_plan) = run(ctx, &s_sql).await;
+        let (t, planned, _, s_plan) = run(ctx, &s_sql).await;
         let blobs = built.counting.snapshot();
         s_times.push(t);
-        let (t, _, p_plan) = run(ctx, &p_sql).await;
+        s_plans.push(planned);
+        let (t, planned, _, p_plan) = run(ctx, &p_sql).await;
         p_times.push(t);
+        p_plans.push(planned);
         last = Some((s_plan, p_plan, blobs));
     }
     let (s_plan, p_plan, blobs) = last.expect("at least one run");
@@ -577,6 +585,8 @@ async fn measure(ctx: &SessionContext, built: &Built, q: &Query, runs: usize) ->
     Measured {
         strata: median(&mut s_times),
         parquet: median(&mut p_times),
+        strata_planning: median(&mut s_plans),
+        parquet_planning: median(&mut p_plans),
         strata_scan,
         parquet_scan,
         blobs,
@@ -750,17 +760,21 @@ async fn bench(feed: &WeatherFeed, rows: u64, args: &Args) {
     }
 
     println!();
-    println!("| # | query | rows out | Strata ms | Parquet ms | Strata ÷ Parquet |");
-    println!("|---|---|---:|---:|---:|---:|");
+    println!(
+        "| # | query | rows out | Strata ms | Parquet ms | Strata ÷ Parquet | planning ms S | P |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for (q, m) in qs.iter().zip(&results) {
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.2} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
             q.id,
             q.label,
             m.result_rows,
             ms(m.strata),
             ms(m.parquet),
-            m.strata.as_secs_f64() / m.parquet.as_secs_f64().max(1e-9)
+            m.strata.as_secs_f64() / m.parquet.as_secs_f64().max(1e-9),
+            ms(m.strata_planning),
+            ms(m.parquet_planning)
         );
     }
 
