@@ -211,11 +211,7 @@ fn report(line: &str) {
 }
 
 async fn serve_until_stopped(dir: PathBuf) {
-    let mut config = ServerConfig {
-        data_dir: dir,
-        listen: "127.0.0.1:0".into(),
-        ..ServerConfig::default()
-    };
+    let mut config = ServerConfig::ephemeral(dir);
     // Flushes every 200 ms and compactions every 300 ms (at two small segments a shard),
     // so kills land before, during and after both; 1 MB WAL files roll over and get
     // trimmed.

@@ -178,13 +178,9 @@ fn slt_files() -> Vec<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqllogictest_files_against_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(ServerConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".into(),
-        ..ServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let server = Server::start(ServerConfig::ephemeral(dir.path().to_path_buf()))
+        .await
+        .unwrap();
     let url = server.url();
     let complete = std::env::var_os("STRATA_SLT_COMPLETE").is_some();
     let mut failures = Vec::new();

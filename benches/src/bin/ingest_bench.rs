@@ -587,10 +587,8 @@ async fn run_strata(args: &Args, load: &[ProducerLoad]) -> Result<StrataRun, Str
         .ctx("creating the data dir")?;
     eprintln!("strata: data dir {}", dir.path().display());
     let config = ServerConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".into(),
         default_shards: args.shards,
-        ..ServerConfig::default()
+        ..ServerConfig::ephemeral(dir.path().to_path_buf())
     };
     let server = Server::start(config).await.ctx("starting the server")?;
     let url = server.url();

@@ -116,10 +116,8 @@ pub async fn demo(args: &DemoArgs, out: &mut dyn Write) -> Result<Report> {
         }
     };
     let mut config = ServerConfig {
-        data_dir: data_dir.clone(),
-        listen: "127.0.0.1:0".into(),
         default_shards: 4,
-        ..ServerConfig::default()
+        ..ServerConfig::ephemeral(data_dir.clone())
     };
     // Commit only on the demo's Flush calls and never compact in the background: the
     // versions are then the same on every run.

@@ -46,13 +46,9 @@ fn args(dataset: &str, files: Vec<std::path::PathBuf>) -> IngestArgs {
 #[tokio::test]
 async fn ingest_resumes_without_duplicates_against_a_real_server() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(ServerConfig {
-        data_dir: dir.path().join("data"),
-        listen: "127.0.0.1:0".into(),
-        ..ServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let server = Server::start(ServerConfig::ephemeral(dir.path().join("data")))
+        .await
+        .unwrap();
     let url = server.url();
     let schema =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/weather.json");

@@ -32,13 +32,9 @@ impl Fixture {
     /// A server with the weather dataset (2 shards), holding no rows.
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let server = Server::start(ServerConfig {
-            data_dir: dir.path().join("data"),
-            listen: "127.0.0.1:0".into(),
-            ..ServerConfig::default()
-        })
-        .await
-        .unwrap();
+        let server = Server::start(ServerConfig::ephemeral(dir.path().join("data")))
+            .await
+            .unwrap();
         let mut client = client::connect(&server.url()).await.unwrap();
         let mut def = weather_spec().to_def();
         def.shards = 2;

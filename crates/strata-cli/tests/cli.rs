@@ -42,13 +42,9 @@ fn text(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_and_version_commands_from_the_binary() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(ServerConfig {
-        data_dir: dir.path().join("data"),
-        listen: "127.0.0.1:0".into(),
-        ..ServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let server = Server::start(ServerConfig::ephemeral(dir.path().join("data")))
+        .await
+        .unwrap();
     let url = server.url();
 
     // Statements from stdin, split at `;`, results as CSV.

@@ -28,12 +28,17 @@ pub fn view_type(dt: &DataType) -> DataType {
 
 /// A dataset's schema as the engine sees it.
 pub fn view_schema(schema: &Schema) -> SchemaRef {
+    map_types(schema, |dt| Some(view_type(dt)).filter(|v| v != dt))
+}
+
+/// `schema` with the types `f` changes (`None`: unchanged).
+fn map_types(schema: &Schema, f: impl Fn(&DataType) -> Option<DataType>) -> SchemaRef {
     let fields: Vec<FieldRef> = schema
         .fields()
         .iter()
-        .map(|f| match view_type(f.data_type()) {
-            dt if &dt == f.data_type() => f.clone(),
-            dt => Arc::new(f.as_ref().clone().with_data_type(dt)),
+        .map(|field| match f(field.data_type()) {
+            Some(dt) => Arc::new(field.as_ref().clone().with_data_type(dt)),
+            None => field.clone(),
         })
         .collect();
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
@@ -68,44 +73,23 @@ pub fn plain_type(dt: &DataType) -> Option<DataType> {
 
 /// `schema` with its view types replaced by the plain ones.
 pub fn plain_schema(schema: &Schema) -> SchemaRef {
-    let fields: Vec<FieldRef> = schema
-        .fields()
-        .iter()
-        .map(|f| match plain_type(f.data_type()) {
-            Some(dt) => Arc::new(f.as_ref().clone().with_data_type(dt)),
-            None => f.clone(),
-        })
-        .collect();
-    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+    map_types(schema, plain_type)
 }
 
 /// `batch` with its view columns cast to the plain types (for the table layer, which
 /// stores and checks the declared types).
 pub fn plain_batch(batch: &RecordBatch) -> DfResult<RecordBatch> {
-    let schema = batch.schema();
-    if schema
-        .fields()
-        .iter()
-        .all(|f| plain_type(f.data_type()).is_none())
-    {
+    let plain = plain_schema(&batch.schema());
+    if plain == batch.schema() {
         return Ok(batch.clone());
     }
-    let mut fields = Vec::with_capacity(schema.fields().len());
-    let mut columns = Vec::with_capacity(schema.fields().len());
-    for (f, c) in schema.fields().iter().zip(batch.columns()) {
-        match plain_type(f.data_type()) {
-            Some(dt) => {
-                columns.push(cast(c, &dt)?);
-                fields.push(f.as_ref().clone().with_data_type(dt));
-            }
-            None => {
-                columns.push(c.clone());
-                fields.push(f.as_ref().clone());
-            }
-        }
-    }
-    let schema = Schema::new_with_metadata(fields, schema.metadata().clone());
-    Ok(RecordBatch::try_new(Arc::new(schema), columns)?)
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(plain.fields())
+        .map(|(c, f)| cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(plain, columns)?)
 }
 
 /// A query plan whose output holds views, under a projection casting them to the

@@ -162,6 +162,16 @@ impl ServerConfig {
             .or_else(|_| bad(format!("listen address {:?} is not HOST:PORT", self.listen)))
     }
 
+    /// The defaults with the data under `data_dir`, serving on a free loopback port
+    /// (tests, the demo, benchmarks).
+    pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: "127.0.0.1:0".into(),
+            ..Self::default()
+        }
+    }
+
     pub fn wal_dir(&self) -> PathBuf {
         self.data_dir.join("wal")
     }

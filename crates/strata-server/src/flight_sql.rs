@@ -926,13 +926,11 @@ impl FlightSqlService for StrataFlight {
         }
         let options = command.table_definition_options.unwrap_or_default();
         let name = command.table;
-        let exists = self
-            .engine()
-            .catalog()
-            .list_tables()
-            .await
-            .map_err(|e| Status::new(table_code(&e), e.to_string()))?
-            .contains(&name);
+        let exists = match self.engine().catalog().open_table(&name).await {
+            Ok(_) => true,
+            Err(strata_table::Error::DatasetNotFound(_)) => false,
+            Err(e) => return Err(Status::new(table_code(&e), e.to_string())),
+        };
         if exists {
             match options.if_exists() {
                 TableExistsOption::Append => {}

@@ -602,28 +602,22 @@ async fn results_carry_the_declared_string_type() {
 #[tokio::test]
 async fn a_key_lookup_delete_that_matches_nothing() {
     let (_c, _h, e) = history().await;
+    let removed = |b: RecordBatch| {
+        b.column_by_name("rows")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap()
+            .value(0)
+    };
     let b = rows(&e, "DELETE FROM weather WHERE abs(temp + 12345.0) < 0.5").await;
-    let removed = b
-        .column_by_name("rows")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<UInt64Array>()
-        .unwrap()
-        .value(0);
-    assert_eq!(removed, 0);
+    assert_eq!(removed(b), 0);
     let b = rows(
         &e,
         "DELETE FROM weather WHERE abs(temp - 1.0) < 0.5 AND station = 's0'",
     )
     .await;
-    let removed = b
-        .column_by_name("rows")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<UInt64Array>()
-        .unwrap()
-        .value(0);
-    assert!(removed > 0);
+    assert!(removed(b) > 0);
     assert_eq!(
         count(
             &e,

@@ -18,11 +18,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 async fn start(dir: &std::path::Path, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
-    let mut config = ServerConfig {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".into(),
-        ..ServerConfig::default()
-    };
+    let mut config = ServerConfig::ephemeral(dir.to_path_buf());
     tweak(&mut config);
     Server::start(config).await.unwrap()
 }

@@ -26,13 +26,9 @@ use tonic::transport::Channel;
 type Client = FlightSqlServiceClient<Channel>;
 
 async fn start(dir: &std::path::Path) -> Server {
-    Server::start(ServerConfig {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".into(),
-        ..ServerConfig::default()
-    })
-    .await
-    .unwrap()
+    Server::start(ServerConfig::ephemeral(dir.to_path_buf()))
+        .await
+        .unwrap()
 }
 
 async fn channel(server: &Server) -> Channel {
