@@ -97,6 +97,15 @@ impl Fixture {
             .unwrap();
         query::scalar_text(&batches).unwrap()
     }
+
+    /// What `strata versions weather` prints.
+    async fn versions(&mut self) -> String {
+        let mut out = Vec::new();
+        versions::versions(&mut self.client, "weather", &mut out)
+            .await
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
 }
 
 const PER_STATION: &str =
@@ -383,11 +392,7 @@ async fn versions_rollback_and_tags() {
     let second = f.load(30, 30).await;
     assert_eq!(second, first + 1);
 
-    let mut out = Vec::new();
-    versions::versions(&mut f.client, "weather", &mut out)
-        .await
-        .unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let text = f.versions().await;
     assert!(
         text.contains("| version | time ")
             && text.contains("| operation | details | rows added | rows removed | tags |"),
@@ -466,11 +471,7 @@ async fn versions_rollback_and_tags() {
         .unwrap();
     assert_eq!(f.count("SELECT count(*) FROM weather").await, "60");
 
-    let mut out = Vec::new();
-    versions::versions(&mut f.client, "weather", &mut out)
-        .await
-        .unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let text = f.versions().await;
     assert!(
         text.contains(&format!("| rollback  | to={first} ")),
         "{text}"
@@ -543,11 +544,7 @@ async fn versions_rollback_and_tags() {
     let text = String::from_utf8(out).unwrap();
     assert!(text.starts_with("vacuumed weather: version "), "{text}");
     assert!(!text.contains("versions removed         0\n"), "{text}");
-    let mut out = Vec::new();
-    versions::versions(&mut f.client, "weather", &mut out)
-        .await
-        .unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let text = f.versions().await;
     assert!(
         !text.contains("| create "),
         "version 1 was vacuumed: {text}"
