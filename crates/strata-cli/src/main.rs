@@ -21,6 +21,15 @@ struct Cli {
     )]
     server: String,
 
+    /// The token to authenticate with (sent as `authorization: Bearer …`).
+    #[arg(long, global = true, env = "STRATA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// PEM file of the certificate authority that signed the server's certificate;
+    /// implies TLS (`https://`) for addresses given without a scheme.
+    #[arg(long, global = true, env = "STRATA_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -68,9 +77,31 @@ enum Command {
     /// Start an embedded server and walk through ingest, queries, time travel, a bad
     /// load and its rollback, on a generated weather feed.
     Demo(demo::DemoArgs),
+    /// Make access tokens for the server's configuration.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a new random token, and the `[[auth.token]]` entry (its SHA-256, never the
+    /// token itself) to add to the server's configuration or tokens file.
+    New {
+        /// Who will hold it (shown in logs and errors).
+        #[arg(long)]
+        name: String,
+        /// read (queries), write (and ingest, INSERT, DELETE) or admin (and
+        /// create/drop, rollback, tags, vacuum).
+        #[arg(long, value_parser = ["read", "write", "admin"])]
+        role: String,
+    },
 }
 
 async fn run(cli: Cli) -> strata_cli::Result<()> {
+    client::configure(client::Security {
+        token: cli.token.clone(),
+        ca: cli.tls_ca.clone(),
+    });
     let server = cli.server.as_str();
     let mut out = std::io::stdout();
     match cli.command {
@@ -105,6 +136,17 @@ async fn run(cli: Cli) -> strata_cli::Result<()> {
             versions::compact(&mut client::connect(server).await?, &dataset, &mut out).await
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Token(TokenCommand::New { name, role }) => {
+            let token = strata_server::auth::new_token();
+            println!("token: {token}");
+            println!();
+            println!("# for the server's configuration ([[auth.token]]) or tokens file ([[token]]):");
+            println!("[[auth.token]]");
+            println!("name = {name:?}");
+            println!("role = {role:?}");
+            println!("sha256 = {:?}", strata_server::auth::token_hash(&token));
+            Ok(())
+        }
     }
 }
 

@@ -34,6 +34,17 @@ pub struct ServeArgs {
     /// Flush memtables at least this often, in milliseconds [default: 1000].
     #[arg(long, env = "STRATA_FLUSH_INTERVAL_MS")]
     pub flush_interval_ms: Option<u64>,
+    /// The server's TLS certificate chain (PEM); with --tls-key, every service on the
+    /// port speaks TLS only.
+    #[arg(long, env = "STRATA_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "STRATA_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A TOML file of accepted tokens (`[[token]]` entries that `strata token new`
+    /// prints); without tokens the server takes no credentials and serves loopback only.
+    #[arg(long, env = "STRATA_TOKENS_FILE", value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
     /// Log filter, e.g. `info` or `strata_ingest=debug` [default: info].
     #[arg(long, env = "STRATA_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -63,6 +74,15 @@ impl ServeArgs {
         }
         if let Some(v) = self.flush_interval_ms {
             c.ingest.flush_interval_ms = v;
+        }
+        if let Some(v) = &self.tls_cert {
+            c.tls.cert = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_key {
+            c.tls.key = Some(v.clone());
+        }
+        if let Some(v) = &self.tokens_file {
+            c.auth.tokens_file = Some(v.clone());
         }
         c.validate().map_err(|e| Error::Usage(e.to_string()))?;
         Ok(c)

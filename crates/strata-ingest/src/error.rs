@@ -16,7 +16,10 @@ pub enum Error {
         sequence: u64,
         reason: String,
     },
-    #[error("batch {sequence} is {bytes} bytes, over the limit of {max} bytes per batch")]
+    #[error(
+        "batch {sequence} holds {bytes} bytes (compressed buffers counted uncompressed), over \
+         the limit of {max} bytes per batch"
+    )]
     BatchTooLarge {
         sequence: u64,
         bytes: usize,
@@ -26,12 +29,20 @@ pub enum Error {
         "sequence number {sequence} is not greater than the previous one on this stream ({previous})"
     )]
     SequenceNotIncreasing { sequence: u64, previous: u64 },
+    #[error(
+        "sequence number {0} is out of range: a producer's sequence numbers must be below 2^63 \
+         (a larger one would leave no room for the batches after it)"
+    )]
+    SequenceOutOfRange(u64),
     #[error("the server is shutting down; resume after the last acknowledged batch")]
     ShuttingDown,
     /// Writing or syncing the WAL failed. Nothing after the failure is acknowledged;
     /// the server must restart (and replay) before it takes writes again.
     #[error("write-ahead log failed: {0}")]
     Wal(String),
+    /// The WAL directory is locked by another process (or another ingester).
+    #[error("write-ahead log: {0}")]
+    Locked(String),
     #[error("write-ahead log {path}: corrupt at byte {offset}: {reason}")]
     CorruptWal {
         path: PathBuf,

@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayData, RecordBatch, new_null_array};
-use arrow::buffer::Buffer;
 use arrow::datatypes::SchemaRef;
-use arrow::ipc::reader::StreamDecoder;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -20,6 +18,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
+use crate::ipc::IpcRefusal;
 use crate::wal::{Durable, Wal, WalEntry};
 
 /// The producer mark under which a flush commits the highest WAL LSN it holds. Client
@@ -232,6 +231,14 @@ impl std::fmt::Debug for IngestStream {
     }
 }
 
+/// How often the compactor looks for dropped datasets whose files can go.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The largest sequence number a producer may use: `i64::MAX`, so that signed 64-bit
+/// clients (the JVM's) can use the whole range, and a producer that jumps to the end
+/// by mistake is refused instead of finding every later batch a "duplicate".
+pub const MAX_SEQUENCE: u64 = i64::MAX as u64;
+
 /// Checks a producer id: empty (no exactly-once) or 1..=128 of `[A-Za-z0-9_.:-]`.
 pub fn validate_producer(producer: &str) -> Result<()> {
     let bad = |reason: &str| {
@@ -267,29 +274,18 @@ pub fn batch_bytes(batch: &RecordBatch) -> usize {
         .sum()
 }
 
-/// Decodes an Arrow IPC stream into batches (zero-copy where aligned).
-pub fn decode_ipc(sequence: u64, payload: &Bytes) -> Result<Vec<RecordBatch>> {
-    let bad = |e: arrow::error::ArrowError| Error::MalformedIpc {
-        sequence,
-        reason: e.to_string(),
-    };
-    let mut decoder = StreamDecoder::new();
-    let mut buffer = Buffer::from(payload.clone());
-    let mut batches = Vec::new();
-    while !buffer.is_empty() {
-        match decoder.decode(&mut buffer).map_err(bad)? {
-            Some(b) => batches.push(b),
-            None => break,
-        }
-    }
-    decoder.finish().map_err(bad)?;
-    if decoder.schema().is_none() {
-        return Err(Error::MalformedIpc {
+/// Decodes an Arrow IPC stream into batches (zero-copy where aligned), refusing streams
+/// that would decode into more than `max_bytes` (see [`crate::ipc`]).
+pub fn decode_ipc(sequence: u64, payload: &Bytes, max_bytes: usize) -> Result<Vec<RecordBatch>> {
+    match crate::ipc::decode_stream(payload, max_bytes) {
+        Ok((_, batches)) => Ok(batches),
+        Err(IpcRefusal::TooLarge { decoded, max }) => Err(Error::BatchTooLarge {
             sequence,
-            reason: "no schema message".into(),
-        });
+            bytes: usize::try_from(decoded).unwrap_or(usize::MAX),
+            max: usize::try_from(max).unwrap_or(usize::MAX),
+        }),
+        Err(IpcRefusal::Malformed(reason)) => Err(Error::MalformedIpc { sequence, reason }),
     }
-    Ok(batches)
 }
 
 impl Ingester {
@@ -383,7 +379,8 @@ impl Ingester {
                 skipped += 1;
                 continue;
             }
-            let batches = decode_ipc(entry.sequence, &entry.payload)?;
+            // Accepted before: the limits of the time it was written applied.
+            let batches = decode_ipc(entry.sequence, &entry.payload, usize::MAX)?;
             let batches = conform_all(&state, entry.sequence, &batches)?;
             let bytes = batches
                 .iter()
@@ -721,12 +718,20 @@ impl Ingester {
         due
     }
 
-    /// Keeps the number of small segments per shard bounded.
+    /// Keeps the number of small segments per shard bounded, and removes the files of
+    /// dropped datasets once their grace period is over.
     async fn compactor(self, mut closing: watch::Receiver<bool>) {
+        let mut purged_at = Instant::now();
         while !*closing.borrow() {
             tokio::select! {
                 _ = tokio::time::sleep(self.inner.config.compaction_interval) => {}
                 _ = closing.changed() => return,
+            }
+            if purged_at.elapsed() >= PURGE_INTERVAL {
+                purged_at = Instant::now();
+                if let Err(e) = self.inner.catalog.purge_dropped().await {
+                    warn!(error = %e, "removing the files of dropped datasets failed; retried later");
+                }
             }
             let states = self.states();
             for state in states {
@@ -828,6 +833,9 @@ impl IngestStream {
         if *inner.closing.borrow() {
             return Err(Error::ShuttingDown);
         }
+        if sequence > MAX_SEQUENCE {
+            return Err(Error::SequenceOutOfRange(sequence));
+        }
         if let Some(previous) = self.previous
             && sequence <= previous
         {
@@ -849,7 +857,7 @@ impl IngestStream {
             self.previous = Some(sequence);
             return Ok(duplicate_ack(inner.wal.barrier(), sequence));
         }
-        let batches = decode_ipc(sequence, &payload)?;
+        let batches = decode_ipc(sequence, &payload, inner.config.max_batch_bytes)?;
         let batches = conform_all(state, sequence, &batches)?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let bytes: usize = batches.iter().map(batch_bytes).sum();

@@ -32,10 +32,12 @@
 
 pub mod error;
 pub mod ingester;
+pub mod ipc;
 pub mod wal;
 
 pub use error::{Error, Result};
 pub use ingester::{
     Ack, DatasetStatus, IngestConfig, IngestStats, IngestStream, Ingester, PendingAck, WAL_MARK,
-    batch_bytes, decode_ipc, validate_producer,
+    MAX_SEQUENCE, batch_bytes, decode_ipc, validate_producer,
 };
+pub use ipc::{IpcGuard, IpcRefusal};

@@ -13,7 +13,9 @@
 //! - An entry's waiter is woken with `Ok` only after the file holding it was synced.
 //! - After a failed write or sync the log is poisoned: every later request fails, nothing
 //!   more is acknowledged (the page cache may have dropped the failed pages; retrying the
-//!   sync could falsely succeed). A restart replays what is on disk.
+//!   sync could falsely succeed). A restart replays what is on disk. Failing to start
+//!   the next file (no file descriptor free, say) poisons nothing: the current file
+//!   grows and the roll is retried.
 //! - A file is deleted only when every entry in it is covered by its table's committed
 //!   WAL mark (or its table was dropped); the active file is deleted only at a clean close.
 //! - LSNs increase across restarts: the caller raises the next LSN above every mark it
@@ -30,6 +32,7 @@ use std::sync::{Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use bytes::{Buf, Bytes};
+use strata_storage::DirLock;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
@@ -82,6 +85,8 @@ pub struct Wal {
     tx: Mutex<Option<mpsc::Sender<Cmd>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     next_lsn: AtomicU64,
+    /// Held until the log is closed: one writer per directory.
+    lock: Mutex<Option<DirLock>>,
 }
 
 /// The contents of the log found at open, in log order.
@@ -99,6 +104,7 @@ impl Wal {
     /// the writer on a new file. Files roll over at about `file_bytes`.
     pub fn open(dir: &Path, file_bytes: u64) -> Result<(Wal, Replay)> {
         fs::create_dir_all(dir).map_err(|e| Error::io("creating WAL directory", dir, e))?;
+        let lock = DirLock::acquire(dir).map_err(|e| Error::Locked(e.to_string()))?;
         let mut numbers = Vec::new();
         for entry in fs::read_dir(dir).map_err(|e| Error::io("listing WAL directory", dir, e))? {
             let entry = entry.map_err(|e| Error::io("listing WAL directory", dir, e))?;
@@ -154,6 +160,7 @@ impl Wal {
                 tx: Mutex::new(Some(tx)),
                 thread: Mutex::new(Some(thread)),
                 next_lsn: AtomicU64::new(max_lsn + 1),
+                lock: Mutex::new(Some(lock)),
             },
             replay,
         ))
@@ -220,6 +227,8 @@ impl Wal {
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+        // The writer is gone: another log may open the directory now.
+        self.lock.lock().expect("wal lock").take();
         result
     }
 
@@ -401,6 +410,8 @@ struct Writer {
     closed: BTreeMap<u64, (PathBuf, HashMap<String, u64>)>,
     flushed: HashMap<String, u64>,
     poisoned: Option<String>,
+    /// The last attempt to start a new file failed (warned once per streak).
+    roll_failing: bool,
 }
 
 impl Writer {
@@ -421,6 +432,7 @@ impl Writer {
             closed,
             flushed: HashMap::new(),
             poisoned: None,
+            roll_failing: false,
         })
     }
 
@@ -484,11 +496,19 @@ impl Writer {
             {
                 self.poison(format!("fdatasync failed: {e}"));
             }
-            if self.poisoned.is_none()
-                && self.file_len >= self.file_bytes
-                && let Err(e) = self.roll()
-            {
-                self.poison(format!("could not start a new WAL file: {e}"));
+            // A new file that cannot be made yet (out of file descriptors, say) loses
+            // nothing: the current one is whole and synced, so it grows past its size
+            // and the roll is tried again after the next group.
+            if self.poisoned.is_none() && self.file_len >= self.file_bytes {
+                match self.roll() {
+                    Ok(()) => self.roll_failing = false,
+                    Err(e) => {
+                        if !self.roll_failing {
+                            warn!(error = %e, "cannot start a new WAL file yet; the current one grows until it can");
+                        }
+                        self.roll_failing = true;
+                    }
+                }
             }
             // Trimmed before the waiters are woken, so a barrier also orders trims.
             self.trim(close.is_some());
@@ -571,10 +591,16 @@ fn create_file(dir: &Path, n: u64) -> Result<File> {
     let mut header = Vec::with_capacity(FILE_HEADER);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&n.to_le_bytes());
-    f.write_all(&header)
+    if let Err(e) = f
+        .write_all(&header)
         .and_then(|_| f.sync_all())
         .and_then(|_| sync_dir(dir))
-        .map_err(|e| Error::io("creating WAL file", &path, e))?;
+    {
+        // Not started: the next attempt creates it again.
+        drop(f);
+        let _ = fs::remove_file(&path);
+        return Err(Error::io("creating WAL file", &path, e));
+    }
     Ok(f)
 }
 
@@ -612,6 +638,29 @@ mod tests {
         let (lsn, rx) = append(&wal, "t1", 100, b"x");
         assert_eq!(lsn, 101);
         rx.await.unwrap().unwrap();
+        wal.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_new_file_that_cannot_be_made_yet_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // Files roll after every entry; the second file's name is taken by a directory,
+        // as a file that cannot be created (out of file descriptors, say).
+        let (wal, _) = Wal::open(dir.path(), 1).unwrap();
+        let blocker = file_path(dir.path(), 2);
+        fs::create_dir(&blocker).unwrap();
+        for i in 0..3 {
+            append(&wal, "t", i, b"abc").1.await.unwrap().unwrap();
+        }
+        fs::remove_dir(&blocker).unwrap();
+        for i in 3..6 {
+            append(&wal, "t", i, b"abc").1.await.unwrap().unwrap();
+        }
+        assert!(file_path(dir.path(), 3).exists(), "rolled once it could");
+        drop(wal);
+        let (wal, replay) = Wal::open(dir.path(), 1).unwrap();
+        let seqs: Vec<u64> = replay.entries.iter().map(|e| e.sequence).collect();
+        assert_eq!(seqs, (0..6).collect::<Vec<_>>());
         wal.close().await.unwrap();
     }
 
@@ -657,7 +706,16 @@ mod tests {
             rx.await.unwrap().unwrap();
             last.insert(table, lsn);
         }
-        let count = || fs::read_dir(dir.path()).unwrap().count();
+        // Log files only (the directory also holds its LOCK file).
+        let count = || {
+            fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    name.to_string_lossy().starts_with("wal-")
+                })
+                .count()
+        };
         assert!(count() > 5, "rolled into {} files", count());
         // Only table a flushed: files holding b entries stay.
         wal.flushed("a", last["a"]);

@@ -31,7 +31,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{RecordBatchStream, SendableRecordBatchStream};
+use datafusion::physical_plan::{RecordBatchStream, SendableRecordBatchStream, execute_stream};
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
@@ -41,11 +41,13 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use strata_table::{Catalog, Table, VersionSpec};
 use tracing::debug;
 
+use crate::cancel::{self, CancelToken};
 use crate::catalog::{CATALOG, SCHEMA, StrataCatalog, StrataSchema, VersionedName};
 use crate::dialect::{StrataDialect, marker_tag, tag_markers};
 use crate::error::{Error, Result};
 use crate::functions::table_functions;
 use crate::hooks::{CatalogHooks, DatasetHooks};
+use crate::limits;
 use crate::provider::ScanLog;
 use crate::statements::{self, Command, VersionAt};
 use crate::views;
@@ -64,9 +66,32 @@ pub struct QueryConfig {
     /// Shards of a table made by `CREATE TABLE` without `WITH (shards = N)`; 0 means
     /// [`statements::DEFAULT_SHARDS`].
     pub default_shards: u32,
-    /// The runtime queries execute on (physical planning and every operator), apart
-    /// from the caller's. `None`: the caller's runtime.
+    /// The runtime statements are planned and executed on (parsing, planning and
+    /// every operator), apart from the caller's. `None`: the caller's runtime. Its
+    /// threads should have large stacks (see [`crate::limits`]).
     pub runtime: Option<tokio::runtime::Handle>,
+    /// Longest statement accepted, in bytes; 0 means
+    /// [`limits::DEFAULT_MAX_STATEMENT_BYTES`].
+    pub max_statement_bytes: usize,
+    /// Deepest nesting of expressions (and set operations) accepted; 0 means
+    /// [`limits::DEFAULT_MAX_DEPTH`].
+    pub max_expression_depth: usize,
+}
+
+impl QueryConfig {
+    fn max_statement_bytes(&self) -> usize {
+        match self.max_statement_bytes {
+            0 => limits::DEFAULT_MAX_STATEMENT_BYTES,
+            n => n,
+        }
+    }
+
+    fn max_depth(&self) -> usize {
+        match self.max_expression_depth {
+            0 => limits::DEFAULT_MAX_DEPTH,
+            n => n,
+        }
+    }
 }
 
 /// Runs SQL over the datasets of one catalog. Cheap to clone.
@@ -148,9 +173,60 @@ impl Engine {
         &self.inner.config
     }
 
-    /// Parses and plans one statement without running it.
+    /// Parses and plans one statement without running it, on the query runtime and
+    /// under the statement timeout.
     pub async fn prepare(&self, sql: &str) -> Result<Prepared> {
-        self.within_timeout(Box::pin(self.prepare_inner(sql))).await
+        self.check_size(sql)?;
+        let engine = self.clone();
+        let sql = sql.to_string();
+        self.within_timeout(self.on_runtime(async move { engine.prepare_inner(&sql).await }))
+            .await
+    }
+
+    /// Refuses a statement longer than the configured limit (cheap: call it before
+    /// anything else looks at the text).
+    pub fn check_size(&self, sql: &str) -> Result<()> {
+        limits::check_size(sql, self.inner.config.max_statement_bytes())
+    }
+
+    /// Runs `f` on the query runtime (or here without one); dropping the returned
+    /// future aborts it at its next yield point.
+    async fn on_runtime<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let Some(runtime) = &self.inner.config.runtime else {
+            return f.await;
+        };
+        let mut task = AbortOnDrop(runtime.spawn(f));
+        match (&mut task.0).await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Execution(format!("the statement's task failed: {e}"))),
+        }
+    }
+
+    /// Parses one SQL statement within the statement-shape limits.
+    fn parse_one(&self, sql: &str) -> Result<DfStatement> {
+        let max_depth = self.inner.config.max_depth();
+        limits::check_tokens(sql, &StrataDialect, max_depth)?;
+        let mut parsed = DFParserBuilder::new(sql)
+            .with_dialect(&StrataDialect)
+            .build()?
+            .parse_statements()?;
+        let mut statement = match (parsed.pop_front(), parsed.is_empty()) {
+            (Some(s), true) => s,
+            (None, _) => return Err(Error::Sql("empty statement".into())),
+            (Some(_), false) => {
+                for mut s in parsed {
+                    limits::check_depth(&mut s, max_depth)?;
+                }
+                return Err(Error::Unsupported(
+                    "several statements in one request; send them one at a time".into(),
+                ));
+            }
+        };
+        limits::check_depth(&mut statement, max_depth)?;
+        Ok(statement)
     }
 
     /// Runs one statement and streams its result.
@@ -190,19 +266,7 @@ impl Engine {
             return Ok(self.command(cmd));
         }
         let (sql, tags) = tag_markers(sql);
-        let mut parsed = DFParserBuilder::new(sql.as_str())
-            .with_dialect(&StrataDialect)
-            .build()?
-            .parse_statements()?;
-        let mut statement = match (parsed.pop_front(), parsed.is_empty()) {
-            (Some(s), true) => s,
-            (None, _) => return Err(Error::Sql("empty statement".into())),
-            (Some(_), false) => {
-                return Err(Error::Unsupported(
-                    "several statements in one request; send them one at a time".into(),
-                ));
-            }
-        };
+        let mut statement = self.parse_one(&sql)?;
         match &statement {
             DfStatement::Statement(s) => {
                 let shards = match self.inner.config.default_shards {
@@ -281,13 +345,18 @@ impl Engine {
     async fn eval_timestamp(&self, text: &str) -> Result<i64> {
         let sql = format!("SELECT CAST(to_timestamp_millis({text}) AS BIGINT)");
         let (state, _) = self.session();
-        let plan = state.create_logical_plan(&sql).await.map_err(|e| {
-            Error::plan(format!(
-                "TIMESTAMP AS OF {text}: not a timestamp ({})",
-                Error::from(e)
-            ))
-        })?;
-        let batches = DataFrame::new(state, plan).collect().await?;
+        let not_a_timestamp = |e: Error| {
+            Error::plan(format!("TIMESTAMP AS OF {text}: not a timestamp ({e})"))
+        };
+        let statement = self.parse_one(&sql).map_err(not_a_timestamp)?;
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| not_a_timestamp(e.into()))?;
+        let batches = DataFrame::new(state, plan)
+            .collect()
+            .await
+            .map_err(|e| not_a_timestamp(e.into()))?;
         let value = batches
             .iter()
             .find(|b| b.num_rows() > 0)
@@ -605,6 +674,28 @@ impl VisitorMut for Versions<'_> {
     }
 }
 
+/// What a statement does, from least to most: the role a caller needs to run it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Access {
+    /// Queries, listings, `EXPLAIN`.
+    Read,
+    /// Rows in and out: `INSERT`, `DELETE`, ingestion, flush, compaction.
+    Write,
+    /// Datasets and their history: `CREATE`/`DROP`/`ALTER`, `RESTORE` (rollback),
+    /// tags, `VACUUM`.
+    Admin,
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::Admin => "admin",
+        })
+    }
+}
+
 /// A planned statement, ready to run (several times, with different parameters).
 pub struct Prepared {
     engine: Engine,
@@ -635,6 +726,25 @@ impl Prepared {
         match &self.body {
             Body::Query { plan, .. } => Arc::new(plan.schema().as_arrow().clone()),
             Body::Command(_) => Command::result_schema(),
+        }
+    }
+
+    /// What the statement needs of its caller: reading, writing rows, or changing
+    /// datasets and their history.
+    pub fn access(&self) -> Access {
+        match &self.body {
+            Body::Query { plan, .. } if matches!(plan, LogicalPlan::Dml(_)) => Access::Write,
+            Body::Query { .. } => Access::Read,
+            Body::Command(c) => match c {
+                Command::Delete { .. } | Command::Optimize { .. } => Access::Write,
+                Command::CreateTable { .. }
+                | Command::DropTable { .. }
+                | Command::AddColumn { .. }
+                | Command::Restore { .. }
+                | Command::CreateTag { .. }
+                | Command::DropTag { .. }
+                | Command::Vacuum { .. } => Access::Admin,
+            },
         }
     }
 
@@ -676,20 +786,24 @@ impl Prepared {
         let config = &engine.inner.config;
         let (plan, state, log) = match &self.body {
             Body::Command(cmd) => {
-                let batch = engine.within_timeout(engine.run(cmd)).await?;
+                let (engine2, cmd) = (engine.clone(), cmd.clone());
+                let run = engine.on_runtime(async move { engine2.run(&cmd).await });
+                let batch = engine.within_timeout(run).await?;
                 return Ok(one_batch(batch));
             }
             Body::Query { plan, state, log } => (plan.clone(), state.as_ref().clone(), log.clone()),
         };
-        let plan = bind(plan, params)?;
-        let run = run_query(plan, state, log);
         let (timeout, runtime) = (config.timeout, config.runtime.clone());
-        if timeout.is_none() && runtime.is_none() {
-            return run.await;
-        }
+        let token = CancelToken::new(timeout);
+        let run = {
+            let token = token.clone();
+            async move { run_query(bind(plan, params)?, state, log, token).await }
+        };
         let start = tokio::time::Instant::now();
         let runtime = runtime.unwrap_or_else(tokio::runtime::Handle::current);
-        let stream = engine.within_timeout(spawn_query(&runtime, run)).await?;
+        let stream = engine
+            .within_timeout(spawn_query(&runtime, run, token))
+            .await?;
         Ok(match timeout {
             Some(t) => Box::pin(Deadline {
                 schema: stream.schema(),
@@ -728,9 +842,12 @@ async fn run_query(
     plan: LogicalPlan,
     state: SessionState,
     log: Arc<ScanLog>,
+    token: Arc<CancelToken>,
 ) -> Result<SendableRecordBatchStream> {
     let explain = matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
-    let stream = DataFrame::new(state, plan).execute_stream().await?;
+    let physical = state.create_physical_plan(&plan).await?;
+    let physical = cancel::wrap(physical, &token)?;
+    let stream = execute_stream(physical, state.task_ctx())?;
     if !explain {
         return Ok(stream);
     }
@@ -768,10 +885,11 @@ async fn run_query(
 async fn spawn_query(
     runtime: &tokio::runtime::Handle,
     start: impl Future<Output = Result<SendableRecordBatchStream>> + Send + 'static,
+    token: Arc<CancelToken>,
 ) -> Result<SendableRecordBatchStream> {
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Result<SchemaRef>>();
     let (tx, rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
-    let task = QueryTask(Some(runtime.spawn(async move {
+    let task = QueryTask(Some(token), Some(runtime.spawn(async move {
         let mut stream = match start.await {
             Ok(s) => s,
             Err(e) => {
@@ -805,13 +923,16 @@ async fn spawn_query(
     Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
 }
 
-/// A running query's task; aborted when dropped.
-struct QueryTask(Option<tokio::task::JoinHandle<()>>);
+/// A running query's task; cancelled when dropped: its token trips (so a plan that
+/// never yields stops at its next batch) and the task is aborted (so one that waits
+/// stops now).
+struct QueryTask(Option<Arc<CancelToken>>, Option<tokio::task::JoinHandle<()>>);
 
 impl QueryTask {
     /// Waits for the task; the error if it panicked (or was cancelled from outside).
     async fn end(mut self) -> Option<Error> {
-        let handle = self.0.take()?;
+        self.0 = None; // it ended by itself: nothing to cancel
+        let handle = self.1.take()?;
         handle
             .await
             .err()
@@ -828,9 +949,21 @@ impl QueryTask {
 
 impl Drop for QueryTask {
     fn drop(&mut self) {
-        if let Some(handle) = &self.0 {
+        if let Some(token) = &self.0 {
+            token.cancel();
+        }
+        if let Some(handle) = &self.1 {
             handle.abort();
         }
+    }
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -35,6 +35,19 @@ pub enum Error {
     /// The query needed more memory than the query memory limit allows.
     #[error("query exceeded the query memory limit: {0}")]
     ResourcesExhausted(String),
+    /// The statement is too large or nests too deeply to plan safely.
+    #[error("statement too complex: {0}")]
+    TooComplex(String),
+    /// A value the query computed is invalid: division by zero, a string that is not a
+    /// number or timestamp, a failed cast (SQLSTATE class 22, "data exception").
+    #[error("{0}")]
+    Data(String),
+    /// An arithmetic result does not fit its type (SQLSTATE 22003).
+    #[error("{0}")]
+    Overflow(String),
+    /// The query's consumer went away (the client cancelled or disconnected).
+    #[error("the query was cancelled")]
+    Cancelled,
     /// The query ran longer than the query timeout.
     #[error("query cancelled after the query timeout of {0:?}")]
     Timeout(Duration),
@@ -52,7 +65,15 @@ impl Error {
 
     /// True when the client sent something wrong (as opposed to the server failing).
     pub fn is_client_error(&self) -> bool {
-        matches!(self, Error::Sql(_) | Error::Plan(_) | Error::Unsupported(_))
+        matches!(
+            self,
+            Error::Sql(_)
+                | Error::Plan(_)
+                | Error::Unsupported(_)
+                | Error::TooComplex(_)
+                | Error::Data(_)
+                | Error::Overflow(_)
+        )
     }
 }
 
@@ -105,10 +126,7 @@ impl From<DataFusionError> for Error {
                 Ok(inner) => inner.into(),
                 Err(arc) => shared(&arc),
             },
-            D::ArrowError(a, _) => match *a {
-                ArrowError::ExternalError(b) => from_boxed(b),
-                other => Error::Execution(other.to_string()),
-            },
+            D::ArrowError(a, _) => from_arrow(*a),
             D::Collection(mut errors) if !errors.is_empty() => errors.swap_remove(0).into(),
             D::SQL(p, _) => Error::Sql(p.to_string()),
             D::Plan(m) => match unknown_table(&m) {
@@ -119,8 +137,38 @@ impl From<DataFusionError> for Error {
             e @ D::SchemaError(..) => Error::Plan(e.strip_backtrace()),
             D::NotImplemented(m) => Error::Unsupported(m),
             D::ResourcesExhausted(m) => Error::ResourcesExhausted(m),
+            // DataFusion's execution errors are about the data the query met (a
+            // timestamp that does not parse, a bad regular expression, an argument out
+            // of a function's domain); its own bugs are `Internal`.
+            D::Execution(m) => data_error(m),
             other => Error::Execution(other.strip_backtrace()),
         }
+    }
+}
+
+/// Arrow's kernels report bad values (a failed cast, division by zero, overflow) as
+/// errors of their own kinds; those are the query's, not the server's.
+fn from_arrow(e: ArrowError) -> Error {
+    match e {
+        ArrowError::ExternalError(b) => from_boxed(b),
+        ArrowError::DivideByZero => Error::Data("division by zero".into()),
+        ArrowError::ArithmeticOverflow(m) => Error::Overflow(format!("arithmetic overflow: {m}")),
+        ArrowError::ComputeError(m) if m.contains("verflow") => {
+            Error::Overflow(format!("arithmetic overflow: {m}"))
+        }
+        ArrowError::CastError(m)
+        | ArrowError::ParseError(m)
+        | ArrowError::InvalidArgumentError(m)
+        | ArrowError::ComputeError(m) => data_error(m),
+        other => Error::Execution(other.to_string()),
+    }
+}
+
+fn data_error(m: String) -> Error {
+    if m.contains("verflow") {
+        Error::Overflow(m)
+    } else {
+        Error::Data(m)
     }
 }
 
@@ -143,13 +191,28 @@ fn shared(e: &DataFusionError) -> Error {
     {
         return match q {
             Error::Timeout(d) => Error::Timeout(*d),
+            Error::Cancelled => Error::Cancelled,
             Error::ResourcesExhausted(m) => Error::ResourcesExhausted(m.clone()),
+            Error::Data(m) => Error::Data(m.clone()),
+            Error::Overflow(m) => Error::Overflow(m.clone()),
             other => Error::Execution(other.to_string()),
         };
     }
     match root {
         D::ResourcesExhausted(m) => Error::ResourcesExhausted(m.clone()),
         D::Plan(m) => Error::Plan(m.clone()),
+        D::Execution(m) => data_error(m.clone()),
+        D::ArrowError(a, _) => match a.as_ref() {
+            ArrowError::DivideByZero => Error::Data("division by zero".into()),
+            ArrowError::ArithmeticOverflow(m) => {
+                Error::Overflow(format!("arithmetic overflow: {m}"))
+            }
+            ArrowError::CastError(m)
+            | ArrowError::ParseError(m)
+            | ArrowError::InvalidArgumentError(m)
+            | ArrowError::ComputeError(m) => data_error(m.clone()),
+            other => Error::Execution(other.to_string()),
+        },
         other => Error::Execution(other.strip_backtrace()),
     }
 }

@@ -30,12 +30,14 @@
 //! - Columns a segment predates read as nulls (DataFusion's schema adaptation fills
 //!   table columns missing from a file's schema).
 
+pub mod cancel;
 pub mod catalog;
 pub mod dialect;
 pub mod engine;
 pub mod error;
 pub mod functions;
 pub mod hooks;
+pub mod limits;
 pub mod object_store;
 pub mod provider;
 pub mod sink;
@@ -52,7 +54,7 @@ use datafusion::prelude::SessionContext;
 pub use datafusion;
 
 pub use catalog::VersionedName;
-pub use engine::{Engine, Prepared, QueryConfig};
+pub use engine::{Access, Engine, Prepared, QueryConfig};
 pub use error::{Error, Result};
 pub use hooks::{CatalogHooks, DatasetHooks, HookError};
 pub use object_store::BlobObjectStore;

@@ -7,6 +7,23 @@
 //! listen = "127.0.0.1:50051"       # one port: strata.v1, Arrow Flight, health, reflection
 //! default_shards = 4               # for datasets created without a shard count
 //! max_message_mb = 64              # largest gRPC message accepted
+//! max_connections = 1024           # more are closed as they are accepted
+//! max_streams_per_connection = 256 # concurrent requests on one connection
+//! idle_timeout_s = 300             # a connection with no request open this long closes
+//! handshake_timeout_s = 10         # a connection must start a request within this
+//! max_prepared_per_session = 1000  # open Flight SQL prepared statements per connection
+//!
+//! [tls]                            # both, or neither (plaintext)
+//! cert = "server.pem"              # certificate chain, PEM
+//! key = "server.key"               # its private key, PEM
+//!
+//! [auth]                           # no tokens: no authentication, loopback only
+//! tokens_file = "tokens.toml"      # [[token]] entries, as below
+//! allow_unauthenticated_remote = false
+//! [[auth.token]]                   # `strata token new --name NAME --role ROLE`
+//! name = "loader"
+//! role = "write"                   # read | write | admin
+//! sha256 = "…"                     # of the token; the token itself is never stored
 //!
 //! [ingest]
 //! memory_limit_mb = 512            # unflushed rows; writers wait beyond this
@@ -25,6 +42,8 @@
 //! target_partitions = 0            # scan parallelism; 0 = one per core
 //! threads = 0                      # the query runtime's threads, apart from the
 //!                                  # server's (ingest acks); 0 = one per core
+//! max_statement_kb = 1024          # longer statements are refused
+//! max_expression_depth = 1000      # deeper nesting (a + b + …, UNION chains) refused
 //! ```
 
 use std::net::SocketAddr;
@@ -43,8 +62,42 @@ pub struct ServerConfig {
     pub listen: String,
     pub default_shards: u32,
     pub max_message_mb: usize,
+    pub max_connections: usize,
+    pub max_streams_per_connection: u32,
+    pub idle_timeout_s: u64,
+    pub handshake_timeout_s: u64,
+    pub max_prepared_per_session: usize,
+    pub tls: TlsSettings,
+    pub auth: crate::auth::AuthSettings,
     pub ingest: IngestSettings,
     pub query: QuerySettings,
+}
+
+/// TLS for every service on the port.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The server's certificate chain, PEM.
+    pub cert: Option<PathBuf>,
+    /// Its private key, PEM.
+    pub key: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// The certificate and key, read; `None` for plaintext.
+    pub fn identity(&self) -> Result<Option<tonic::transport::Identity>> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| Error::Config(format!("cannot read {}: {e}", p.display())))
+        };
+        match (&self.cert, &self.key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ))),
+            _ => Err(Error::Config("tls needs both cert and key".into())),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -54,6 +107,8 @@ pub struct QuerySettings {
     pub timeout_ms: u64,
     pub target_partitions: usize,
     pub threads: usize,
+    pub max_statement_kb: usize,
+    pub max_expression_depth: usize,
 }
 
 impl Default for QuerySettings {
@@ -63,6 +118,8 @@ impl Default for QuerySettings {
             timeout_ms: 300_000,
             target_partitions: 0,
             threads: 0,
+            max_statement_kb: strata_query::limits::DEFAULT_MAX_STATEMENT_BYTES >> 10,
+            max_expression_depth: strata_query::limits::DEFAULT_MAX_DEPTH,
         }
     }
 }
@@ -87,6 +144,13 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:50051".into(),
             default_shards: 4,
             max_message_mb: 64,
+            max_connections: 1024,
+            max_streams_per_connection: 256,
+            idle_timeout_s: 300,
+            handshake_timeout_s: 10,
+            max_prepared_per_session: 1000,
+            tls: TlsSettings::default(),
+            auth: crate::auth::AuthSettings::default(),
             ingest: IngestSettings::default(),
             query: QuerySettings::default(),
         }
@@ -146,6 +210,24 @@ impl ServerConfig {
         if self.query.memory_limit_mb == 0 {
             return bad("query.memory_limit_mb must be positive".into());
         }
+        if self.query.max_statement_kb == 0 || self.query.max_statement_kb > 64 << 10 {
+            return bad("query.max_statement_kb must be 1..=65536".into());
+        }
+        if !(16..=10_000).contains(&self.query.max_expression_depth) {
+            return bad("query.max_expression_depth must be 16..=10000".into());
+        }
+        if self.max_connections == 0
+            || self.max_streams_per_connection == 0
+            || self.idle_timeout_s == 0
+            || self.handshake_timeout_s == 0
+            || self.max_prepared_per_session == 0
+        {
+            return bad(
+                "max_connections, max_streams_per_connection, idle_timeout_s, \
+                 handshake_timeout_s and max_prepared_per_session must be positive"
+                    .into(),
+            );
+        }
         if i.flush_interval_ms == 0 || i.flush_rows == 0 || i.flush_mb == 0 {
             return bad("flush_interval_ms, flush_rows and flush_mb must be positive".into());
         }
@@ -172,6 +254,15 @@ impl ServerConfig {
         }
     }
 
+    /// The connection limits.
+    pub fn conn_limits(&self) -> crate::conn::ConnLimits {
+        crate::conn::ConnLimits {
+            max_connections: self.max_connections,
+            handshake_timeout: Duration::from_secs(self.handshake_timeout_s),
+            idle_timeout: Duration::from_secs(self.idle_timeout_s),
+        }
+    }
+
     pub fn wal_dir(&self) -> PathBuf {
         self.data_dir.join("wal")
     }
@@ -189,6 +280,8 @@ impl ServerConfig {
             target_partitions: q.target_partitions,
             default_shards: self.default_shards,
             runtime: Some(runtime),
+            max_statement_bytes: q.max_statement_kb << 10,
+            max_expression_depth: q.max_expression_depth,
         }
     }
 

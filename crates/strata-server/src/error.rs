@@ -56,6 +56,7 @@ fn storage_code(e: &StorageError) -> Code {
         StorageError::Conflict { .. } => Code::Aborted,
         StorageError::InvalidArgument(_) => Code::InvalidArgument,
         StorageError::Io { .. } | StorageError::Backend(_) => Code::Unavailable,
+        StorageError::Locked { .. } => Code::FailedPrecondition,
     }
 }
 
@@ -67,8 +68,10 @@ pub fn ingest_code(e: &IngestError) -> Code {
         | IngestError::MalformedIpc { .. }
         | IngestError::SchemaMismatch { .. }
         | IngestError::SequenceNotIncreasing { .. } => Code::InvalidArgument,
+        IngestError::SequenceOutOfRange(_) => Code::OutOfRange,
         IngestError::BatchTooLarge { .. } => Code::ResourceExhausted,
         IngestError::ShuttingDown | IngestError::Wal(_) => Code::Unavailable,
+        IngestError::Locked(_) => Code::FailedPrecondition,
         IngestError::CorruptWal { .. } => Code::DataLoss,
         IngestError::Io { .. } => Code::Internal,
         IngestError::Table(t) => table_code(t),
@@ -93,9 +96,13 @@ impl From<Error> for Status {
 /// versions) are never `Internal`.
 pub fn query_code(e: &QueryError) -> Code {
     match e {
-        QueryError::Sql(_) | QueryError::Plan(_) | QueryError::Unsupported(_) => {
-            Code::InvalidArgument
-        }
+        QueryError::Sql(_)
+        | QueryError::Plan(_)
+        | QueryError::Unsupported(_)
+        | QueryError::TooComplex(_)
+        | QueryError::Data(_) => Code::InvalidArgument,
+        QueryError::Overflow(_) => Code::OutOfRange,
+        QueryError::Cancelled => Code::Cancelled,
         QueryError::Table(t) => table_code(t),
         QueryError::Hook(h) => match h.downcast_ref::<IngestError>() {
             Some(i) => ingest_code(i),

@@ -82,6 +82,16 @@ impl Actions {
             .collect()
     }
 
+    /// The role action `name` needs (unknown actions: read, to learn they are unknown).
+    pub fn access(name: &str) -> strata_query::Access {
+        use strata_query::Access;
+        match name {
+            "flush" => Access::Write,
+            "rollback" | "tag" | "delete_tag" => Access::Admin,
+            _ => Access::Read,
+        }
+    }
+
     /// Runs action `name` with a JSON `body`; returns the JSON result.
     pub async fn run(&self, name: &str, body: &[u8]) -> Result<Vec<u8>, Status> {
         if !ACTIONS.iter().any(|(n, _)| *n == name) {

@@ -27,15 +27,15 @@
 //! reads the result on a background task that it cancels when the cursor moves on, so a
 //! write left to `DoGet` could be cancelled before it ran. Statement tickets carry the
 //! SQL text or the answer, so they need no server state; prepared statements live in
-//! memory until closed (at most [`MAX_PREPARED`] at once) and do not survive a restart.
+//! memory until closed or until their connection goes (see [`crate::prepared`]) and do
+//! not survive a restart.
 //!
 //! Parameters are positional: `$1, $2, …`, or `?` (ADBC's and JDBC's style), which is
 //! numbered `$1, $2, …` in order before planning. A bound value is cast to the type the
 //! planner inferred for its parameter (Python's ints arrive as int64, say, for an int32
 //! column). A query runs with one parameter row; a write runs once per row.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch, UInt64Array};
 use arrow::compute::concat_batches;
@@ -59,29 +59,38 @@ use arrow_flight::sql::{
     TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, ActionType, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage,
-    SchemaAsIpc, Ticket,
+    Action, ActionType, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
+    HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
 };
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
-use strata_ingest::Ingester;
+use strata_ingest::{Ingester, IpcGuard, IpcRefusal};
 use strata_query::catalog::{CATALOG, SCHEMA};
 use strata_query::datafusion::common::ScalarValue;
 use strata_query::datafusion::physical_plan::SendableRecordBatchStream;
 use strata_query::datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use strata_query::dialect::StrataDialect;
-use strata_query::{Engine, Prepared};
+use strata_query::{Access, Engine, Prepared};
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
+use crate::auth::{self, Authenticator, Caller};
+use crate::conn::ConnInfo;
 use crate::error::{query_status, table_code};
 use crate::flight::{BoxStream, FlightIngest};
 use crate::flight_actions::Actions;
+use crate::prepared::{PreparedStatements, Statement};
 
-/// Open prepared statements the server keeps at most; creating one more fails with
-/// `RESOURCE_EXHAUSTED` until some are closed.
-pub const MAX_PREPARED: usize = 10_000;
+/// Who sent a request (none for in-process calls).
+fn caller<T>(request: &Request<T>) -> Option<&Caller> {
+    request.extensions().get::<Caller>()
+}
+
+/// The connection a request came on (none for in-process calls).
+fn conn<T>(request: &Request<T>) -> Option<&ConnInfo> {
+    crate::conn::conn_info(request.extensions())
+}
 
 /// The only table type Strata has.
 const TABLE_TYPE: &str = "TABLE";
@@ -98,8 +107,12 @@ struct Inner {
     engine: Engine,
     ingest: FlightIngest,
     actions: Actions,
-    prepared: Mutex<HashMap<Bytes, Statement>>,
+    prepared: Arc<PreparedStatements>,
     sql_info: SqlInfoData,
+    /// Most bytes bound parameters (or a forged answer ticket) may decode into.
+    max_decoded: usize,
+    /// The accepted tokens, for Handshake; `None` without authentication.
+    auth: Option<Arc<Authenticator>>,
 }
 
 impl std::fmt::Debug for StrataFlight {
@@ -110,23 +123,25 @@ impl std::fmt::Debug for StrataFlight {
     }
 }
 
-/// A prepared statement: its SQL and the parameter rows last bound to it.
-#[derive(Clone)]
-struct Statement {
-    sql: String,
-    parameters: usize,
-    bound: Option<RecordBatch>,
-}
-
 impl StrataFlight {
-    pub fn new(ingester: Ingester, engine: Engine) -> Self {
+    /// `max_decoded`: the most bytes the Arrow data of one request (parameter rows)
+    /// may decode into.
+    pub fn new(
+        ingester: Ingester,
+        engine: Engine,
+        max_decoded: usize,
+        max_prepared_per_session: usize,
+        auth: Option<Arc<Authenticator>>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine,
                 ingest: FlightIngest::new(ingester.clone()),
                 actions: Actions::new(ingester),
-                prepared: Mutex::new(HashMap::new()),
+                prepared: PreparedStatements::new(max_prepared_per_session),
                 sql_info: sql_info(),
+                max_decoded,
+                auth,
             }),
         }
     }
@@ -135,29 +150,36 @@ impl StrataFlight {
         &self.inner.engine
     }
 
-    async fn prepare(&self, sql: &str) -> Result<Prepared, Status> {
-        let sql = number_placeholders(sql)?;
-        debug!(sql = %sql, "flight sql: prepare");
-        self.engine().prepare(&sql).await.map_err(query_status)
+    /// The open prepared statements of every session.
+    pub fn prepared_statements(&self) -> Arc<PreparedStatements> {
+        self.inner.prepared.clone()
     }
 
-    fn statement(&self, handle: &Bytes) -> Result<Statement, Status> {
-        self.inner
-            .prepared
-            .lock()
-            .expect("prepared statements")
-            .get(handle)
-            .cloned()
-            .ok_or_else(|| unknown_handle(handle))
+    /// Plans a statement for `caller`, who must have the role it needs.
+    async fn prepare(&self, caller: Option<&Caller>, sql: &str) -> Result<Prepared, Status> {
+        self.engine().check_size(sql).map_err(query_status)?;
+        let sql = number_placeholders(sql)?;
+        debug!(sql = %sql, "flight sql: prepare");
+        let prepared = self.engine().prepare(&sql).await.map_err(query_status)?;
+        if let Some(caller) = caller {
+            caller.require(prepared.access(), "this statement")?;
+        }
+        Ok(prepared)
+    }
+
+    fn statement(&self, conn: Option<&ConnInfo>, handle: &Bytes) -> Result<Statement, Status> {
+        self.inner.prepared.get(conn, handle)
     }
 
     /// Runs a prepared statement's query with its one bound parameter row.
     async fn run_prepared_query(
         &self,
+        caller: Option<&Caller>,
+        conn: Option<&ConnInfo>,
         handle: &Bytes,
     ) -> Result<SendableRecordBatchStream, Status> {
-        let statement = self.statement(handle)?;
-        let prepared = self.prepare(&statement.sql).await?;
+        let statement = self.statement(conn, handle)?;
+        let prepared = self.prepare(caller, &statement.sql).await?;
         let params = match &statement.bound {
             None => vec![],
             Some(rows) if rows.num_rows() == 1 => parameter_row(&prepared, rows, 0)?,
@@ -222,15 +244,9 @@ fn ipc_stream(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Bytes, Stat
     Ok(Bytes::from(out))
 }
 
-fn ipc_batches(ipc: Bytes) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
-    let bad = |e: arrow::error::ArrowError| {
-        Status::invalid_argument(format!("not a statement ticket of this server: {e}"))
-    };
-    let reader =
-        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None).map_err(bad)?;
-    let schema = reader.schema();
-    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(bad)?;
-    Ok((schema, batches))
+fn ipc_batches(ipc: Bytes, max_decoded: usize) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+    strata_ingest::ipc::decode_stream(&ipc, max_decoded)
+        .map_err(|e| Status::invalid_argument(format!("not a statement ticket of this server: {e}")))
 }
 
 /// Runs a write statement now (once per parameter row) and describes its answer, which
@@ -251,12 +267,6 @@ async fn run_write_for_info(
     Ok(info.map(|i| i.with_total_records(rows as i64)))
 }
 
-fn unknown_handle(handle: &Bytes) -> Status {
-    Status::not_found(format!(
-        "no open prepared statement {:?} (closed, or the server restarted): prepare it again",
-        String::from_utf8_lossy(handle)
-    ))
-}
 
 fn internal<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> Status + '_ {
     move |e| Status::internal(format!("{what}: {e}"))
@@ -443,9 +453,26 @@ async fn run_write(
 
 /// The parameter rows of a `DoPut`: `None` when it carries no columns (a bare
 /// descriptor, or an empty batch).
-async fn read_parameters(stream: PeekableFlightDataStream) -> Result<Option<RecordBatch>, Status> {
+async fn read_parameters(
+    stream: PeekableFlightDataStream,
+    max_decoded: usize,
+) -> Result<Option<RecordBatch>, Status> {
+    // Each message is checked before arrow-rs decodes it: sizes from the wire are not
+    // trusted (see strata_ingest::ipc).
+    let mut guard = IpcGuard::new(max_decoded);
     let data = stream
         .try_filter(|d| futures::future::ready(!d.data_header.is_empty()))
+        .and_then(move |d| {
+            let checked = guard.check(&d.data_header, &d.data_body).map(|()| d);
+            futures::future::ready(checked.map_err(|e| match e {
+                IpcRefusal::TooLarge { .. } => Status::resource_exhausted(format!(
+                    "parameter batches: {e}"
+                )),
+                IpcRefusal::Malformed(m) => {
+                    Status::invalid_argument(format!("malformed parameter batches: {m}"))
+                }
+            }))
+        })
         .map_err(FlightError::from);
     let mut batches = FlightRecordBatchStream::new_from_flight_data(data);
     let mut rows = Vec::new();
@@ -554,6 +581,44 @@ fn like(pattern: &str, text: &str) -> bool {
 impl FlightSqlService for StrataFlight {
     type FlightService = StrataFlight;
 
+    /// Basic authentication (`name:token`, as ADBC's username/password and arrow-rs's
+    /// `handshake` send it) traded for the bearer token to send on every later call.
+    async fn do_handshake(
+        &self,
+        request: Request<tonic::Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<std::pin::Pin<Box<dyn futures::Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        let token = match &self.inner.auth {
+            None => None,
+            Some(auth) => {
+                let header = request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok());
+                let caller = auth.from_header(header)?;
+                debug!(name = caller.name, "flight handshake");
+                header.and_then(auth::token_of)
+            }
+        };
+        let payload = Bytes::from(token.clone().unwrap_or_default());
+        let mut response = Response::new(Box::pin(futures::stream::once(async move {
+            Ok(HandshakeResponse {
+                protocol_version: 0,
+                payload,
+            })
+        }))
+            as std::pin::Pin<Box<dyn futures::Stream<Item = Result<HandshakeResponse, Status>> + Send>>);
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Status::invalid_argument("the token is not a valid header value"))?;
+            response.metadata_mut().insert("authorization", value);
+        }
+        Ok(response)
+    }
+
     // ---- statements ----------------------------------------------------------------
 
     async fn get_flight_info_statement(
@@ -564,7 +629,7 @@ impl FlightSqlService for StrataFlight {
         if query.transaction_id.is_some() {
             return Err(no_transactions());
         }
-        let prepared = self.prepare(&query.query).await?;
+        let prepared = self.prepare(caller(&request), &query.query).await?;
         if !prepared.parameters().map_err(query_status)?.is_empty() {
             return Err(Status::invalid_argument(
                 "the statement has parameters: create a prepared statement and bind values to it",
@@ -583,17 +648,17 @@ impl FlightSqlService for StrataFlight {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<arrow_flight::Ticket>,
+        request: Request<arrow_flight::Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         match StatementTicket::decode(&ticket)? {
             StatementTicket::Query(sql) => {
-                let prepared = self.prepare(&sql).await?;
+                let prepared = self.prepare(caller(&request), &sql).await?;
                 check_all_bound(&prepared, 0)?;
                 let stream = prepared.execute(vec![]).await.map_err(query_status)?;
                 Ok(flight_stream(stream))
             }
             StatementTicket::Answer(ipc) => {
-                let (schema, batches) = ipc_batches(ipc)?;
+                let (schema, batches) = ipc_batches(ipc, self.inner.max_decoded)?;
                 let data = FlightDataEncoderBuilder::new()
                     .with_schema(schema)
                     .build(futures::stream::iter(batches.into_iter().map(Ok)))
@@ -606,12 +671,12 @@ impl FlightSqlService for StrataFlight {
     async fn do_put_statement_update(
         &self,
         command: CommandStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         if command.transaction_id.is_some() {
             return Err(no_transactions());
         }
-        let prepared = self.prepare(&command.query).await?;
+        let prepared = self.prepare(caller(&request), &command.query).await?;
         Ok(affected_rows(&run_write(&prepared, None).await?))
     }
 
@@ -620,33 +685,26 @@ impl FlightSqlService for StrataFlight {
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         if query.transaction_id.is_some() {
             return Err(no_transactions());
         }
-        let prepared = self.prepare(&query.query).await?;
+        let prepared = self.prepare(caller(&request), &query.query).await?;
         let parameters = parameter_schema(&prepared)?;
         let result = ActionCreatePreparedStatementResult {
             prepared_statement_handle: Bytes::new(),
             dataset_schema: schema_bytes(&prepared.schema())?,
             parameter_schema: schema_bytes(&parameters)?,
         };
-        let handle = Bytes::from(format!("ps-{}", uuid::Uuid::new_v4()));
-        let mut open = self.inner.prepared.lock().expect("prepared statements");
-        if open.len() >= MAX_PREPARED {
-            return Err(Status::resource_exhausted(format!(
-                "{MAX_PREPARED} prepared statements are open: close some (ClosePreparedStatement)"
-            )));
-        }
-        open.insert(
-            handle.clone(),
+        let handle = self.inner.prepared.insert(
+            conn(&request),
             Statement {
                 sql: query.query,
                 parameters: parameters.fields().len(),
                 bound: None,
             },
-        );
+        )?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle,
             ..result
@@ -659,17 +717,14 @@ impl FlightSqlService for StrataFlight {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let handle = query.prepared_statement_handle;
-        let expected = self.statement(&handle)?.parameters;
-        let rows = read_parameters(request.into_inner()).await?;
+        let conn = conn(&request).cloned();
+        let expected = self.statement(conn.as_ref(), &handle)?.parameters;
+        let rows = read_parameters(request.into_inner(), self.inner.max_decoded).await?;
         let given = rows.as_ref().map_or(0, |r| r.num_columns());
         if given != expected {
             return Err(wrong_parameter_count(expected, given));
         }
-        let mut open = self.inner.prepared.lock().expect("prepared statements");
-        let statement = open
-            .get_mut(&handle)
-            .ok_or_else(|| unknown_handle(&handle))?;
-        statement.bound = rows;
+        self.inner.prepared.bind(conn.as_ref(), &handle, rows)?;
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(handle),
         })
@@ -680,8 +735,8 @@ impl FlightSqlService for StrataFlight {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let statement = self.statement(&query.prepared_statement_handle)?;
-        let prepared = self.prepare(&statement.sql).await?;
+        let statement = self.statement(conn(&request), &query.prepared_statement_handle)?;
+        let prepared = self.prepare(caller(&request), &statement.sql).await?;
         if !prepared.is_query() {
             return run_write_for_info(&prepared, statement.bound.as_ref(), request.into_inner())
                 .await;
@@ -696,10 +751,14 @@ impl FlightSqlService for StrataFlight {
     async fn do_get_prepared_statement(
         &self,
         query: CommandPreparedStatementQuery,
-        _request: Request<arrow_flight::Ticket>,
+        request: Request<arrow_flight::Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let stream = self
-            .run_prepared_query(&query.prepared_statement_handle)
+            .run_prepared_query(
+                caller(&request),
+                conn(&request),
+                &query.prepared_statement_handle,
+            )
             .await?;
         Ok(flight_stream(stream))
     }
@@ -709,28 +768,27 @@ impl FlightSqlService for StrataFlight {
         query: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let statement = self.statement(&query.prepared_statement_handle)?;
+        let statement = self.statement(conn(&request), &query.prepared_statement_handle)?;
+        let who = caller(&request).cloned();
         // Rows sent with the update (ADBC's executemany) win over rows bound before.
-        let rows = match read_parameters(request.into_inner()).await? {
+        let rows = match read_parameters(request.into_inner(), self.inner.max_decoded).await? {
             Some(rows) => Some(rows),
             None => statement.bound,
         };
-        let prepared = self.prepare(&statement.sql).await?;
+        let prepared = self.prepare(who.as_ref(), &statement.sql).await?;
         Ok(affected_rows(&run_write(&prepared, rows.as_ref()).await?))
     }
 
     async fn do_action_close_prepared_statement(
         &self,
         query: ActionClosePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<(), Status> {
         // Closing is idempotent: a handle already gone (closed, or lost in a restart)
         // needs no cleanup.
         self.inner
             .prepared
-            .lock()
-            .expect("prepared statements")
-            .remove(&query.prepared_statement_handle);
+            .remove(conn(&request), &query.prepared_statement_handle);
         Ok(())
     }
 
@@ -906,6 +964,7 @@ impl FlightSqlService for StrataFlight {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         use arrow_flight::sql::{TableExistsOption, TableNotExistOption};
+        auth::require(&request, Access::Write, "ingest")?;
         if command.temporary {
             return Err(Status::unimplemented("temporary tables: Strata has none"));
         }
@@ -970,6 +1029,7 @@ impl FlightSqlService for StrataFlight {
         request: Request<PeekableFlightDataStream>,
         message: Any,
     ) -> Result<Response<BoxStream<arrow_flight::PutResult>>, Status> {
+        auth::require(&request, Access::Write, "DoPut into a dataset")?;
         let mut stream = request.into_inner();
         let first = match stream.next().await {
             Some(first) => first?,
@@ -1009,6 +1069,8 @@ impl FlightSqlService for StrataFlight {
         &self,
         request: Request<Action>,
     ) -> Result<Response<BoxStream<arrow_flight::Result>>, Status> {
+        let access = Actions::access(&request.get_ref().r#type);
+        auth::require(&request, access, &format!("the {} action", request.get_ref().r#type))?;
         let action = request.into_inner();
         let body = self.inner.actions.run(&action.r#type, &action.body).await?;
         let result = arrow_flight::Result {

@@ -25,6 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
+use crate::auth::Caller;
 use crate::error::{ingest_status, query_status, table_status};
 
 /// Acks not yet sent on one stream; beyond this the stream is not read further.
@@ -343,9 +344,14 @@ impl Strata for StrataService {
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let sql = request.into_inner().sql;
         debug!(sql, "query");
-        let stream = Box::pin(self.engine.execute(&sql))
+        let prepared = self.engine.prepare(&sql).await.map_err(query_status)?;
+        if let Some(caller) = caller {
+            caller.require(prepared.access(), "this statement")?;
+        }
+        let stream = Box::pin(prepared.execute(vec![]))
             .await
             .map_err(query_status)?;
         Ok(Response::new(ipc_messages(stream)?))

@@ -23,6 +23,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Another process (or another handle in this one) holds the directory's lock.
+    #[error("{path} is in use by {owner}: one server per data directory")]
+    Locked { path: String, owner: String },
     /// The backend failed in a way that is not one of the above (network, server error).
     #[error("storage backend: {0}")]
     Backend(String),

@@ -21,11 +21,13 @@ pub mod conformance;
 pub mod counting;
 pub mod error;
 pub mod local;
+pub mod lock;
 pub mod memory;
 pub mod traits;
 
 pub use counting::{BlobCounts, CountingBlobStore};
 pub use error::{Error, Result};
 pub use local::LocalStore;
+pub use lock::DirLock;
 pub use memory::{MemoryBlobStore, MemoryMetaStore};
 pub use traits::{BlobMeta, BlobStore, MetaStore, check_range, validate_path, validate_prefix};

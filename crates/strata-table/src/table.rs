@@ -174,6 +174,11 @@ impl Catalog {
         &self.options
     }
 
+    /// The stores the catalog keeps its datasets in.
+    pub fn stores(&self) -> (Arc<dyn BlobStore>, Arc<dyn MetaStore>) {
+        (self.blobs.clone(), self.meta.clone())
+    }
+
     /// Creates a dataset; its version 1 is the empty table with `spec`'s schema.
     pub async fn create_table(&self, spec: DatasetSpec) -> Result<Table> {
         let id = uuid::Uuid::now_v7().simple().to_string();
@@ -243,20 +248,78 @@ impl Catalog {
             .collect())
     }
 
-    /// Drops a dataset: the name disappears at once, then its records and blobs are removed.
+    /// Drops a dataset: the name disappears at once (it can be created again, as a new
+    /// dataset); its records and blobs stay for `blob_grace_ms`, so queries that
+    /// started before the drop finish reading it, and are removed by a later
+    /// [`Catalog::purge_dropped`] (which this call also runs for earlier drops).
     pub async fn drop_table(&self, name: &str) -> Result<()> {
         let table = self.open_table(name).await?;
+        let marker = DroppedRecord {
+            name: name.to_string(),
+            dropped_ms: now_ms(),
+        };
+        let body = serde_json::to_vec(&marker).expect("drop records serialize");
+        match self
+            .meta
+            .put_if_absent(&dropped_key(&table.inner.id), Bytes::from(body))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_conflict() => {} // dropped before, and the name came back?
+            Err(e) => return Err(e.into()),
+        }
         self.meta.delete(&dataset_key(name)).await?;
-        let prefix = format!("tables/{}/", table.inner.id);
-        for key in self.meta.list(&prefix).await? {
-            self.meta.delete(&key).await?;
-        }
-        for blob in self.blobs.list(&prefix).await? {
-            self.blobs.delete(&blob.path).await?;
-        }
         info!(dataset = name, "dropped dataset");
+        if let Err(e) = self.purge_dropped().await {
+            warn!(error = %e, "removing the files of dropped datasets failed; retried later");
+        }
         Ok(())
     }
+
+    /// Removes the records and blobs of datasets dropped longer than `blob_grace_ms`
+    /// ago; returns how many datasets it removed.
+    pub async fn purge_dropped(&self) -> Result<usize> {
+        let now = now_ms();
+        let mut purged = 0;
+        for key in self.meta.list(DROPPED_PREFIX).await? {
+            let Some(id) = key.strip_prefix(DROPPED_PREFIX) else {
+                continue;
+            };
+            let Some(bytes) = self.meta.get(&key).await? else {
+                continue;
+            };
+            let marker: DroppedRecord =
+                serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(&key, e))?;
+            if now - marker.dropped_ms < self.options.blob_grace_ms {
+                continue;
+            }
+            let prefix = format!("tables/{id}/");
+            for record in self.meta.list(&prefix).await? {
+                self.meta.delete(&record).await?;
+            }
+            for blob in self.blobs.list(&prefix).await? {
+                self.blobs.delete(&blob.path).await?;
+            }
+            self.meta.delete(&key).await?;
+            info!(dataset = marker.name, id, "removed the files of a dropped dataset");
+            purged += 1;
+        }
+        Ok(purged)
+    }
+}
+
+/// Where a dropped dataset waits for its files to be removed.
+const DROPPED_PREFIX: &str = "dropped/";
+
+fn dropped_key(id: &str) -> String {
+    format!("{DROPPED_PREFIX}{id}")
+}
+
+/// A dropped dataset whose files are kept for readers until the grace period ends.
+#[derive(Debug, Serialize, Deserialize)]
+struct DroppedRecord {
+    name: String,
+    dropped_ms: i64,
 }
 
 fn version_key(id: &str, v: u64) -> String {
@@ -775,7 +838,16 @@ impl Table {
     /// no missing, extra or mistyped columns, no nulls in non-nullable columns.
     pub fn conform(&self, schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch> {
         let given = batch.schema();
+        let mut seen = std::collections::HashSet::with_capacity(given.fields().len());
         for f in given.fields() {
+            // A name given twice would be read from its first column only, silently
+            // dropping the other.
+            if !seen.insert(f.name()) {
+                return Err(Error::SchemaMismatch(format!(
+                    "column {:?} is given more than once",
+                    f.name()
+                )));
+            }
             if schema.field_with_name(f.name()).is_err() {
                 return Err(Error::SchemaMismatch(format!(
                     "column {:?} is not in dataset {:?}",

@@ -17,13 +17,13 @@ use strata_table::VersionSpec;
 use tonic::Code;
 use tonic::transport::Channel;
 
-async fn start(dir: &std::path::Path, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
+pub(crate) async fn start(dir: &std::path::Path, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
     let mut config = ServerConfig::ephemeral(dir.to_path_buf());
     tweak(&mut config);
     Server::start(config).await.unwrap()
 }
 
-async fn client(server: &Server) -> StrataClient<Channel> {
+pub(crate) async fn client(server: &Server) -> StrataClient<Channel> {
     StrataClient::connect(server.url())
         .await
         .unwrap()
@@ -31,7 +31,7 @@ async fn client(server: &Server) -> StrataClient<Channel> {
         .max_encoding_message_size(256 << 20)
 }
 
-fn schema() -> SchemaRef {
+pub(crate) fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("k", DataType::Utf8, false),
         Field::new("t", DataType::Int64, false),
@@ -39,7 +39,7 @@ fn schema() -> SchemaRef {
     ]))
 }
 
-async fn create(c: &mut StrataClient<Channel>, name: &str, row_key: bool) {
+pub(crate) async fn create(c: &mut StrataClient<Channel>, name: &str, row_key: bool) {
     let col = |name: &str, ty: &str, nullable| Column {
         name: name.into(),
         r#type: ty.into(),
@@ -63,7 +63,7 @@ async fn create(c: &mut StrataClient<Channel>, name: &str, row_key: bool) {
 }
 
 /// Rows `t = first..first+n` over five keys.
-fn batch(first: i64, n: i64) -> RecordBatch {
+pub(crate) fn batch(first: i64, n: i64) -> RecordBatch {
     RecordBatch::try_new(
         schema(),
         vec![
@@ -79,7 +79,7 @@ fn batch(first: i64, n: i64) -> RecordBatch {
     .unwrap()
 }
 
-fn ipc(b: &RecordBatch) -> Bytes {
+pub(crate) fn ipc(b: &RecordBatch) -> Bytes {
     let mut out = Vec::new();
     let mut w = StreamWriter::try_new(&mut out, &b.schema()).unwrap();
     w.write(b).unwrap();
@@ -90,13 +90,13 @@ fn ipc(b: &RecordBatch) -> Bytes {
 
 /// What one Ingest stream saw.
 #[derive(Debug)]
-struct Outcome {
-    last_sequence: u64,
-    acks: Vec<IngestAck>,
-    status: Option<tonic::Status>,
+pub(crate) struct Outcome {
+    pub(crate) last_sequence: u64,
+    pub(crate) acks: Vec<IngestAck>,
+    pub(crate) status: Option<tonic::Status>,
 }
 
-async fn ingest(
+pub(crate) async fn ingest(
     c: &mut StrataClient<Channel>,
     dataset: &str,
     producer: &str,

@@ -23,7 +23,7 @@ use strata_server::{Server, ServerConfig};
 use tonic::Code;
 use tonic::transport::Channel;
 
-type Client = FlightSqlServiceClient<Channel>;
+pub(crate) type Client = FlightSqlServiceClient<Channel>;
 
 async fn start(dir: &std::path::Path) -> Server {
     Server::start(ServerConfig::ephemeral(dir.to_path_buf()))
@@ -31,7 +31,7 @@ async fn start(dir: &std::path::Path) -> Server {
         .unwrap()
 }
 
-async fn channel(server: &Server) -> Channel {
+pub(crate) async fn channel(server: &Server) -> Channel {
     Channel::from_shared(server.url())
         .unwrap()
         .connect()
@@ -39,12 +39,12 @@ async fn channel(server: &Server) -> Channel {
         .unwrap()
 }
 
-async fn client(server: &Server) -> Client {
+pub(crate) async fn client(server: &Server) -> Client {
     FlightSqlServiceClient::new(channel(server).await)
 }
 
 /// The gRPC status inside a client error.
-fn status(e: FlightError) -> tonic::Status {
+pub(crate) fn status(e: FlightError) -> tonic::Status {
     match e {
         FlightError::Tonic(s) => *s,
         other => panic!("not a gRPC status: {other}"),
@@ -52,13 +52,13 @@ fn status(e: FlightError) -> tonic::Status {
 }
 
 /// Fetches every endpoint of a FlightInfo.
-async fn fetch(c: &mut Client, info: FlightInfo) -> Result<Vec<RecordBatch>, FlightError> {
+pub(crate) async fn fetch(c: &mut Client, info: FlightInfo) -> Result<Vec<RecordBatch>, FlightError> {
     assert_eq!(info.endpoint.len(), 1, "one endpoint");
     let ticket = info.endpoint[0].ticket.clone().expect("a ticket");
     c.do_get(ticket).await?.try_collect().await
 }
 
-async fn query(c: &mut Client, sql: &str) -> Result<Vec<RecordBatch>, FlightError> {
+pub(crate) async fn query(c: &mut Client, sql: &str) -> Result<Vec<RecordBatch>, FlightError> {
     let info = c.execute(sql.to_string(), None).await?;
     fetch(c, info).await
 }

@@ -1,4 +1,6 @@
 //! End-to-end tests through a real server on a loopback port.
 
+mod auth;
 mod e2e;
 mod flight_sql;
+mod hostile;

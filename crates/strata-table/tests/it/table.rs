@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field};
 use strata_table::{
-    CmpOp, Error, Operation, Predicate, TableOptions, VacuumPolicy, VersionSpec, WriteOutcome,
+    Catalog, CmpOp, Error, Operation, Predicate, TableOptions, VacuumPolicy, VersionSpec, WriteOutcome,
 };
 use strata_types::Value;
 
@@ -509,7 +509,24 @@ async fn catalog_lists_and_drops() {
         cat.open_table("b").await,
         Err(Error::DatasetNotFound(_))
     ));
-    assert!(t.blobs().list("").await.unwrap().is_empty());
+    assert_eq!(cat.list_tables().await.unwrap(), ["a"]);
+    // Within the grace period a reader that opened the table before reads it whole.
+    assert_eq!(read(&t, VersionSpec::Head).await.len(), 1);
+    assert!(!t.blobs().list("").await.unwrap().is_empty());
+    assert_eq!(cat.purge_dropped().await.unwrap(), 0);
+    // The name is free at once; the new dataset is another one.
+    let b2 = cat.create_table(kv_spec("b", 1, true)).await.unwrap();
+    assert_eq!(read(&b2, VersionSpec::Head).await.len(), 0);
+    // After the grace period the files go, and only those of the dropped dataset.
+    let mut opts = TableOptions::default();
+    opts.blob_grace_ms = 0;
+    let (blobs, meta) = cat.stores();
+    let later = Catalog::with_options(blobs, meta, opts);
+    assert_eq!(later.purge_dropped().await.unwrap(), 1);
+    assert!(t.blobs().list(&format!("tables/{}/", t.id())).await.unwrap().is_empty());
+    assert_eq!(later.purge_dropped().await.unwrap(), 0);
+    put(&b2, &[("y", 2, None)]).await;
+    assert_eq!(read(&b2, VersionSpec::Head).await.len(), 1);
     assert!(matches!(
         cat.open_table("no/pe").await,
         Err(Error::Types(_))
