@@ -59,7 +59,7 @@ use strata_datagen::{WeatherFeed, weather_spec};
 use strata_ingest::IngestStats;
 use strata_proto::v1::strata_client::StrataClient;
 use strata_proto::v1::{
-    Column, CreateDatasetRequest, DatasetSpec as PbSpec, DescribeDatasetRequest, FlushRequest,
+    CreateDatasetRequest, DatasetSpec as PbSpec, DescribeDatasetRequest, FlushRequest,
     IngestBatch, IngestOpen, IngestRequest, IngestResponse, ingest_request, ingest_response,
 };
 use strata_server::{Server, ServerConfig};
@@ -560,22 +560,7 @@ async fn poll_visibility(
 }
 
 fn dataset_spec(shards: u32) -> PbSpec {
-    let def = weather_spec().to_def();
-    PbSpec {
-        name: DATASET.into(),
-        columns: def
-            .columns
-            .into_iter()
-            .map(|c| Column {
-                name: c.name,
-                r#type: c.data_type,
-                nullable: c.nullable,
-            })
-            .collect(),
-        partition_key: def.partition_key,
-        row_key: def.row_key,
-        shards,
-    }
+    strata_benches::weather_dataset(DATASET, shards)
 }
 
 async fn run_strata(args: &Args, load: &[ProducerLoad]) -> Result<StrataRun, String> {

@@ -80,6 +80,24 @@ enum Command {
     /// Make access tokens for the server's configuration.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Make certificates for trying TLS.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Write a private certificate authority (ca.pem, for clients' --tls-ca) and a
+    /// server certificate it signed (server.pem, server.key, for serve's --tls-cert and
+    /// --tls-key). For trying TLS; production uses certificates of its own PKI.
+    SelfSigned {
+        /// Directory to write the files into.
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// Names and addresses the server certificate is valid for.
+        #[arg(long = "host", default_values = ["localhost", "127.0.0.1"])]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,12 +154,21 @@ async fn run(cli: Cli) -> strata_cli::Result<()> {
             versions::compact(&mut client::connect(server).await?, &dataset, &mut out).await
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Tls(TlsCommand::SelfSigned { out, hosts }) => {
+            let files = strata_server::tls::write_self_signed(&out, &hosts)
+                .map_err(|e| strata_cli::Error::Usage(e.to_string()))?;
+            println!("certificate authority (clients: --tls-ca): {}", files.ca.display());
+            println!("server certificate (--tls-cert):         {}", files.cert.display());
+            println!("server key (--tls-key):                  {}", files.key.display());
+            Ok(())
+        }
         Command::Token(TokenCommand::New { name, role }) => {
             let token = strata_server::auth::new_token();
             println!("token: {token}");
+            println!("(give it to the client; the server keeps only its hash)");
             println!();
-            println!("# for the server's configuration ([[auth.token]]) or tokens file ([[token]]):");
-            println!("[[auth.token]]");
+            println!("# for the tokens file (--tokens-file), or as [[auth.token]] in the configuration:");
+            println!("[[token]]");
             println!("name = {name:?}");
             println!("role = {role:?}");
             println!("sha256 = {:?}", strata_server::auth::token_hash(&token));

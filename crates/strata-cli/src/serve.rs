@@ -118,6 +118,9 @@ mod tests {
             memory_limit_mb: None,
             max_batch_mb: None,
             flush_interval_ms: None,
+            tls_cert: None,
+            tls_key: None,
+            tokens_file: None,
             log: None,
         }
     }

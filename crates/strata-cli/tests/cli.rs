@@ -115,3 +115,87 @@ async fn sql_and_version_commands_from_the_binary() {
 
     server.shutdown().await.unwrap();
 }
+
+/// Runs `strata ARGS` with extra environment variables and no server preset.
+async fn strata_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(&args)
+            .envs(env)
+            .env("HOME", "/nonexistent")
+            .env_remove("STRATA_TOKEN")
+            .env_remove("STRATA_TLS_CA")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_a_token_from_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    let out = strata_env(&["tls", "self-signed", "--out", tls.to_str().unwrap()], &[]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // `strata token new` prints the token and the entry for the tokens file.
+    let out = strata_env(&["token", "new", "--name", "ci", "--role", "read"], &[]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    let token = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("a token line")
+        .to_string();
+    let entry = &printed[printed.find("[[token]]").expect("an entry")..];
+    std::fs::write(dir.path().join("tokens.toml"), entry).unwrap();
+    assert!(!entry.contains(&token), "the entry holds the hash, not the token");
+
+    let mut config = ServerConfig::ephemeral(dir.path().join("data"));
+    config.tls.cert = Some(tls.join("server.pem"));
+    config.tls.key = Some(tls.join("server.key"));
+    config.auth.tokens_file = Some(dir.path().join("tokens.toml"));
+    let server = Server::start(config).await.unwrap();
+    let address = format!("localhost:{}", server.addr().port());
+    let ca = tls.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+
+    let out = strata_env(
+        &["sql", "--format", "csv", "SELECT 1 AS one"],
+        &[("STRATA_SERVER", &address), ("STRATA_TLS_CA", ca), ("STRATA_TOKEN", &token)],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "one\n1\n");
+    // The same with flags; a read token cannot create.
+    let out = strata_env(
+        &[
+            "--server", &address, "--tls-ca", ca, "--token", &token, "sql",
+            "CREATE TABLE x (k TEXT NOT NULL, PRIMARY KEY (k))",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("PERMISSION_DENIED"), "{}", text(&out.stderr));
+    // Without the token: refused; without the CA: the certificate is not trusted.
+    let out = strata_env(
+        &["sql", "SELECT 1"],
+        &[("STRATA_SERVER", &address), ("STRATA_TLS_CA", ca)],
+    )
+    .await;
+    assert!(text(&out.stderr).contains("UNAUTHENTICATED"), "{}", text(&out.stderr));
+    let out = strata_env(
+        &["sql", "SELECT 1"],
+        &[("STRATA_SERVER", &format!("https://{address}")), ("STRATA_TOKEN", &token)],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    server.shutdown().await.unwrap();
+}

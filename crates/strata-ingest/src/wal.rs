@@ -323,34 +323,49 @@ fn read_file(path: &Path, n: u64, last: bool) -> Result<(Vec<WalEntry>, u64, u64
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(|e| Error::io("reading WAL file", path, e))?;
-    let corrupt = |offset: usize, reason: &str| Error::CorruptWal {
-        path: path.to_path_buf(),
-        offset: offset as u64,
-        reason: reason.to_string(),
-    };
     let total = data.len() as u64;
+    let (entries, valid) = parse_file(Bytes::from(data), n, last).map_err(|(offset, reason)| {
+        Error::CorruptWal {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            reason: reason.to_string(),
+        }
+    })?;
+    let cut = total - valid as u64;
+    if cut > 0 {
+        warn!(path = %path.display(), offset = valid, bytes = cut, "cutting torn tail off the write-ahead log");
+        truncate(path, valid as u64)?;
+    }
+    Ok((entries, total, cut))
+}
+
+/// Parses the bytes of WAL file number `n`: its entries and the length of the valid
+/// prefix (shorter than the data when the newest file, `last`, has a torn tail), or
+/// the offset and nature of the damage. Public for the fuzz target.
+#[doc(hidden)]
+pub fn parse_file(
+    data: Bytes,
+    n: u64,
+    last: bool,
+) -> std::result::Result<(Vec<WalEntry>, usize), (usize, &'static str)> {
     if data.len() < FILE_HEADER {
         if last {
             // Created but its header never synced: nothing in it was acknowledged.
-            truncate(path, 0)?;
-            return Ok((vec![], total, total));
+            return Ok((vec![], 0));
         }
-        return Err(corrupt(0, "file shorter than its header"));
+        return Err((0, "file shorter than its header"));
     }
     if &data[..8] != MAGIC || data[8..16] != n.to_le_bytes() {
-        return Err(corrupt(0, "bad file header"));
+        return Err((0, "bad file header"));
     }
-    let data = Bytes::from(data);
     let mut entries = Vec::new();
     let mut pos = FILE_HEADER;
     while pos < data.len() {
-        let torn =
-            |reason: &str| -> Result<(Vec<WalEntry>, u64, u64)> { Err(corrupt(pos, reason)) };
         if data.len() - pos < ENTRY_HEADER {
             if last {
                 break;
             }
-            return torn("truncated entry header");
+            return Err((pos, "truncated entry header"));
         }
         let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
@@ -359,27 +374,22 @@ fn read_file(path: &Path, n: u64, last: bool) -> Result<(Vec<WalEntry>, u64, u64
             if last {
                 break;
             }
-            return torn("truncated entry");
+            return Err((pos, "truncated entry"));
         }
         let body = data.slice(pos + ENTRY_HEADER..end);
         if crc32c::crc32c(&body) != crc {
             if last {
                 break;
             }
-            return torn("checksum mismatch");
+            return Err((pos, "checksum mismatch"));
         }
         let Some(entry) = decode_body(body) else {
-            return torn("undecodable entry body");
+            return Err((pos, "undecodable entry body"));
         };
         entries.push(entry);
         pos = end;
     }
-    let cut = total - pos as u64;
-    if cut > 0 {
-        warn!(path = %path.display(), offset = pos, bytes = cut, "cutting torn tail off the write-ahead log");
-        truncate(path, pos as u64)?;
-    }
-    Ok((entries, total, cut))
+    Ok((entries, pos))
 }
 
 fn truncate(path: &Path, len: u64) -> Result<()> {

@@ -241,12 +241,7 @@ impl Engine {
     }
 
     async fn within_timeout<T>(&self, f: impl Future<Output = Result<T>>) -> Result<T> {
-        match self.inner.config.timeout {
-            Some(t) => tokio::time::timeout(t, f)
-                .await
-                .unwrap_or(Err(Error::Timeout(t))),
-            None => f.await,
-        }
+        within(self.inner.config.timeout, f).await
     }
 
     /// A session for one statement, with a fresh scan log.
@@ -782,18 +777,29 @@ impl Prepared {
 
     /// Runs the statement with positional parameter values.
     pub async fn execute(&self, params: Vec<ScalarValue>) -> Result<SendableRecordBatchStream> {
+        self.execute_within(params, None).await
+    }
+
+    /// Runs the statement, stopping it at the statement timeout or after `deadline`
+    /// (the client's own, from its request), whichever comes first.
+    pub async fn execute_within(
+        &self,
+        params: Vec<ScalarValue>,
+        deadline: Option<Duration>,
+    ) -> Result<SendableRecordBatchStream> {
         let engine = &self.engine;
         let config = &engine.inner.config;
+        let timeout = shorter(config.timeout, deadline);
         let (plan, state, log) = match &self.body {
             Body::Command(cmd) => {
                 let (engine2, cmd) = (engine.clone(), cmd.clone());
                 let run = engine.on_runtime(async move { engine2.run(&cmd).await });
-                let batch = engine.within_timeout(run).await?;
+                let batch = within(timeout, run).await?;
                 return Ok(one_batch(batch));
             }
             Body::Query { plan, state, log } => (plan.clone(), state.as_ref().clone(), log.clone()),
         };
-        let (timeout, runtime) = (config.timeout, config.runtime.clone());
+        let runtime = config.runtime.clone();
         let token = CancelToken::new(timeout);
         let run = {
             let token = token.clone();
@@ -801,9 +807,7 @@ impl Prepared {
         };
         let start = tokio::time::Instant::now();
         let runtime = runtime.unwrap_or_else(tokio::runtime::Handle::current);
-        let stream = engine
-            .within_timeout(spawn_query(&runtime, run, token))
-            .await?;
+        let stream = within(timeout, spawn_query(&runtime, run, token)).await?;
         Ok(match timeout {
             Some(t) => Box::pin(Deadline {
                 schema: stream.schema(),
@@ -814,6 +818,24 @@ impl Prepared {
             }),
             None => stream,
         })
+    }
+}
+
+/// `f`, cut off with [`Error::Timeout`] after `timeout`.
+async fn within<T>(timeout: Option<Duration>, f: impl Future<Output = Result<T>>) -> Result<T> {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, f)
+            .await
+            .unwrap_or(Err(Error::Timeout(t))),
+        None => f.await,
+    }
+}
+
+/// The shorter of two optional limits.
+fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

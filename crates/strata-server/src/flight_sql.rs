@@ -80,6 +80,7 @@ use crate::conn::ConnInfo;
 use crate::error::{query_status, table_code};
 use crate::flight::{BoxStream, FlightIngest};
 use crate::flight_actions::Actions;
+use crate::service::client_deadline;
 use crate::prepared::{PreparedStatements, Statement};
 
 /// Who sent a request (none for in-process calls).
@@ -177,6 +178,7 @@ impl StrataFlight {
         caller: Option<&Caller>,
         conn: Option<&ConnInfo>,
         handle: &Bytes,
+        deadline: Option<std::time::Duration>,
     ) -> Result<SendableRecordBatchStream, Status> {
         let statement = self.statement(conn, handle)?;
         let prepared = self.prepare(caller, &statement.sql).await?;
@@ -192,7 +194,10 @@ impl StrataFlight {
             }
         };
         check_all_bound(&prepared, params.len())?;
-        prepared.execute(params).await.map_err(query_status)
+        prepared
+            .execute_within(params, deadline)
+            .await
+            .map_err(query_status)
     }
 }
 
@@ -654,7 +659,11 @@ impl FlightSqlService for StrataFlight {
             StatementTicket::Query(sql) => {
                 let prepared = self.prepare(caller(&request), &sql).await?;
                 check_all_bound(&prepared, 0)?;
-                let stream = prepared.execute(vec![]).await.map_err(query_status)?;
+                let deadline = client_deadline(request.metadata());
+                let stream = prepared
+                    .execute_within(vec![], deadline)
+                    .await
+                    .map_err(query_status)?;
                 Ok(flight_stream(stream))
             }
             StatementTicket::Answer(ipc) => {
@@ -758,6 +767,7 @@ impl FlightSqlService for StrataFlight {
                 caller(&request),
                 conn(&request),
                 &query.prepared_statement_handle,
+                client_deadline(request.metadata()),
             )
             .await?;
         Ok(flight_stream(stream))

@@ -27,6 +27,7 @@ pub mod flight_sql;
 pub mod prepared;
 pub mod service;
 pub mod sql;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! The `strata.v1.Strata` gRPC service: datasets, `Ingest` and `Flush`.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use arrow::datatypes::Schema;
 use arrow::ipc::writer::StreamWriter;
@@ -151,6 +152,23 @@ fn tag_to_proto(t: TagInfo) -> PbTagInfo {
         version: t.version,
         created_ms: t.created_ms,
     }
+}
+
+/// The deadline the client gave its call (the `grpc-timeout` header), so a query
+/// stops when its client stops waiting even if the connection stays open.
+pub(crate) fn client_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// Encodes a result stream as one Arrow IPC stream cut into messages: the schema
@@ -345,13 +363,14 @@ impl Strata for StrataService {
         request: Request<QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
+        let deadline = client_deadline(request.metadata());
         let sql = request.into_inner().sql;
         debug!(sql, "query");
         let prepared = self.engine.prepare(&sql).await.map_err(query_status)?;
         if let Some(caller) = caller {
             caller.require(prepared.access(), "this statement")?;
         }
-        let stream = Box::pin(prepared.execute(vec![]))
+        let stream = Box::pin(prepared.execute_within(vec![], deadline))
             .await
             .map_err(query_status)?;
         Ok(Response::new(ipc_messages(stream)?))

@@ -16,21 +16,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 use crate::e2e::{batch, ipc};
 
-/// A certificate authority and a server certificate for localhost it signed; writes
-/// `ca.pem`, `server.pem`, `server.key` into `dir`.
+/// A certificate authority and a server certificate for localhost it signed, in `dir`.
 pub(crate) fn make_certificates(dir: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
+    strata_server::tls::write_self_signed(dir, &["localhost".into(), "127.0.0.1".into()])
         .unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
 }
 
 const TOKENS: [(&str, &str, &str); 3] = [
