@@ -853,10 +853,8 @@ fn killed_server_loses_no_acked_batch() {
         "{ctx}: head {} is below the version Flush returned ({flushed})",
         fin.head
     );
-    let wal: Vec<_> = std::fs::read_dir(dir.path().join("wal"))
-        .expect("read the WAL directory")
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let wal =
+        strata_ingest::wal::log_files(&dir.path().join("wal")).expect("read the WAL directory");
     assert!(
         wal.is_empty(),
         "{ctx}: the WAL directory is not empty after a graceful shutdown: {wal:?}"

@@ -59,8 +59,8 @@ use strata_datagen::{WeatherFeed, weather_spec};
 use strata_ingest::IngestStats;
 use strata_proto::v1::strata_client::StrataClient;
 use strata_proto::v1::{
-    CreateDatasetRequest, DatasetSpec as PbSpec, DescribeDatasetRequest, FlushRequest,
-    IngestBatch, IngestOpen, IngestRequest, IngestResponse, ingest_request, ingest_response,
+    CreateDatasetRequest, DatasetSpec as PbSpec, DescribeDatasetRequest, FlushRequest, IngestBatch,
+    IngestOpen, IngestRequest, IngestResponse, ingest_request, ingest_response,
 };
 use strata_server::{Server, ServerConfig};
 use tokio::net::TcpListener;

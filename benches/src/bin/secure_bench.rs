@@ -167,14 +167,16 @@ async fn ingest(side: &Side, run: usize, batches: &[Bytes], producers: usize) ->
                 })),
             }];
             let n = mine.len();
-            messages.extend(mine.into_iter().enumerate().map(|(i, arrow_ipc)| {
-                IngestRequest {
-                    kind: Some(ingest_request::Kind::Batch(IngestBatch {
-                        sequence: i as u64 + 1,
-                        arrow_ipc,
-                    })),
-                }
-            }));
+            messages.extend(
+                mine.into_iter()
+                    .enumerate()
+                    .map(|(i, arrow_ipc)| IngestRequest {
+                        kind: Some(ingest_request::Kind::Batch(IngestBatch {
+                            sequence: i as u64 + 1,
+                            arrow_ipc,
+                        })),
+                    }),
+            );
             let mut acks = client
                 .ingest(futures::stream::iter(messages))
                 .await
@@ -182,7 +184,10 @@ async fn ingest(side: &Side, run: usize, batches: &[Bytes], producers: usize) ->
                 .into_inner();
             let mut got = 0;
             while let Some(m) = acks.message().await.unwrap() {
-                if matches!(m.kind, Some(strata_proto::v1::ingest_response::Kind::Ack(_))) {
+                if matches!(
+                    m.kind,
+                    Some(strata_proto::v1::ingest_response::Kind::Ack(_))
+                ) {
                     got += 1;
                 }
             }
@@ -243,7 +248,10 @@ fn main() {
         };
         let (p, s) = (med(&mut rates[0]), med(&mut rates[1]));
         println!();
-        println!("{:<28} {:>14} {:>14} {:>8}", "measure", "plain", "tls+auth", "ratio");
+        println!(
+            "{:<28} {:>14} {:>14} {:>8}",
+            "measure", "plain", "tls+auth", "ratio"
+        );
         println!(
             "{:<28} {:>14.0} {:>14.0} {:>8.2}",
             "ingest rows/s",

@@ -50,7 +50,10 @@ pub struct Credentials {
 }
 
 impl Interceptor for Credentials {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(h) = &self.header {
             request.metadata_mut().insert("authorization", h.clone());
         }
@@ -106,9 +109,11 @@ pub async fn connect(url: &str) -> Result<Client> {
         .connect()
         .await
         .map_err(|e| connect_error(chain(&e)))?;
-    Ok(StrataClient::with_interceptor(channel, Credentials { header })
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE))
+    Ok(
+        StrataClient::with_interceptor(channel, Credentials { header })
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE),
+    )
 }
 
 #[cfg(test)]
@@ -117,7 +122,10 @@ mod tests {
 
     #[test]
     fn a_bare_address_gets_a_scheme() {
-        assert_eq!(with_scheme("127.0.0.1:50051", false), "http://127.0.0.1:50051");
+        assert_eq!(
+            with_scheme("127.0.0.1:50051", false),
+            "http://127.0.0.1:50051"
+        );
         assert_eq!(with_scheme("db:1", true), "https://db:1");
         assert_eq!(with_scheme("https://db:1", false), "https://db:1");
     }

@@ -157,9 +157,18 @@ async fn run(cli: Cli) -> strata_cli::Result<()> {
         Command::Tls(TlsCommand::SelfSigned { out, hosts }) => {
             let files = strata_server::tls::write_self_signed(&out, &hosts)
                 .map_err(|e| strata_cli::Error::Usage(e.to_string()))?;
-            println!("certificate authority (clients: --tls-ca): {}", files.ca.display());
-            println!("server certificate (--tls-cert):         {}", files.cert.display());
-            println!("server key (--tls-key):                  {}", files.key.display());
+            println!(
+                "certificate authority (clients: --tls-ca): {}",
+                files.ca.display()
+            );
+            println!(
+                "server certificate (--tls-cert):         {}",
+                files.cert.display()
+            );
+            println!(
+                "server key (--tls-key):                  {}",
+                files.key.display()
+            );
             Ok(())
         }
         Command::Token(TokenCommand::New { name, role }) => {
@@ -167,7 +176,9 @@ async fn run(cli: Cli) -> strata_cli::Result<()> {
             println!("token: {token}");
             println!("(give it to the client; the server keeps only its hash)");
             println!();
-            println!("# for the tokens file (--tokens-file), or as [[auth.token]] in the configuration:");
+            println!(
+                "# for the tokens file (--tokens-file), or as [[auth.token]] in the configuration:"
+            );
             println!("[[token]]");
             println!("name = {name:?}");
             println!("role = {role:?}");

@@ -36,10 +36,20 @@ pub struct ServeArgs {
     pub flush_interval_ms: Option<u64>,
     /// The server's TLS certificate chain (PEM); with --tls-key, every service on the
     /// port speaks TLS only.
-    #[arg(long, env = "STRATA_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "STRATA_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).
-    #[arg(long, env = "STRATA_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "STRATA_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
     /// A TOML file of accepted tokens (`[[token]]` entries that `strata token new`
     /// prints); without tokens the server takes no credentials and serves loopback only.

@@ -126,10 +126,11 @@ async fn strata_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_strata"))
             .args(&args)
-            .envs(env)
-            .env("HOME", "/nonexistent")
             .env_remove("STRATA_TOKEN")
             .env_remove("STRATA_TLS_CA")
+            .env_remove("STRATA_SERVER")
+            .envs(env)
+            .env("HOME", "/nonexistent")
             .stdin(Stdio::null())
             .output()
             .unwrap()
@@ -155,7 +156,10 @@ async fn tls_and_a_token_from_the_binary() {
         .to_string();
     let entry = &printed[printed.find("[[token]]").expect("an entry")..];
     std::fs::write(dir.path().join("tokens.toml"), entry).unwrap();
-    assert!(!entry.contains(&token), "the entry holds the hash, not the token");
+    assert!(
+        !entry.contains(&token),
+        "the entry holds the hash, not the token"
+    );
 
     let mut config = ServerConfig::ephemeral(dir.path().join("data"));
     config.tls.cert = Some(tls.join("server.pem"));
@@ -168,7 +172,11 @@ async fn tls_and_a_token_from_the_binary() {
 
     let out = strata_env(
         &["sql", "--format", "csv", "SELECT 1 AS one"],
-        &[("STRATA_SERVER", &address), ("STRATA_TLS_CA", ca), ("STRATA_TOKEN", &token)],
+        &[
+            ("STRATA_SERVER", &address),
+            ("STRATA_TLS_CA", ca),
+            ("STRATA_TOKEN", &token),
+        ],
     )
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -176,24 +184,41 @@ async fn tls_and_a_token_from_the_binary() {
     // The same with flags; a read token cannot create.
     let out = strata_env(
         &[
-            "--server", &address, "--tls-ca", ca, "--token", &token, "sql",
+            "--server",
+            &address,
+            "--tls-ca",
+            ca,
+            "--token",
+            &token,
+            "sql",
             "CREATE TABLE x (k TEXT NOT NULL, PRIMARY KEY (k))",
         ],
         &[],
     )
     .await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("PERMISSION_DENIED"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("PERMISSION_DENIED"),
+        "{}",
+        text(&out.stderr)
+    );
     // Without the token: refused; without the CA: the certificate is not trusted.
     let out = strata_env(
         &["sql", "SELECT 1"],
         &[("STRATA_SERVER", &address), ("STRATA_TLS_CA", ca)],
     )
     .await;
-    assert!(text(&out.stderr).contains("UNAUTHENTICATED"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("UNAUTHENTICATED"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = strata_env(
         &["sql", "SELECT 1"],
-        &[("STRATA_SERVER", &format!("https://{address}")), ("STRATA_TOKEN", &token)],
+        &[
+            ("STRATA_SERVER", &format!("https://{address}")),
+            ("STRATA_TOKEN", &token),
+        ],
     )
     .await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));

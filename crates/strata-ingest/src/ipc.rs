@@ -415,7 +415,11 @@ mod tests {
     #[test]
     fn honest_streams_decode_with_and_without_compression() {
         let b = batch(1000);
-        for c in [None, Some(CompressionType::ZSTD), Some(CompressionType::LZ4_FRAME)] {
+        for c in [
+            None,
+            Some(CompressionType::ZSTD),
+            Some(CompressionType::LZ4_FRAME),
+        ] {
             let ipc = Bytes::from(encode(&b, c));
             let (_, batches) = decode_stream(&ipc, 1 << 20).unwrap();
             assert_eq!(batches, vec![b.clone()], "{c:?}");

@@ -37,7 +37,7 @@ pub mod wal;
 
 pub use error::{Error, Result};
 pub use ingester::{
-    Ack, DatasetStatus, IngestConfig, IngestStats, IngestStream, Ingester, PendingAck, WAL_MARK,
-    MAX_SEQUENCE, batch_bytes, decode_ipc, validate_producer,
+    Ack, DatasetStatus, IngestConfig, IngestStats, IngestStream, Ingester, MAX_SEQUENCE,
+    PendingAck, WAL_MARK, batch_bytes, decode_ipc, validate_producer,
 };
 pub use ipc::{IpcGuard, IpcRefusal};

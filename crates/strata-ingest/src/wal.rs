@@ -250,6 +250,21 @@ impl Wal {
     }
 }
 
+/// The log files in a WAL directory (not its `LOCK`), in log order.
+pub fn log_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("wal-") && n.ends_with(".log"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 fn file_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("wal-{n:020}.log"))
 }
@@ -324,13 +339,12 @@ fn read_file(path: &Path, n: u64, last: bool) -> Result<(Vec<WalEntry>, u64, u64
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(|e| Error::io("reading WAL file", path, e))?;
     let total = data.len() as u64;
-    let (entries, valid) = parse_file(Bytes::from(data), n, last).map_err(|(offset, reason)| {
-        Error::CorruptWal {
+    let (entries, valid) =
+        parse_file(Bytes::from(data), n, last).map_err(|(offset, reason)| Error::CorruptWal {
             path: path.to_path_buf(),
             offset: offset as u64,
             reason: reason.to_string(),
-        }
-    })?;
+        })?;
     let cut = total - valid as u64;
     if cut > 0 {
         warn!(path = %path.display(), offset = valid, bytes = cut, "cutting torn tail off the write-ahead log");
@@ -716,16 +730,7 @@ mod tests {
             rx.await.unwrap().unwrap();
             last.insert(table, lsn);
         }
-        // Log files only (the directory also holds its LOCK file).
-        let count = || {
-            fs::read_dir(dir.path())
-                .unwrap()
-                .filter(|e| {
-                    let name = e.as_ref().unwrap().file_name();
-                    name.to_string_lossy().starts_with("wal-")
-                })
-                .count()
-        };
+        let count = || log_files(dir.path()).unwrap().len();
         assert!(count() > 5, "rolled into {} files", count());
         // Only table a flushed: files holding b entries stay.
         wal.flushed("a", last["a"]);

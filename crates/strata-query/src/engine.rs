@@ -201,7 +201,9 @@ impl Engine {
         let mut task = AbortOnDrop(runtime.spawn(f));
         match (&mut task.0).await {
             Ok(r) => r,
-            Err(e) => Err(Error::Execution(format!("the statement's task failed: {e}"))),
+            Err(e) => Err(Error::Execution(format!(
+                "the statement's task failed: {e}"
+            ))),
         }
     }
 
@@ -340,9 +342,8 @@ impl Engine {
     async fn eval_timestamp(&self, text: &str) -> Result<i64> {
         let sql = format!("SELECT CAST(to_timestamp_millis({text}) AS BIGINT)");
         let (state, _) = self.session();
-        let not_a_timestamp = |e: Error| {
-            Error::plan(format!("TIMESTAMP AS OF {text}: not a timestamp ({e})"))
-        };
+        let not_a_timestamp =
+            |e: Error| Error::plan(format!("TIMESTAMP AS OF {text}: not a timestamp ({e})"));
         let statement = self.parse_one(&sql).map_err(not_a_timestamp)?;
         let plan = state
             .statement_to_plan(statement)
@@ -911,23 +912,26 @@ async fn spawn_query(
 ) -> Result<SendableRecordBatchStream> {
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Result<SchemaRef>>();
     let (tx, rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
-    let task = QueryTask(Some(token), Some(runtime.spawn(async move {
-        let mut stream = match start.await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = started_tx.send(Err(e));
+    let task = QueryTask(
+        Some(token),
+        Some(runtime.spawn(async move {
+            let mut stream = match start.await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                    return;
+                }
+            };
+            if started_tx.send(Ok(stream.schema())).is_err() {
                 return;
             }
-        };
-        if started_tx.send(Ok(stream.schema())).is_err() {
-            return;
-        }
-        while let Some(batch) = stream.next().await {
-            if tx.send(batch).await.is_err() {
-                break; // the consumer is gone
+            while let Some(batch) = stream.next().await {
+                if tx.send(batch).await.is_err() {
+                    break; // the consumer is gone
+                }
             }
-        }
-    })));
+        })),
+    );
     let schema = match started_rx.await {
         Ok(started) => started?,
         Err(_) => return Err(task.failure().await),
@@ -948,7 +952,10 @@ async fn spawn_query(
 /// A running query's task; cancelled when dropped: its token trips (so a plan that
 /// never yields stops at its next batch) and the task is aborted (so one that waits
 /// stops now).
-struct QueryTask(Option<Arc<CancelToken>>, Option<tokio::task::JoinHandle<()>>);
+struct QueryTask(
+    Option<Arc<CancelToken>>,
+    Option<tokio::task::JoinHandle<()>>,
+);
 
 impl QueryTask {
     /// Waits for the task; the error if it panicked (or was cancelled from outside).

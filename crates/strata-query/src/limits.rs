@@ -252,6 +252,9 @@ mod tests {
         assert!(e.to_string().contains("1001 set operations"), "{e}");
         check_tokens(&union[..1001].join(" UNION ALL "), &StrataDialect, 1000).unwrap();
         assert!(check_size("SELECT 1", 8).is_ok());
-        assert!(matches!(check_size("SELECT 1", 7), Err(Error::TooComplex(_))));
+        assert!(matches!(
+            check_size("SELECT 1", 7),
+            Err(Error::TooComplex(_))
+        ));
     }
 }

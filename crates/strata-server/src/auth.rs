@@ -215,8 +215,9 @@ impl Authenticator {
                  (strata --token, ADBC's authorization header or username/password)",
             ));
         };
-        let token = token_of(header)
-            .ok_or_else(|| Status::unauthenticated("the authorization header is not Bearer or Basic"))?;
+        let token = token_of(header).ok_or_else(|| {
+            Status::unauthenticated("the authorization header is not Bearer or Basic")
+        })?;
         self.caller(&token)
             .cloned()
             .ok_or_else(|| Status::unauthenticated("unknown token"))
@@ -256,8 +257,9 @@ fn method_access(path: &str) -> Option<Access> {
         "grpc.health.v1.Health" => None,
         "arrow.flight.protocol.FlightService" if method == "Handshake" => None,
         "strata.v1.Strata" => Some(match method {
-            "CreateDataset" | "DropDataset" | "Rollback" | "CreateTag" | "DeleteTag"
-            | "Vacuum" => Access::Admin,
+            "CreateDataset" | "DropDataset" | "Rollback" | "CreateTag" | "DeleteTag" | "Vacuum" => {
+                Access::Admin
+            }
             "Ingest" | "Flush" | "Compact" => Access::Write,
             _ => Access::Read,
         }),
@@ -327,7 +329,13 @@ where
                 }
             }
         };
-        let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_string();
+        let method = request
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         if let Err(status) = caller.require(needed, &method) {
             return Box::pin(async move { Ok(status.into_http()) });
         }
@@ -355,25 +363,38 @@ mod tests {
         let caller = auth.from_header(Some(&format!("Bearer {token}"))).unwrap();
         assert_eq!(caller.role, Role::Write);
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("x:{token}"));
-        assert_eq!(auth.from_header(Some(&format!("Basic {basic}"))).unwrap(), caller);
+        assert_eq!(
+            auth.from_header(Some(&format!("Basic {basic}"))).unwrap(),
+            caller
+        );
         assert!(auth.from_header(Some("Bearer strata_nope")).is_err());
         assert!(auth.from_header(None).is_err());
         assert!(caller.require(Access::Write, "Ingest").is_ok());
         let e = caller.require(Access::Admin, "DropDataset").unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(Role::Read.allows(Access::Read) && !Role::Read.allows(Access::Write));
-        assert!(Authenticator::from_settings(&AuthSettings::default()).unwrap().is_none());
+        assert!(
+            Authenticator::from_settings(&AuthSettings::default())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
     fn methods_have_their_roles() {
         assert_eq!(method_access("/grpc.health.v1.Health/Check"), None);
-        assert_eq!(method_access("/arrow.flight.protocol.FlightService/Handshake"), None);
+        assert_eq!(
+            method_access("/arrow.flight.protocol.FlightService/Handshake"),
+            None
+        );
         assert_eq!(
             method_access("/strata.v1.Strata/DropDataset"),
             Some(Access::Admin)
         );
-        assert_eq!(method_access("/strata.v1.Strata/Ingest"), Some(Access::Write));
+        assert_eq!(
+            method_access("/strata.v1.Strata/Ingest"),
+            Some(Access::Write)
+        );
         assert_eq!(method_access("/strata.v1.Strata/Query"), Some(Access::Read));
         assert_eq!(
             method_access("/arrow.flight.protocol.FlightService/DoPut"),

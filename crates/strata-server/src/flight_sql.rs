@@ -59,8 +59,8 @@ use arrow_flight::sql::{
     TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, ActionType, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
-    HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
+    Action, ActionType, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
 };
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -80,8 +80,8 @@ use crate::conn::ConnInfo;
 use crate::error::{query_status, table_code};
 use crate::flight::{BoxStream, FlightIngest};
 use crate::flight_actions::Actions;
-use crate::service::client_deadline;
 use crate::prepared::{PreparedStatements, Statement};
+use crate::service::client_deadline;
 
 /// Who sent a request (none for in-process calls).
 fn caller<T>(request: &Request<T>) -> Option<&Caller> {
@@ -250,8 +250,9 @@ fn ipc_stream(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Bytes, Stat
 }
 
 fn ipc_batches(ipc: Bytes, max_decoded: usize) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
-    strata_ingest::ipc::decode_stream(&ipc, max_decoded)
-        .map_err(|e| Status::invalid_argument(format!("not a statement ticket of this server: {e}")))
+    strata_ingest::ipc::decode_stream(&ipc, max_decoded).map_err(|e| {
+        Status::invalid_argument(format!("not a statement ticket of this server: {e}"))
+    })
 }
 
 /// Runs a write statement now (once per parameter row) and describes its answer, which
@@ -271,7 +272,6 @@ async fn run_write_for_info(
     let info = flight_info(&schema, ticket, descriptor)?;
     Ok(info.map(|i| i.with_total_records(rows as i64)))
 }
-
 
 fn internal<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> Status + '_ {
     move |e| Status::internal(format!("{what}: {e}"))
@@ -470,9 +470,9 @@ async fn read_parameters(
         .and_then(move |d| {
             let checked = guard.check(&d.data_header, &d.data_body).map(|()| d);
             futures::future::ready(checked.map_err(|e| match e {
-                IpcRefusal::TooLarge { .. } => Status::resource_exhausted(format!(
-                    "parameter batches: {e}"
-                )),
+                IpcRefusal::TooLarge { .. } => {
+                    Status::resource_exhausted(format!("parameter batches: {e}"))
+                }
                 IpcRefusal::Malformed(m) => {
                     Status::invalid_argument(format!("malformed parameter batches: {m}"))
                 }
@@ -592,7 +592,11 @@ impl FlightSqlService for StrataFlight {
         &self,
         request: Request<tonic::Streaming<HandshakeRequest>>,
     ) -> Result<
-        Response<std::pin::Pin<Box<dyn futures::Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Response<
+            std::pin::Pin<
+                Box<dyn futures::Stream<Item = Result<HandshakeResponse, Status>> + Send>,
+            >,
+        >,
         Status,
     > {
         let token = match &self.inner.auth {
@@ -614,7 +618,9 @@ impl FlightSqlService for StrataFlight {
                 payload,
             })
         }))
-            as std::pin::Pin<Box<dyn futures::Stream<Item = Result<HandshakeResponse, Status>> + Send>>);
+            as std::pin::Pin<
+                Box<dyn futures::Stream<Item = Result<HandshakeResponse, Status>> + Send>,
+            >);
         if let Some(token) = token {
             let value = format!("Bearer {token}")
                 .parse()
@@ -1080,7 +1086,11 @@ impl FlightSqlService for StrataFlight {
         request: Request<Action>,
     ) -> Result<Response<BoxStream<arrow_flight::Result>>, Status> {
         let access = Actions::access(&request.get_ref().r#type);
-        auth::require(&request, access, &format!("the {} action", request.get_ref().r#type))?;
+        auth::require(
+            &request,
+            access,
+            &format!("the {} action", request.get_ref().r#type),
+        )?;
         let action = request.into_inner();
         let body = self.inner.actions.run(&action.r#type, &action.body).await?;
         let result = arrow_flight::Result {

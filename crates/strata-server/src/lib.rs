@@ -161,8 +161,8 @@ impl Server {
         );
         let prepared = flight_service.prepared_statements();
         let flight = FlightServiceServer::new(flight_service)
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<StrataServer<service::StrataService>>()

@@ -79,7 +79,10 @@ impl PreparedStatements {
         let bytes = statement.bytes();
         let mut state = self.state.lock().expect("prepared statements");
         let new_session = !state.sessions.contains_key(&session);
-        let open = state.sessions.get(&session).map_or(0, |s| s.statements.len());
+        let open = state
+            .sessions
+            .get(&session)
+            .map_or(0, |s| s.statements.len());
         let held = state.sessions.get(&session).map_or(0, |s| s.bytes);
         if open >= self.per_session {
             return Err(Status::resource_exhausted(format!(
@@ -132,7 +135,10 @@ impl PreparedStatements {
         let Some(statement) = s.statements.get_mut(handle) else {
             return Err(unknown_handle(handle));
         };
-        let old = statement.bound.as_ref().map_or(0, |b| b.get_array_memory_size());
+        let old = statement
+            .bound
+            .as_ref()
+            .map_or(0, |b| b.get_array_memory_size());
         check_bytes(state.bytes - old, s.bytes - old, new)?;
         statement.bound = rows;
         s.bytes = s.bytes - old + new;

@@ -26,8 +26,8 @@ pub fn write_self_signed(dir: &Path, hosts: &[String]) -> Result<TlsFiles> {
     ca_params
         .distinguished_name
         .push(DnType::CommonName, "Strata local CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(bad)?)
-        .map_err(bad)?;
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(bad)?).map_err(bad)?;
     let key = KeyPair::generate().map_err(bad)?;
     let cert = CertificateParams::new(hosts.to_vec())
         .map_err(bad)?

@@ -301,7 +301,10 @@ impl Catalog {
                 self.blobs.delete(&blob.path).await?;
             }
             self.meta.delete(&key).await?;
-            info!(dataset = marker.name, id, "removed the files of a dropped dataset");
+            info!(
+                dataset = marker.name,
+                id, "removed the files of a dropped dataset"
+            );
             purged += 1;
         }
         Ok(purged)

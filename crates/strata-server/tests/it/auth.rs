@@ -7,7 +7,9 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::{Action, FlightClient};
 use futures::StreamExt;
 use strata_proto::v1::strata_client::StrataClient;
-use strata_proto::v1::{ListDatasetsRequest, QueryRequest, RollbackRequest, VersionRef, version_ref};
+use strata_proto::v1::{
+    ListDatasetsRequest, QueryRequest, RollbackRequest, VersionRef, version_ref,
+};
 use strata_server::auth::token_hash;
 use strata_server::{Server, ServerConfig};
 use tonic::Code;
@@ -18,8 +20,7 @@ use crate::e2e::{batch, ipc};
 
 /// A certificate authority and a server certificate for localhost it signed, in `dir`.
 pub(crate) fn make_certificates(dir: &Path) {
-    strata_server::tls::write_self_signed(dir, &["localhost".into(), "127.0.0.1".into()])
-        .unwrap();
+    strata_server::tls::write_self_signed(dir, &["localhost".into(), "127.0.0.1".into()]).unwrap();
 }
 
 const TOKENS: [(&str, &str, &str); 3] = [
@@ -67,13 +68,14 @@ type Authed = StrataClient<
 
 fn with_token(channel: Channel, token: Option<&str>) -> Authed {
     let header: Option<MetadataValue<_>> = token.map(|t| format!("Bearer {t}").parse().unwrap());
-    let add: Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send> =
-        Box::new(move |mut r: tonic::Request<()>| {
-            if let Some(h) = &header {
-                r.metadata_mut().insert("authorization", h.clone());
-            }
-            Ok(r)
-        });
+    let add: Box<
+        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
+    > = Box::new(move |mut r: tonic::Request<()>| {
+        if let Some(h) = &header {
+            r.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(r)
+    });
     StrataClient::with_interceptor(channel, add)
 }
 
@@ -109,10 +111,16 @@ async fn tls_and_tokens_with_roles_on_every_service() {
         .await
         .unwrap();
     let mut nobody = with_token(channel.clone(), None);
-    let e = nobody.list_datasets(ListDatasetsRequest {}).await.unwrap_err();
+    let e = nobody
+        .list_datasets(ListDatasetsRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e}");
     let mut forger = with_token(channel.clone(), Some("strata_guess"));
-    let e = forger.list_datasets(ListDatasetsRequest {}).await.unwrap_err();
+    let e = forger
+        .list_datasets(ListDatasetsRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e}");
 
     let [(_, _, read), (_, _, write), (_, _, admin)] = TOKENS;
@@ -122,19 +130,30 @@ async fn tls_and_tokens_with_roles_on_every_service() {
 
     // Datasets: admin only.
     assert_eq!(
-        sql_code(&mut writer, "CREATE TABLE t (k TEXT, v BIGINT, PRIMARY KEY ((k), v))").await,
+        sql_code(
+            &mut writer,
+            "CREATE TABLE t (k TEXT, v BIGINT, PRIMARY KEY ((k), v))"
+        )
+        .await,
         Err(Code::PermissionDenied)
     );
-    sql_code(&mut operator, "CREATE TABLE t (k TEXT, v BIGINT, PRIMARY KEY ((k), v))")
-        .await
-        .unwrap();
+    sql_code(
+        &mut operator,
+        "CREATE TABLE t (k TEXT, v BIGINT, PRIMARY KEY ((k), v))",
+    )
+    .await
+    .unwrap();
     // Rows: write.
     assert_eq!(
         sql_code(&mut reader, "INSERT INTO t VALUES ('a', 1)").await,
         Err(Code::PermissionDenied)
     );
-    sql_code(&mut writer, "INSERT INTO t VALUES ('a', 1)").await.unwrap();
-    sql_code(&mut writer, "INSERT INTO t VALUES ('a', 2)").await.unwrap();
+    sql_code(&mut writer, "INSERT INTO t VALUES ('a', 1)")
+        .await
+        .unwrap();
+    sql_code(&mut writer, "INSERT INTO t VALUES ('a', 2)")
+        .await
+        .unwrap();
     // Reading: everyone.
     sql_code(&mut reader, "SELECT * FROM t").await.unwrap();
     reader.list_datasets(ListDatasetsRequest {}).await.unwrap();
@@ -157,7 +176,10 @@ async fn tls_and_tokens_with_roles_on_every_service() {
         sql_code(&mut writer, "VACUUM t").await,
         Err(Code::PermissionDenied)
     );
-    assert_eq!(sql_code(&mut reader, "DROP TABLE t").await, Err(Code::PermissionDenied));
+    assert_eq!(
+        sql_code(&mut reader, "DROP TABLE t").await,
+        Err(Code::PermissionDenied)
+    );
 
     // Ingest: write.
     create_as(&mut operator, "events").await;
@@ -171,7 +193,10 @@ async fn tls_and_tokens_with_roles_on_every_service() {
     let mut flight = FlightSqlServiceClient::new(channel.clone());
     flight.handshake("analyst", read).await.unwrap();
     assert_eq!(flight.token().map(String::as_str), Some(read));
-    let info = flight.execute("SELECT count(*) FROM t".into(), None).await.unwrap();
+    let info = flight
+        .execute("SELECT count(*) FROM t".into(), None)
+        .await
+        .unwrap();
     let ticket = info.endpoint[0].ticket.clone().unwrap();
     let batches: Vec<_> = futures::TryStreamExt::try_collect(flight.do_get(ticket).await.unwrap())
         .await
@@ -181,19 +206,29 @@ async fn tls_and_tokens_with_roles_on_every_service() {
         .execute_update("DELETE FROM t".into(), None)
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("PermissionDenied") || e.to_string().contains("write role"), "{e}");
+    assert!(
+        e.to_string().contains("PermissionDenied") || e.to_string().contains("write role"),
+        "{e}"
+    );
     // A Flight action needs its role too.
     let mut raw = FlightClient::new(channel.clone());
-    raw.add_header("authorization", &format!("Bearer {write}")).unwrap();
+    raw.add_header("authorization", &format!("Bearer {write}"))
+        .unwrap();
     let body = serde_json::json!({"dataset": "t", "version": 1}).to_string();
     let e = raw
         .do_action(Action::new("rollback", body.clone()))
         .await
         .err()
         .expect("refused");
-    assert!(e.to_string().contains("PermissionDenied") || e.to_string().contains("admin"), "{e}");
+    assert!(
+        e.to_string().contains("PermissionDenied") || e.to_string().contains("admin"),
+        "{e}"
+    );
     let flushed = raw
-        .do_action(Action::new("flush", serde_json::json!({"dataset": "t"}).to_string()))
+        .do_action(Action::new(
+            "flush",
+            serde_json::json!({"dataset": "t"}).to_string(),
+        ))
         .await
         .unwrap()
         .next()
@@ -205,7 +240,9 @@ async fn tls_and_tokens_with_roles_on_every_service() {
 async fn create_as(c: &mut Authed, name: &str) {
     sql_code(
         c,
-        &format!("CREATE TABLE {name} (k TEXT NOT NULL, t BIGINT NOT NULL, v DOUBLE, PRIMARY KEY ((k)))"),
+        &format!(
+            "CREATE TABLE {name} (k TEXT NOT NULL, t BIGINT NOT NULL, v DOUBLE, PRIMARY KEY ((k)))"
+        ),
     )
     .await
     .unwrap();
@@ -245,5 +282,39 @@ async fn without_tokens_only_loopback_is_served() {
     assert!(e.to_string().contains("loopback"), "{e}");
     config.auth.allow_unauthenticated_remote = true;
     let server = Server::start(config).await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+/// ADBC (bearer header, and username/password through Handshake) and pyarrow.flight
+/// over TLS: tools/python/secure_clients.py.
+#[tokio::test]
+async fn python_clients_with_tls_and_tokens() {
+    let (root, python) = crate::e2e::python_env();
+    let dir = tempfile::tempdir().unwrap();
+    let server = secure_server(dir.path()).await;
+    let url = format!("grpc+tls://localhost:{}", server.addr().port());
+    let script = root.join("tools/python/secure_clients.py");
+    let ca = dir.path().join("ca.pem");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&python)
+            .arg(script)
+            .arg(&url)
+            .arg(&ca)
+            .arg(TOKENS[0].2)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "secure_clients.py failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["bearer"], 42);
+    assert_eq!(report["handshake"], 7);
+    assert_eq!(report["anonymous"], "refused");
     server.shutdown().await.unwrap();
 }

@@ -52,7 +52,10 @@ pub(crate) fn status(e: FlightError) -> tonic::Status {
 }
 
 /// Fetches every endpoint of a FlightInfo.
-pub(crate) async fn fetch(c: &mut Client, info: FlightInfo) -> Result<Vec<RecordBatch>, FlightError> {
+pub(crate) async fn fetch(
+    c: &mut Client,
+    info: FlightInfo,
+) -> Result<Vec<RecordBatch>, FlightError> {
     assert_eq!(info.endpoint.len(), 1, "one endpoint");
     let ticket = info.endpoint[0].ticket.clone().expect("a ticket");
     c.do_get(ticket).await?.try_collect().await

@@ -131,10 +131,7 @@ async fn a_decompression_bomb_is_refused_on_every_path() {
         query: "SELECT * FROM events WHERE k = $1 AND t = $2 AND v = $3".into(),
         transaction_id: None,
     };
-    let action = Action::new(
-        "CreatePreparedStatement",
-        request.as_any().encode_to_vec(),
-    );
+    let action = Action::new("CreatePreparedStatement", request.as_any().encode_to_vec());
     let mut answers = flight.do_action(action).await.unwrap();
     let answer = answers.next().await.unwrap().unwrap();
     let handle = Any::decode(answer)
@@ -324,8 +321,14 @@ async fn client_mistakes_are_client_errors() {
             "INSERT INTO events VALUES ('a', 'not a number', 1.0)",
             Code::InvalidArgument,
         ),
-        ("INSERT INTO events VALUES (NULL, 1, 1.0)", Code::InvalidArgument),
-        ("INSERT INTO events VALUES ('a', NULL, 1.0)", Code::InvalidArgument),
+        (
+            "INSERT INTO events VALUES (NULL, 1, 1.0)",
+            Code::InvalidArgument,
+        ),
+        (
+            "INSERT INTO events VALUES ('a', NULL, 1.0)",
+            Code::InvalidArgument,
+        ),
     ] {
         let (got, message) = code_of(sql(&mut c, statement).await);
         assert_eq!(got, code, "{statement}: {message}");
@@ -340,7 +343,11 @@ async fn a_column_given_twice_and_the_last_sequence_numbers_are_refused() {
     let mut c = client(&server).await;
     create(&mut c, "events", false).await;
 
-    let mut fields: Vec<Field> = schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.push(Field::new("v", DataType::Float64, true));
     let twice = RecordBatch::try_new(
         Arc::new(Schema::new(fields)),
@@ -481,15 +488,16 @@ async fn create_prepared(flight: &mut FlightClient, sql: &str) -> Result<Bytes, 
         query: sql.into(),
         transaction_id: None,
     };
-    let action = Action::new(
-        "CreatePreparedStatement",
-        request.as_any().encode_to_vec(),
-    );
+    let action = Action::new("CreatePreparedStatement", request.as_any().encode_to_vec());
     let mut answers = flight
         .do_action(action)
         .await
         .map_err(crate::flight_sql::status)?;
-    let answer = answers.next().await.unwrap().map_err(crate::flight_sql::status)?;
+    let answer = answers
+        .next()
+        .await
+        .unwrap()
+        .map_err(crate::flight_sql::status)?;
     Ok(Any::decode(answer)
         .unwrap()
         .unpack::<ActionCreatePreparedStatementResult>()
@@ -520,17 +528,18 @@ async fn prepared_statements_belong_to_their_connection() {
 
     // Another client is not affected, and cannot use the first one's handles.
     let mut other = FlightClient::new(channel(&server).await);
-    let mine = create_prepared(&mut other, "SELECT 2 AS two").await.unwrap();
+    let mine = create_prepared(&mut other, "SELECT 2 AS two")
+        .await
+        .unwrap();
     let info = other
         .get_flight_info(prepared_descriptor(mine.clone()))
         .await
         .unwrap();
     let ticket = info.endpoint[0].ticket.clone().unwrap();
-    let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(
-        other.do_get(ticket).await.unwrap(),
-    )
-    .await
-    .unwrap();
+    let batches: Vec<RecordBatch> =
+        futures::TryStreamExt::try_collect(other.do_get(ticket).await.unwrap())
+            .await
+            .unwrap();
     assert_eq!(single_i64(&batches), 2);
     let e = other
         .get_flight_info(prepared_descriptor(handles[0].clone()))
@@ -559,9 +568,14 @@ async fn a_drop_keeps_the_files_of_queries_already_reading() {
     let mut c = client(&server).await;
     create(&mut c, "events", false).await;
     for i in 0..10 {
-        let out = ingest(&mut c, "events", "", vec![(1, ipc(&batch(i * 20_000, 20_000)))])
-            .await
-            .unwrap();
+        let out = ingest(
+            &mut c,
+            "events",
+            "",
+            vec![(1, ipc(&batch(i * 20_000, 20_000)))],
+        )
+        .await
+        .unwrap();
         assert!(out.status.is_none(), "{:?}", out.status);
         c.flush(strata_proto::v1::FlushRequest {
             dataset: "events".into(),

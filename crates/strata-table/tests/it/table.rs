@@ -3,7 +3,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field};
 use strata_table::{
-    Catalog, CmpOp, Error, Operation, Predicate, TableOptions, VacuumPolicy, VersionSpec, WriteOutcome,
+    Catalog, CmpOp, Error, Operation, Predicate, TableOptions, VacuumPolicy, VersionSpec,
+    WriteOutcome,
 };
 use strata_types::Value;
 
@@ -523,7 +524,13 @@ async fn catalog_lists_and_drops() {
     let (blobs, meta) = cat.stores();
     let later = Catalog::with_options(blobs, meta, opts);
     assert_eq!(later.purge_dropped().await.unwrap(), 1);
-    assert!(t.blobs().list(&format!("tables/{}/", t.id())).await.unwrap().is_empty());
+    assert!(
+        t.blobs()
+            .list(&format!("tables/{}/", t.id()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(later.purge_dropped().await.unwrap(), 0);
     put(&b2, &[("y", 2, None)]).await;
     assert_eq!(read(&b2, VersionSpec::Head).await.len(), 1);
