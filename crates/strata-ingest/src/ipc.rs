@@ -297,6 +297,9 @@ pub fn decode_stream(
     }
 }
 
+/// One IPC message: its flatbuffer header and its body.
+pub type Message<'a> = (&'a [u8], &'a [u8]);
+
 /// Checks every message of an IPC stream.
 fn check_stream(payload: &[u8], budget: usize) -> Result<(), IpcRefusal> {
     let mut guard = IpcGuard::new(budget);
@@ -309,7 +312,7 @@ fn check_stream(payload: &[u8], budget: usize) -> Result<(), IpcRefusal> {
 /// The messages of an IPC stream as (flatbuffer header, body) pairs, walking its
 /// framing (`[0xFFFFFFFF] length header body`) up to the end-of-stream marker. A
 /// stream cut short ends the list early (the decoder reports it).
-pub fn stream_messages(payload: &[u8]) -> Result<Vec<(&[u8], &[u8])>, IpcRefusal> {
+pub fn stream_messages(payload: &[u8]) -> Result<Vec<Message<'_>>, IpcRefusal> {
     let mut messages = Vec::new();
     let mut rest = payload;
     loop {

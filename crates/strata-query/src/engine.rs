@@ -196,7 +196,9 @@ impl Engine {
         f: impl Future<Output = Result<T>> + Send + 'static,
     ) -> Result<T> {
         let Some(runtime) = &self.inner.config.runtime else {
-            return f.await;
+            // Boxed: planning and command futures are large, and this one is polled
+            // on the caller's stack.
+            return Box::pin(f).await;
         };
         let mut task = AbortOnDrop(runtime.spawn(f));
         match (&mut task.0).await {
@@ -729,7 +731,10 @@ impl Prepared {
     /// datasets and their history.
     pub fn access(&self) -> Access {
         match &self.body {
-            Body::Query { plan, .. } if matches!(plan, LogicalPlan::Dml(_)) => Access::Write,
+            Body::Query {
+                plan: LogicalPlan::Dml(_),
+                ..
+            } => Access::Write,
             Body::Query { .. } => Access::Read,
             Body::Command(c) => match c {
                 Command::Delete { .. } | Command::Optimize { .. } => Access::Write,

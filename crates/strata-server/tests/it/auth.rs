@@ -59,18 +59,15 @@ async fn tls_channel(server: &Server, dir: &Path) -> Channel {
         .unwrap()
 }
 
-type Authed = StrataClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
->;
+/// Adds a bearer token to each call.
+type AddToken =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+
+type Authed = StrataClient<tonic::service::interceptor::InterceptedService<Channel, AddToken>>;
 
 fn with_token(channel: Channel, token: Option<&str>) -> Authed {
     let header: Option<MetadataValue<_>> = token.map(|t| format!("Bearer {t}").parse().unwrap());
-    let add: Box<
-        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
-    > = Box::new(move |mut r: tonic::Request<()>| {
+    let add: AddToken = Box::new(move |mut r: tonic::Request<()>| {
         if let Some(h) = &header {
             r.metadata_mut().insert("authorization", h.clone());
         }

@@ -519,8 +519,10 @@ async fn catalog_lists_and_drops() {
     let b2 = cat.create_table(kv_spec("b", 1, true)).await.unwrap();
     assert_eq!(read(&b2, VersionSpec::Head).await.len(), 0);
     // After the grace period the files go, and only those of the dropped dataset.
-    let mut opts = TableOptions::default();
-    opts.blob_grace_ms = 0;
+    let opts = TableOptions {
+        blob_grace_ms: 0,
+        ..TableOptions::default()
+    };
     let (blobs, meta) = cat.stores();
     let later = Catalog::with_options(blobs, meta, opts);
     assert_eq!(later.purge_dropped().await.unwrap(), 1);
