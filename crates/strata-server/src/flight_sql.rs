@@ -63,7 +63,7 @@ use arrow_flight::{
     HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
 };
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use prost::Message;
 use strata_ingest::{Ingester, IpcGuard, IpcRefusal};
 use strata_query::catalog::{CATALOG, SCHEMA};
@@ -481,7 +481,21 @@ async fn read_parameters(
         .map_err(FlightError::from);
     let mut batches = FlightRecordBatchStream::new_from_flight_data(data);
     let mut rows = Vec::new();
-    while let Some(batch) = batches.next().await {
+    loop {
+        // A panic inside arrow-rs's decoder is the message's fault (see
+        // strata_ingest::ipc::unwind_as_refusal).
+        let next = std::panic::AssertUnwindSafe(batches.next())
+            .catch_unwind()
+            .await;
+        let batch = match next {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(Status::invalid_argument(
+                    "malformed parameter batches: the Arrow decoder gave up on them",
+                ));
+            }
+        };
         rows.push(batch.map_err(|e| match e {
             FlightError::Tonic(s) => *s,
             other => Status::invalid_argument(format!("malformed parameter batches: {other}")),
