@@ -278,6 +278,16 @@ where
         Ok(())
     }
 
+    /// A buffer of `width`-byte values: arrow-rs reinterprets it as a slice of them
+    /// and asserts (panics) when its length is not a multiple (the third fuzz finding).
+    fn values(&mut self, width: usize) -> Result<(), IpcRefusal> {
+        let size = self.buffer()?;
+        if width > 1 && size % width as u64 != 0 {
+            return malformed(format!("a buffer of {size} bytes for {width}-byte values"));
+        }
+        Ok(())
+    }
+
     fn column(&mut self, dt: &DataType) -> Result<(), IpcRefusal> {
         let Some((rows, nulls)) = self.nodes.next() else {
             return malformed("fewer nodes than columns");
@@ -292,19 +302,35 @@ where
             ));
         }
         match dt {
-            DataType::Utf8 | DataType::Binary | DataType::LargeUtf8 | DataType::LargeBinary => {
-                self.skip(2)
+            DataType::Utf8 | DataType::Binary => {
+                self.values(4)?;
+                self.skip(1)
+            }
+            DataType::LargeUtf8 | DataType::LargeBinary => {
+                self.values(8)?;
+                self.skip(1)
             }
             DataType::Utf8View | DataType::BinaryView => {
+                self.values(16)?;
                 let extra = self.variadic.next().unwrap_or(0).max(0) as usize;
-                self.skip(1 + extra)
+                self.skip(extra)
             }
-            DataType::List(f) | DataType::LargeList(f) | DataType::Map(f, _) => {
-                self.skip(1)?;
+            DataType::List(f) | DataType::Map(f, _) => {
+                self.values(4)?;
                 self.column(f.data_type())
             }
-            DataType::ListView(f) | DataType::LargeListView(f) => {
-                self.skip(2)?;
+            DataType::LargeList(f) => {
+                self.values(8)?;
+                self.column(f.data_type())
+            }
+            DataType::ListView(f) => {
+                self.values(4)?;
+                self.values(4)?;
+                self.column(f.data_type())
+            }
+            DataType::LargeListView(f) => {
+                self.values(8)?;
+                self.values(8)?;
                 self.column(f.data_type())
             }
             DataType::FixedSizeList(f, _) => self.column(f.data_type()),
@@ -314,7 +340,7 @@ where
                 }
                 Ok(())
             }
-            _ => self.skip(1),
+            other => self.values(other.primitive_width().unwrap_or(1)),
         }
     }
 }
