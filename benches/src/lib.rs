@@ -122,20 +122,8 @@ pub fn json_str(s: &str) -> String {
 
 /// The weather feed's dataset spec as the `CreateDataset` RPC takes it.
 pub fn weather_dataset(name: &str, shards: u32) -> strata_proto::v1::DatasetSpec {
-    let def = strata_datagen::weather_spec().to_def();
-    strata_proto::v1::DatasetSpec {
-        name: name.into(),
-        columns: def
-            .columns
-            .into_iter()
-            .map(|c| strata_proto::v1::Column {
-                name: c.name,
-                r#type: c.data_type,
-                nullable: c.nullable,
-            })
-            .collect(),
-        partition_key: def.partition_key,
-        row_key: def.row_key,
-        shards,
-    }
+    let mut def = strata_datagen::weather_spec().to_def();
+    def.name = name.into();
+    def.shards = shards;
+    strata_server::service::spec_to_proto(&def)
 }

@@ -87,7 +87,8 @@ impl StrataService {
     }
 }
 
-fn spec_to_proto(def: &DatasetSpecDef) -> PbSpec {
+/// A dataset spec as the `strata.v1` API carries it.
+pub fn spec_to_proto(def: &DatasetSpecDef) -> PbSpec {
     PbSpec {
         name: def.name.clone(),
         columns: def

@@ -286,30 +286,12 @@ async fn without_tokens_only_loopback_is_served() {
 /// over TLS: tools/python/secure_clients.py.
 #[tokio::test]
 async fn python_clients_with_tls_and_tokens() {
-    let (root, python) = crate::e2e::python_env();
     let dir = tempfile::tempdir().unwrap();
     let server = secure_server(dir.path()).await;
     let url = format!("grpc+tls://localhost:{}", server.addr().port());
-    let script = root.join("tools/python/secure_clients.py");
-    let ca = dir.path().join("ca.pem");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(&python)
-            .arg(script)
-            .arg(&url)
-            .arg(&ca)
-            .arg(TOKENS[0].2)
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "secure_clients.py failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ca = dir.path().join("ca.pem").display().to_string();
+    let args = vec![url, ca, TOKENS[0].2.to_string()];
+    let report = crate::e2e::run_python("secure_clients.py", args).await;
     assert_eq!(report["bearer"], 42);
     assert_eq!(report["handshake"], 7);
     assert_eq!(report["anonymous"], "refused");

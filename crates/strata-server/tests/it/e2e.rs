@@ -720,29 +720,12 @@ async fn health_and_reflection_are_served() {
 /// pyarrow.flight as the client: the Python environment comes from `tools/pyenv`.
 #[tokio::test]
 async fn pyarrow_flight_do_put() {
-    let (root, python) = crate::e2e::python_env();
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |_| {}).await;
     let mut c = client(&server).await;
     create(&mut c, "events", false).await;
     let url = format!("grpc://{}", server.addr());
-    let script = root.join("tools/python/flight_put.py");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(&python)
-            .arg(script)
-            .arg(&url)
-            .arg("events")
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "flight_put.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = run_python("flight_put.py", vec![url, "events".into()]).await;
     let acks = |k: &str| report[k].as_array().unwrap().clone();
     assert_eq!(acks("plain").len(), 2);
     assert!(acks("plain").iter().all(|a| a["rows"] == 10));
@@ -754,6 +737,34 @@ async fn pyarrow_flight_do_put() {
     flush(&mut c, "events").await;
     assert_eq!(ts(&server, "events").await, (0..30).collect::<Vec<_>>());
     server.shutdown().await.unwrap();
+}
+
+/// Runs `tools/python/SCRIPT ARGS` with the interpreter of `tools/pyenv`; fails the
+/// test unless it exits 0, and returns the one JSON object it prints.
+pub(crate) async fn run_python(script: &str, args: Vec<String>) -> serde_json::Value {
+    let (root, python) = python_env();
+    let path = root.join("tools/python").join(script);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&python)
+            .arg(path)
+            .args(args)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{script} printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 /// The repository root and the Python interpreter `tools/pyenv` provides (it installs

@@ -822,32 +822,10 @@ async fn flight_actions_for_pipelines_and_do_put_ingest() {
 /// server: tools/python/flight_sql_clients.py, with the environment from tools/pyenv.
 #[tokio::test]
 async fn python_flight_sql_clients() {
-    let (root, python) = crate::e2e::python_env();
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let url = format!("grpc://{}", server.addr());
-    let script = root.join("tools/python/flight_sql_clients.py");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(&python)
-            .arg(script)
-            .arg(&url)
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "flight_sql_clients.py failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "flight_sql_clients.py printed no JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
+    let report = crate::e2e::run_python("flight_sql_clients.py", vec![url]).await;
     // The script asserts as it goes; these check that it saw what the server holds.
     assert_eq!(report["stations"], json!(["a", "b", "c"]));
     assert_eq!(report["parameterised"], json!([["b", 2]]));
