@@ -48,6 +48,7 @@ use crate::error::{Error, Result};
 use crate::functions::table_functions;
 use crate::hooks::{CatalogHooks, DatasetHooks};
 use crate::limits;
+use crate::overflow;
 use crate::provider::ScanLog;
 use crate::statements::{self, Command, VersionAt};
 use crate::views;
@@ -151,6 +152,7 @@ impl Engine {
             .with_catalog_list(catalogs)
             .with_default_features()
             .build();
+        overflow::install(&mut state)?;
         for (name, f) in table_functions(&catalog) {
             state.register_udtf(name, f);
         }

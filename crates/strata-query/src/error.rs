@@ -137,6 +137,12 @@ impl From<DataFusionError> for Error {
             e @ D::SchemaError(..) => Error::Plan(e.strip_backtrace()),
             D::NotImplemented(m) => Error::Unsupported(m),
             D::ResourcesExhausted(m) => Error::ResourcesExhausted(m),
+            // A filter evaluated inside the Parquet reader fails with the reader's error,
+            // the predicate's own inside (as text: "Error evaluating filter predicate").
+            D::ParquetError(p) => match *p {
+                parquet::errors::ParquetError::External(b) => from_boxed(b),
+                p => Error::Execution(p.to_string()),
+            },
             // DataFusion's execution errors are about the data the query met (a
             // timestamp that does not parse, a bad regular expression, an argument out
             // of a function's domain); its own bugs are `Internal`.
@@ -153,14 +159,30 @@ fn from_arrow(e: ArrowError) -> Error {
         ArrowError::ExternalError(b) => from_boxed(b),
         ArrowError::DivideByZero => Error::Data("division by zero".into()),
         ArrowError::ArithmeticOverflow(m) => Error::Overflow(format!("arithmetic overflow: {m}")),
-        ArrowError::ComputeError(m) if m.contains("verflow") => {
-            Error::Overflow(format!("arithmetic overflow: {m}"))
-        }
         ArrowError::CastError(m)
         | ArrowError::ParseError(m)
         | ArrowError::InvalidArgumentError(m)
-        | ArrowError::ComputeError(m) => data_error(m),
+        | ArrowError::ComputeError(m) => data_error(predicate_message(m)),
         other => Error::Execution(other.to_string()),
+    }
+}
+
+/// The message of a filter that failed inside the Parquet reader, which reports it as
+/// `Error evaluating filter predicate: ArrowError(DivideByZero, None)` (the Debug form
+/// of DataFusion's error): the quoted message or the kind, without the wrapping.
+fn predicate_message(m: String) -> String {
+    let Some(debug) = m.strip_prefix("Error evaluating filter predicate: ") else {
+        return m;
+    };
+    let quoted = debug.find("(\"").and_then(|start| {
+        let rest = &debug[start + 2..];
+        rest.find("\")")
+            .map(|end| rest[..end].replace("\\\"", "\""))
+    });
+    match quoted {
+        Some(message) => message,
+        None if debug.contains("DivideByZero") => "division by zero".into(),
+        None => debug.to_string(),
     }
 }
 
@@ -231,6 +253,17 @@ mod tests {
         assert!(matches!(
             Error::from(e),
             Error::Table(strata_table::Error::DatasetNotFound(n)) if n == "nope"
+        ));
+        let m = "Error evaluating filter predicate: ArrowError(ArithmeticOverflow(\"Overflow happened on: 200 * 9223372036854775807\"), Some(\"\"))";
+        let e = ArrowError::ComputeError(m.into());
+        assert!(matches!(
+            Error::from(e),
+            Error::Overflow(m) if m == "Overflow happened on: 200 * 9223372036854775807"
+        ));
+        let m = "Error evaluating filter predicate: ArrowError(DivideByZero, None)";
+        assert!(matches!(
+            Error::from(ArrowError::ComputeError(m.into())),
+            Error::Data(m) if m == "division by zero"
         ));
         let t = DataFusionError::Shared(Arc::new(Error::Timeout(Duration::from_secs(1)).into()));
         assert!(matches!(Error::from(t), Error::Timeout(_)));

@@ -39,6 +39,7 @@ pub mod functions;
 pub mod hooks;
 pub mod limits;
 pub mod object_store;
+pub mod overflow;
 pub mod provider;
 pub mod sink;
 pub mod statements;

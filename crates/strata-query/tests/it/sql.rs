@@ -670,3 +670,104 @@ async fn queries_run_on_their_own_runtime() {
     drop(first); // aborts the query at its next yield point
     queries.shutdown_background();
 }
+
+fn int64s(b: &RecordBatch, col: usize) -> Vec<Option<i64>> {
+    let c = arrow::compute::cast(b.column(col), &DataType::Int64).unwrap();
+    let c = c
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap();
+    c.iter().collect()
+}
+
+/// Integer arithmetic and sums that leave their type are errors (SQLSTATE 22003), on
+/// constants (folded while planning) and on columns, in every aggregation path; what
+/// fits is computed as before, under the operator's own column name.
+#[tokio::test]
+async fn integer_overflow_is_an_error_not_a_wrapped_value() {
+    let (_c, _h, e) = history().await;
+    let max = i64::MAX;
+    for sql in [
+        format!("SELECT {max} + 1"),
+        format!("SELECT -{max} - 2"),
+        "SELECT 4611686018427387904 * 2".to_string(),
+        format!("SELECT -(-{max} - 1)"),
+        "SELECT CAST(18446744073709551615 AS BIGINT UNSIGNED) + CAST(1 AS BIGINT UNSIGNED)"
+            .to_string(),
+        "SELECT CAST(0 AS BIGINT UNSIGNED) - CAST(1 AS BIGINT UNSIGNED)".to_string(),
+        "SELECT CAST(100 AS TINYINT) * CAST(2 AS TINYINT)".to_string(),
+        format!("SELECT ts + {max} FROM weather"),
+        format!("SELECT count(*) FROM weather WHERE ts * {max} > 0"),
+        format!("SELECT sum(x) FROM (VALUES ({max}), (1)) AS t(x)"),
+        format!("SELECT sum(DISTINCT x) FROM (VALUES ({max}), (1), (1)) AS t(x)"),
+        format!("SELECT k, sum(x) FROM (VALUES (1, {max}), (1, 1), (2, 1)) AS t(k, x) GROUP BY k"),
+        format!(
+            "SELECT sum(x) OVER (ORDER BY k ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) \
+             FROM (VALUES (1, {max}), (2, 1)) AS t(k, x)"
+        ),
+        format!("SELECT sum(ts + {}) FROM weather", max / 2),
+        "SELECT sum(x) FROM (VALUES (CAST(18446744073709551615 AS BIGINT UNSIGNED)), \
+         (CAST(1 AS BIGINT UNSIGNED))) AS t(x)"
+            .to_string(),
+    ] {
+        let got = err(&e, &sql).await;
+        assert!(matches!(got, Error::Overflow(_)), "{sql}: {got:?}");
+        assert!(got.is_client_error());
+    }
+
+    // What fits is unchanged.
+    let b = rows(&e, &format!("SELECT {} + 1, -{max}, 3 * 4 - 5", max - 1)).await;
+    assert_eq!(int64s(&b, 0), [Some(max)]);
+    assert_eq!(int64s(&b, 1), [Some(-max)]);
+    assert_eq!(int64s(&b, 2), [Some(7)]);
+    // A window frame's sum may pass out of range between frames and still be right.
+    let b = rows(
+        &e,
+        &format!(
+            "SELECT sum(x) OVER (ORDER BY k ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) \
+             FROM (VALUES (1, {max}), (2, -{max}), (3, {max})) AS t(k, x) ORDER BY k"
+        ),
+    )
+    .await;
+    assert_eq!(int64s(&b, 0), [Some(max), Some(0), Some(0)]);
+    let n = STATIONS as i64;
+    // ts runs 0..250 for every station at the head.
+    let expected: i64 = (0..250).sum::<i64>() * n;
+    assert_eq!(count(&e, "SELECT sum(ts) FROM weather").await, expected);
+    assert_eq!(
+        count(&e, "SELECT sum(DISTINCT ts) FROM weather").await,
+        (0..250).sum::<i64>()
+    );
+    let b = rows(
+        &e,
+        "SELECT station, sum(ts + 1) AS s FROM weather GROUP BY station ORDER BY station",
+    )
+    .await;
+    assert_eq!(int64s(&b, 1), vec![Some((1..=250).sum::<i64>()); STATIONS]);
+    let b = rows(
+        &e,
+        "SELECT NULL + 1, sum(x) FROM (VALUES (CAST(NULL AS BIGINT))) AS t(x)",
+    )
+    .await;
+    assert_eq!(int64s(&b, 0), [None]);
+    assert_eq!(int64s(&b, 1), [None]);
+
+    // Column names are the operators' own, in results and in GROUP BY.
+    let b = rows(
+        &e,
+        "SELECT ts + 1, -ts, count(*) FROM weather GROUP BY ts + 1, -ts ORDER BY ts + 1 LIMIT 1",
+    )
+    .await;
+    let names: Vec<_> = b
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["weather.ts + Int64(1)", "(- weather.ts)", "count(*)"]
+    );
+    assert_eq!(int64s(&b, 0), [Some(1)]);
+    assert_eq!(int64s(&b, 2), [Some(n)]);
+}

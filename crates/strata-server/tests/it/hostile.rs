@@ -329,6 +329,11 @@ async fn client_mistakes_are_client_errors() {
             "INSERT INTO events VALUES ('a', NULL, 1.0)",
             Code::InvalidArgument,
         ),
+        ("SELECT 9223372036854775807 + 1", Code::OutOfRange),
+        (
+            "SELECT sum(x) FROM (VALUES (9223372036854775807), (1)) AS t(x)",
+            Code::OutOfRange,
+        ),
     ] {
         let (got, message) = code_of(sql(&mut c, statement).await);
         assert_eq!(got, code, "{statement}: {message}");
