@@ -15,6 +15,10 @@ pub struct ServeArgs {
     /// Directory of the embedded store and the write-ahead log [default: ./strata-data].
     #[arg(long, env = "STRATA_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where segments and versions live: `local` (the embedded store under the data
+    /// directory) or `cassandra://HOST[,HOST…][:PORT]/KEYSPACE[?options]` [default: local].
+    #[arg(long, env = "STRATA_STORE", value_name = "URL")]
+    pub store: Option<String>,
     /// Address to listen on [default: 127.0.0.1:50051].
     #[arg(long, env = "STRATA_LISTEN", value_name = "HOST:PORT")]
     pub listen: Option<String>,
@@ -73,6 +77,9 @@ impl ServeArgs {
         if let Some(v) = &self.listen {
             c.listen = v.clone();
         }
+        if let Some(v) = &self.store {
+            c.store = v.clone();
+        }
         if let Some(v) = self.default_shards {
             c.default_shards = v;
         }
@@ -122,6 +129,7 @@ mod tests {
     fn args() -> ServeArgs {
         ServeArgs {
             data_dir: None,
+            store: None,
             listen: None,
             config: None,
             default_shards: None,

@@ -30,6 +30,11 @@ pub const WAL_MARK: &str = "$wal";
 pub struct IngestConfig {
     /// Where the write-ahead log lives.
     pub wal_dir: PathBuf,
+    /// The name under which this ingester commits the highest WAL position a version
+    /// covers ([`WAL_MARK`], or `$wal/<server id>` when several servers share a store:
+    /// each replays its own log against its own mark). Starts with `$`, which producer
+    /// names cannot.
+    pub wal_mark: String,
     /// A WAL file is closed (and can be trimmed) once it reaches this size.
     pub wal_file_bytes: u64,
     /// A batch (its Arrow IPC bytes) larger than this is refused.
@@ -55,6 +60,7 @@ impl IngestConfig {
     pub fn new(wal_dir: impl Into<PathBuf>) -> Self {
         Self {
             wal_dir: wal_dir.into(),
+            wal_mark: WAL_MARK.to_string(),
             wal_file_bytes: 64 << 20,
             max_batch_bytes: 16 << 20,
             memory_limit_bytes: 512 << 20,
@@ -315,7 +321,7 @@ impl Ingester {
         for name in ingester.inner.catalog.list_tables().await? {
             let state = ingester.dataset(&name).await?;
             let head = state.table.head().await?;
-            if let Some(lsn) = head.producers.get(WAL_MARK) {
+            if let Some(lsn) = head.producers.get(&ingester.inner.config.wal_mark) {
                 ingester.inner.wal.raise_next_lsn(*lsn);
                 ingester.inner.wal.flushed(state.table.id(), *lsn);
             }
@@ -373,7 +379,7 @@ impl Ingester {
             let head = state.table.head().await?;
             if head
                 .producers
-                .get(WAL_MARK)
+                .get(&self.inner.config.wal_mark)
                 .is_some_and(|m| *m >= entry.lsn)
             {
                 skipped += 1;
@@ -620,7 +626,7 @@ impl Ingester {
     /// rows are acknowledged, so giving up would lose them.
     async fn commit_chunk(&self, state: &Arc<DatasetState>, mem: &Chunk) -> Result<u64> {
         let mut marks = mem.marks.clone();
-        marks.insert(WAL_MARK.to_string(), mem.max_lsn);
+        marks.insert(self.inner.config.wal_mark.clone(), mem.max_lsn);
         let mut backoff = Duration::from_millis(50);
         loop {
             let attempt = async {

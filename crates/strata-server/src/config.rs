@@ -3,7 +3,9 @@
 //! [`ServerConfig`] fields).
 //!
 //! ```toml
-//! data_dir = "./strata-data"       # the embedded store and the WAL live here
+//! data_dir = "./strata-data"       # the WAL (and the embedded store) live here
+//! store = "local"                  # or "cassandra://h1,h2,h3:9042/KEYSPACE?…": segments
+//!                                  # and versions in Cassandra (strata-cassandra docs)
 //! listen = "127.0.0.1:50051"       # one port: strata.v1, Arrow Flight, health, reflection
 //! default_shards = 4               # for datasets created without a shard count
 //! max_message_mb = 64              # largest gRPC message accepted
@@ -59,6 +61,9 @@ use crate::error::{Error, Result};
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
+    /// Where segments and versions live: `local` (under `data_dir`) or a
+    /// `cassandra://` URL.
+    pub store: String,
     pub listen: String,
     pub default_shards: u32,
     pub max_message_mb: usize,
@@ -141,6 +146,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./strata-data"),
+            store: "local".into(),
             listen: "127.0.0.1:50051".into(),
             default_shards: 4,
             max_message_mb: 64,
@@ -188,6 +194,12 @@ impl ServerConfig {
     /// Checks the values and resolves the listen address.
     pub fn validate(&self) -> Result<SocketAddr> {
         let bad = |m: String| Err(Error::Config(m));
+        if self.store != "local" && !self.store.starts_with("cassandra://") {
+            return bad(format!(
+                "store {:?} is neither \"local\" nor a cassandra:// URL",
+                self.store
+            ));
+        }
         let i = &self.ingest;
         if self.default_shards == 0 || self.default_shards > strata_types::spec::MAX_SHARDS {
             return bad(format!(

@@ -104,8 +104,50 @@ impl Drop for QueryRuntime {
     }
 }
 
+/// The catalog over the configured store: the embedded one under `data_dir`, or a
+/// Cassandra keyspace (created if missing).
+async fn open_store(config: &ServerConfig) -> Result<Catalog> {
+    if config.store == "local" {
+        let store = Arc::new(LocalStore::open(config.store_dir())?);
+        return Ok(Catalog::new(store.clone(), store));
+    }
+    let cassandra = strata_cassandra::CassandraConfig::from_url(&config.store)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let store = Arc::new(
+        strata_cassandra::CassandraStore::connect(cassandra)
+            .await
+            .map_err(strata_storage::Error::from)?,
+    );
+    info!(store = %config.store, "segments and versions in Cassandra");
+    Ok(Catalog::new(store.clone(), store))
+}
+
+/// This server's id, made once and kept in `data_dir/server-id`: the WAL's position
+/// is committed under it, so servers sharing a store never skip or replay each other's
+/// rows. It goes with the data directory (and its WAL), not with the host.
+fn server_id(data_dir: &std::path::Path) -> Result<String> {
+    let path = data_dir.join("server-id");
+    let io = |e: std::io::Error| Error::Config(format!("{}: {e}", path.display()));
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let tmp = data_dir.join("server-id.tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    std::io::Write::write_all(&mut file, id.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(id)
+}
+
 impl Server {
-    /// Opens the store under `config.data_dir`, replays the WAL and starts serving.
+    /// Opens the store, replays the WAL and starts serving.
     pub async fn start(config: ServerConfig) -> Result<Server> {
         let addr = config.validate()?;
         let auth = auth::Authenticator::from_settings(&config.auth)?;
@@ -129,9 +171,17 @@ impl Server {
         // Before anything reads the WAL: a second server on this directory would replay
         // and trim the log the first one is appending to.
         let lock = DirLock::acquire(&config.data_dir)?;
-        let store = Arc::new(LocalStore::open(config.store_dir())?);
-        let catalog = Catalog::new(store.clone(), store);
-        let ingester = Ingester::open(catalog, config.ingest_config()).await?;
+        let catalog = open_store(&config).await?;
+        let mut ingest = config.ingest_config();
+        if config.store != "local" {
+            // Servers sharing a store each replay their own WAL against their own mark.
+            ingest.wal_mark = format!(
+                "{}/{}",
+                strata_ingest::WAL_MARK,
+                server_id(&config.data_dir)?
+            );
+        }
+        let ingester = Ingester::open(catalog, ingest).await?;
         let queries = QueryRuntime::new(config.query_threads())?;
         let engine = sql::engine(&ingester, config.query_config(queries.handle()))?;
         let listener = TcpListener::bind(addr)

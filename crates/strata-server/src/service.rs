@@ -7,7 +7,7 @@ use arrow::datatypes::Schema;
 use arrow::ipc::writer::StreamWriter;
 use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
-use strata_ingest::{Ack, Ingester, PendingAck, WAL_MARK};
+use strata_ingest::{Ack, Ingester, PendingAck};
 use strata_proto::v1::strata_server::Strata;
 use strata_proto::v1::{
     Column, CompactRequest, CompactResponse, CreateDatasetRequest, CreateTagRequest, DatasetInfo,
@@ -78,7 +78,7 @@ impl StrataService {
             producers: head
                 .producers
                 .iter()
-                .filter(|(p, _)| p.as_str() != WAL_MARK)
+                .filter(|(p, _)| !p.starts_with('$'))
                 .map(|(p, s)| (p.clone(), *s))
                 .collect(),
             arrow_schema: schema_ipc(&head.schema)?.into(),

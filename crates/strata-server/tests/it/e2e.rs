@@ -142,7 +142,7 @@ pub(crate) async fn ingest(
     }
 }
 
-async fn flush(c: &mut StrataClient<Channel>, dataset: &str) -> u64 {
+pub(crate) async fn flush(c: &mut StrataClient<Channel>, dataset: &str) -> u64 {
     c.flush(FlushRequest {
         dataset: dataset.into(),
     })

@@ -73,7 +73,10 @@ async fn do_put_status(flight: &mut FlightClient, messages: Vec<FlightData>) -> 
 }
 
 /// Runs one statement through the `Query` RPC.
-async fn sql(c: &mut StrataClient<Channel>, sql: &str) -> Result<Vec<RecordBatch>, tonic::Status> {
+pub(crate) async fn sql(
+    c: &mut StrataClient<Channel>,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, tonic::Status> {
     sql_request(c, tonic::Request::new(QueryRequest { sql: sql.into() })).await
 }
 
@@ -90,7 +93,7 @@ async fn sql_request(
     Ok(reader.map(Result::unwrap).collect())
 }
 
-fn single_i64(batches: &[RecordBatch]) -> i64 {
+pub(crate) fn single_i64(batches: &[RecordBatch]) -> i64 {
     let b = batches.iter().find(|b| b.num_rows() > 0).unwrap();
     let c = arrow::compute::cast(b.column(0), &DataType::Int64).unwrap();
     c.as_any().downcast_ref::<Int64Array>().unwrap().value(0)

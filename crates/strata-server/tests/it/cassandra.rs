@@ -1,0 +1,203 @@
+//! The server on the Cassandra backend (a real node: `STRATA_CASSANDRA`, which
+//! `tools/test` sets), each test in a keyspace of its own.
+
+use bytes::Bytes;
+use strata_proto::v1::{RollbackRequest, VersionRef, version_ref};
+use strata_server::ServerConfig;
+
+use crate::e2e::{batch, client, create, flush, ingest, ipc, start};
+use crate::hostile::{single_i64, sql};
+
+fn contact_point() -> String {
+    std::env::var("STRATA_CASSANDRA").unwrap_or_else(|_| {
+        panic!(
+            "STRATA_CASSANDRA is not set: run the tests with tools/test (it starts a \
+             Cassandra node), or start one with tools/cassandra/run start"
+        )
+    })
+}
+
+fn on_cassandra(keyspace: &str) -> impl Fn(&mut ServerConfig) {
+    let url = format!(
+        "cassandra://{}/{keyspace}_{}",
+        contact_point(),
+        std::process::id()
+    );
+    move |c: &mut ServerConfig| c.store = url.clone()
+}
+
+async fn count(
+    c: &mut strata_proto::v1::strata_client::StrataClient<tonic::transport::Channel>,
+    q: &str,
+) -> i64 {
+    single_i64(&sql(c, q).await.unwrap_or_else(|e| panic!("{q}: {e}")))
+}
+
+/// Ingest, SQL, time travel and rollback with segments and versions in Cassandra; a
+/// second server with an empty data directory on the same keyspace sees it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_query_and_roll_back_on_cassandra() {
+    let store = on_cassandra("strata_e2e");
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &store).await;
+    let mut c = client(&server).await;
+    create(&mut c, "events", true).await;
+    let batches: Vec<(u64, Bytes)> = (0..20)
+        .map(|i| (i + 1, ipc(&batch(i as i64 * 50, 50))))
+        .collect();
+    let out = ingest(&mut c, "events", "job", batches).await.unwrap();
+    assert!(out.status.is_none(), "{:?}", out.status);
+    assert_eq!(out.acks.len(), 20);
+    let good = flush(&mut c, "events").await;
+    assert_eq!(count(&mut c, "SELECT count(*) FROM events").await, 1000);
+
+    // A bad load: 500 more rows, then rolled back.
+    let bad: Vec<(u64, Bytes)> = (0..10)
+        .map(|i| (i + 1, ipc(&batch(10_000 + i as i64 * 50, 50))))
+        .collect();
+    ingest(&mut c, "events", "bad-job", bad).await.unwrap();
+    let bad_version = flush(&mut c, "events").await;
+    assert!(bad_version > good);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM events").await, 1500);
+    c.rollback(RollbackRequest {
+        dataset: "events".into(),
+        to: Some(VersionRef {
+            kind: Some(version_ref::Kind::Version(good)),
+        }),
+    })
+    .await
+    .unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM events").await, 1000);
+    let q = format!("SELECT count(*) FROM events VERSION AS OF {bad_version}");
+    assert_eq!(count(&mut c, &q).await, 1500);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM events WHERE t >= 500 AND t < 600"
+        )
+        .await,
+        100
+    );
+    server.shutdown().await.unwrap();
+
+    // Nothing of it was local: a server with a fresh data directory finds it all.
+    let other = tempfile::tempdir().unwrap();
+    let server = start(other.path(), &store).await;
+    let mut c = client(&server).await;
+    assert_eq!(count(&mut c, "SELECT count(*) FROM events").await, 1000);
+    assert_eq!(count(&mut c, &q).await, 1500);
+    server.shutdown().await.unwrap();
+    drop_keyspace("strata_e2e").await;
+}
+
+/// Two servers ingest into one dataset of one keyspace, flushing often so their commits
+/// race: every acknowledged row is there exactly once, versions are 1, 2, 3… without a
+/// gap, and a third server sees it all. Then a server dies with rows only in its WAL
+/// while the other commits: on restart it replays its own log against its own mark
+/// (one shared mark would let the other server's commit hide its rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_one_keyspace() {
+    let store = on_cassandra("strata_two");
+    let fast = |c: &mut ServerConfig| {
+        store(c);
+        c.ingest.flush_interval_ms = 50;
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start(dir_a.path(), fast).await;
+    let b = start(dir_b.path(), fast).await;
+    let (mut ca, mut cb) = (client(&a).await, client(&b).await);
+    create(&mut ca, "events", true).await;
+    // Producer pa writes t in [0, 2000) through A, pb [100000, 102000) through B, in
+    // 40 batches each, both at once.
+    let load = |base: i64| -> Vec<(u64, Bytes)> {
+        (0..40)
+            .map(|i| (i + 1, ipc(&batch(base + i as i64 * 50, 50))))
+            .collect()
+    };
+    let (ra, rb) = tokio::join!(
+        ingest(&mut ca, "events", "pa", load(0)),
+        ingest(&mut cb, "events", "pb", load(100_000))
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert!(ra.status.is_none() && rb.status.is_none(), "{ra:?} {rb:?}");
+    assert_eq!(ra.acks.len() + rb.acks.len(), 80);
+    flush(&mut ca, "events").await;
+    flush(&mut cb, "events").await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+
+    let dir_c = tempfile::tempdir().unwrap();
+    let c = start(dir_c.path(), &store).await;
+    let mut cc = client(&c).await;
+    assert_eq!(count(&mut cc, "SELECT count(*) FROM events").await, 4000);
+    assert_eq!(
+        count(&mut cc, "SELECT count(DISTINCT t) FROM events").await,
+        4000
+    );
+    let versions = count(&mut cc, "SELECT count(*) FROM strata_versions('events')").await;
+    let newest = count(
+        &mut cc,
+        "SELECT max(version) FROM strata_versions('events')",
+    )
+    .await;
+    assert_eq!(versions, newest, "versions 1..={newest} without a gap");
+    assert!(
+        versions >= 3,
+        "both servers committed ({versions} versions)"
+    );
+    c.shutdown().await.unwrap();
+
+    // A holds acknowledged rows only in its WAL when it dies; B commits meanwhile.
+    let slow = |c: &mut ServerConfig| {
+        store(c);
+        c.ingest.flush_interval_ms = 3_600_000;
+    };
+    let a = start(dir_a.path(), slow).await;
+    let mut ca = client(&a).await;
+    let more: Vec<(u64, Bytes)> = (0..5)
+        .map(|i| (41 + i, ipc(&batch(200_000 + i as i64 * 10, 10))))
+        .collect();
+    let out = ingest(&mut ca, "events", "pa", more).await.unwrap();
+    assert_eq!(out.acks.len(), 5);
+    a.abort().await.unwrap();
+    let b = start(dir_b.path(), slow).await;
+    let mut cb = client(&b).await;
+    ingest(
+        &mut cb,
+        "events",
+        "pb",
+        vec![(41, ipc(&batch(300_000, 10)))],
+    )
+    .await
+    .unwrap();
+    flush(&mut cb, "events").await;
+    b.shutdown().await.unwrap();
+    let a = start(dir_a.path(), slow).await;
+    let mut ca = client(&a).await;
+    flush(&mut ca, "events").await;
+    assert_eq!(count(&mut ca, "SELECT count(*) FROM events").await, 4060);
+    assert_eq!(
+        count(
+            &mut ca,
+            "SELECT count(*) FROM events WHERE t >= 200000 AND t < 300000"
+        )
+        .await,
+        50
+    );
+    a.shutdown().await.unwrap();
+    drop_keyspace("strata_two").await;
+}
+
+async fn drop_keyspace(keyspace: &str) {
+    let url = format!(
+        "cassandra://{}/{keyspace}_{}",
+        contact_point(),
+        std::process::id()
+    );
+    let config = strata_cassandra::CassandraConfig::from_url(&url).unwrap();
+    let store = strata_cassandra::CassandraStore::connect(config)
+        .await
+        .unwrap();
+    let cql = format!("DROP KEYSPACE IF EXISTS {}", store.config().keyspace);
+    store.session().query_unpaged(cql, ()).await.unwrap();
+}
