@@ -563,7 +563,6 @@ async fn the_demo_runs_end_to_end() {
     let args = DemoArgs {
         rows: 3_000,
         data_dir: None,
-        store: None,
     };
     let report = demo::demo(&args, &mut out).await.unwrap();
     let text = String::from_utf8(out).unwrap();
