@@ -97,15 +97,15 @@ async fn load_rows(store: &CassandraStore, batch: &RecordBatch, inflight: usize)
         f64_col(batch, "pressure"),
     );
     let wind_dir = batch
-        .column_by_name("wind_dir")
-        .expect("wind_dir")
+        .column_by_name("wind_direction")
+        .expect("wind_direction")
         .as_any()
         .downcast_ref::<Int32Array>()
         .expect("int32");
-    let (wind, precip) = (f64_col(batch, "wind_speed"), f64_col(batch, "precip"));
+    let (wind, precip) = (f64_col(batch, "wind_speed"), f64_col(batch, "precip_1h"));
     let sky = batch
-        .column_by_name("sky")
-        .expect("sky")
+        .column_by_name("sky_condition")
+        .expect("sky_condition")
         .as_any()
         .downcast_ref::<StringArray>()
         .expect("sky");
