@@ -188,6 +188,119 @@ async fn two_servers_one_keyspace() {
     drop_keyspace("strata_two").await;
 }
 
+/// A three-node cluster of this test's own (`tools/cassandra/run`), stopped when
+/// dropped, whatever the test's outcome.
+struct Cluster {
+    dir: tempfile::TempDir,
+    contact: String,
+}
+
+impl Cluster {
+    fn run(&self, args: &[&str]) -> String {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/cassandra/run");
+        let out = std::process::Command::new(script)
+            .args(args)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .output()
+            .expect("tools/cassandra/run");
+        assert!(
+            out.status.success(),
+            "tools/cassandra/run {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn start(port: u16) -> Cluster {
+        let mut cluster = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            contact: String::new(),
+        };
+        let port = port.to_string();
+        cluster.contact = cluster.run(&["start", "--nodes", "3", "--port", &port]);
+        cluster
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.run(&["stop"]);
+    }
+}
+
+/// Replication 3, QUORUM: one node SIGKILLed during ingest and queries changes
+/// nothing a client sees; with two down, acknowledged rows wait in the WAL (a flush
+/// cannot commit, dataset changes fail UNAVAILABLE) and commit once a node is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_lose_one_then_two() {
+    let cluster = Cluster::start(19342);
+    let url = format!(
+        "cassandra://{}/strata_nodes?replication_factor=3&consistency=quorum&serial_consistency=serial&timeout_ms=3000",
+        cluster.contact
+    );
+    let on = |c: &mut ServerConfig| {
+        c.store = url.clone();
+        c.ingest.flush_interval_ms = 100;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), on).await;
+    let mut c = client(&server).await;
+    create(&mut c, "events", true).await;
+    let load = |from: u64, to: u64| -> Vec<(u64, Bytes)> {
+        (from..to)
+            .map(|i| (i + 1, ipc(&batch(i as i64 * 20, 20))))
+            .collect()
+    };
+    let out = ingest(&mut c, "events", "p", load(0, 20)).await.unwrap();
+    assert_eq!(out.acks.len(), 20);
+
+    // One node down, mid-stream.
+    let mut writer = c.clone();
+    let feeding =
+        tokio::spawn(async move { ingest(&mut writer, "events", "p", load(20, 60)).await });
+    cluster.run(&["kill", "3"]);
+    let out = feeding.await.unwrap().unwrap();
+    assert!(out.status.is_none(), "{:?}", out.status);
+    assert_eq!(out.acks.len(), 40);
+    flush(&mut c, "events").await;
+    assert_eq!(count(&mut c, "SELECT count(*) FROM events").await, 1200);
+    cluster.run(&["restart-node", "3"]);
+
+    // Two down: acknowledged into the WAL, nothing committed until a node returns.
+    cluster.run(&["kill", "2"]);
+    cluster.run(&["kill", "3"]);
+    let out = ingest(&mut c, "events", "p", load(60, 70)).await.unwrap();
+    assert_eq!(
+        out.acks.len(),
+        10,
+        "acknowledged from the WAL: {:?}",
+        out.status
+    );
+    let e = c
+        .rollback(RollbackRequest {
+            dataset: "events".into(),
+            to: Some(VersionRef {
+                kind: Some(version_ref::Kind::Version(2)),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    let mut flusher = c.clone();
+    let flushing = tokio::spawn(async move { flush(&mut flusher, "events").await });
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        !flushing.is_finished(),
+        "a flush cannot commit without a quorum"
+    );
+    cluster.run(&["restart-node", "2"]);
+    flushing.await.unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM events").await, 1400);
+    server.shutdown().await.unwrap();
+    cluster.run(&["restart-node", "3"]);
+}
+
 async fn drop_keyspace(keyspace: &str) {
     let url = format!(
         "cassandra://{}/{keyspace}_{}",
