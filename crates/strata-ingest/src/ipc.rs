@@ -102,7 +102,7 @@ impl IpcGuard {
                 let Some(schema) = message.header_as_schema() else {
                     return malformed("a schema message without a schema");
                 };
-                check_schema(&schema)?;
+                strata_types::ipc_schema::check(&schema).map_err(IpcRefusal::Malformed)?;
                 let schema = arrow::ipc::convert::fb_to_schema(schema);
                 let mut views = 0;
                 for f in schema.fields() {
@@ -349,133 +349,6 @@ where
 /// on (found by fuzzing): missing fields or type tables, list types without their one
 /// child, bit widths and units outside the format, big-endian decimals; and types no
 /// dataset has (unions, run-end encoding, dictionaries).
-fn check_schema(schema: &arrow::ipc::Schema<'_>) -> Result<(), IpcRefusal> {
-    let Some(fields) = schema.fields() else {
-        return malformed("a schema without fields");
-    };
-    let big_endian = schema.endianness() != arrow::ipc::Endianness::Little;
-    for field in fields {
-        check_field(&field, big_endian)?;
-    }
-    Ok(())
-}
-
-fn check_field(field: &arrow::ipc::Field<'_>, big_endian: bool) -> Result<(), IpcRefusal> {
-    use arrow::ipc::{DateUnit, IntervalUnit, Precision, TimeUnit, Type};
-    if field.dictionary().is_some() {
-        return malformed("dictionary-encoded columns are not accepted: send plain arrays");
-    }
-    let bad = |what: &str| malformed(format!("a column of a malformed {what} type"));
-    let one_child = |field: &arrow::ipc::Field<'_>| -> Result<(), IpcRefusal> {
-        match field.children() {
-            Some(c) if c.len() == 1 => check_field(&c.get(0), big_endian),
-            _ => malformed("a nested column without its one child"),
-        }
-    };
-    let time_units = [
-        TimeUnit::SECOND,
-        TimeUnit::MILLISECOND,
-        TimeUnit::MICROSECOND,
-        TimeUnit::NANOSECOND,
-    ];
-    match field.type_type() {
-        Type::Null
-        | Type::Bool
-        | Type::Utf8
-        | Type::Binary
-        | Type::LargeUtf8
-        | Type::LargeBinary
-        | Type::Utf8View
-        | Type::BinaryView => Ok(()),
-        Type::Int => match field.type_as_int() {
-            Some(i) if matches!(i.bitWidth(), 8 | 16 | 32 | 64) => Ok(()),
-            _ => bad("integer"),
-        },
-        Type::FloatingPoint => match field.type_as_floating_point() {
-            Some(f)
-                if [Precision::HALF, Precision::SINGLE, Precision::DOUBLE]
-                    .contains(&f.precision()) =>
-            {
-                Ok(())
-            }
-            _ => bad("floating point"),
-        },
-        Type::Date => match field.type_as_date() {
-            Some(d) if [DateUnit::DAY, DateUnit::MILLISECOND].contains(&d.unit()) => Ok(()),
-            _ => bad("date"),
-        },
-        Type::Time => match field.type_as_time() {
-            Some(t)
-                if matches!(
-                    (t.bitWidth(), t.unit()),
-                    (32, TimeUnit::SECOND)
-                        | (32, TimeUnit::MILLISECOND)
-                        | (64, TimeUnit::MICROSECOND)
-                        | (64, TimeUnit::NANOSECOND)
-                ) =>
-            {
-                Ok(())
-            }
-            _ => bad("time"),
-        },
-        Type::Timestamp => match field.type_as_timestamp() {
-            Some(t) if time_units.contains(&t.unit()) => Ok(()),
-            _ => bad("timestamp"),
-        },
-        Type::Duration => match field.type_as_duration() {
-            Some(d) if time_units.contains(&d.unit()) => Ok(()),
-            _ => bad("duration"),
-        },
-        Type::Interval => match field.type_as_interval() {
-            Some(i)
-                if [
-                    IntervalUnit::YEAR_MONTH,
-                    IntervalUnit::DAY_TIME,
-                    IntervalUnit::MONTH_DAY_NANO,
-                ]
-                .contains(&i.unit()) =>
-            {
-                Ok(())
-            }
-            _ => bad("interval"),
-        },
-        Type::FixedSizeBinary => match field.type_as_fixed_size_binary() {
-            Some(f) if f.byteWidth() >= 0 => Ok(()),
-            _ => bad("fixed size binary"),
-        },
-        Type::Decimal => match field.type_as_decimal() {
-            Some(d)
-                if !big_endian
-                    && u8::try_from(d.precision()).is_ok()
-                    && i8::try_from(d.scale()).is_ok()
-                    && matches!(d.bitWidth(), 32 | 64 | 128 | 256) =>
-            {
-                Ok(())
-            }
-            _ => bad("decimal"),
-        },
-        Type::List | Type::LargeList | Type::ListView | Type::LargeListView => one_child(field),
-        Type::FixedSizeList => match field.type_as_fixed_size_list() {
-            Some(f) if f.listSize() >= 0 => one_child(field),
-            _ => bad("fixed size list"),
-        },
-        Type::Map => match field.type_as_map() {
-            Some(_) => one_child(field),
-            None => bad("map"),
-        },
-        Type::Struct_ => {
-            let Some(children) = field.children() else {
-                return bad("struct");
-            };
-            for c in children {
-                check_field(&c, big_endian)?;
-            }
-            Ok(())
-        }
-        other => malformed(format!("columns of type {other:?} are not accepted")),
-    }
-}
-
 /// The view columns in `field` (itself and its children), refusing dictionaries.
 fn view_columns(field: &Field) -> Result<usize, IpcRefusal> {
     fn walk(dt: &DataType) -> Result<usize, IpcRefusal> {

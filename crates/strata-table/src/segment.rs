@@ -533,12 +533,42 @@ impl AsyncFileReader for BlobReader {
 
 /// Refuses a segment whose embedded Arrow schema (`ARROW:schema`) arrow-rs cannot
 /// decode. Some damaged ones make arrow-ipc panic rather than fail (a union without
-/// children: "invalid union field", found by the `segment` fuzz target); the decode is
-/// tried here, with the panic contained, before any reader builds on it. A stored
+/// children, "invalid union field"; a timestamp of an unknown unit: both found by the
+/// `segment` fuzz target), so the schema's flatbuffer is checked first
+/// ([`strata_types::ipc_schema::check`]), and the decode is then tried with any panic
+/// contained, before any reader builds on it. A stored
 /// segment is checksummed by its store, so this guards against bytes that passed a
 /// store without checksums or were damaged before they were written.
 pub fn check_embedded_schema(meta: &ParquetMetaData) -> parquet::errors::Result<()> {
     let file = meta.file_metadata();
+    let damaged = |why: String| {
+        parquet::errors::ParquetError::General(format!(
+            "the segment's embedded Arrow schema is damaged: {why}"
+        ))
+    };
+    let encoded = file
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == "ARROW:schema"))
+        .and_then(|k| k.value.as_deref());
+    if let Some(encoded) = encoded {
+        // As parquet decodes it: base64 of an IPC message, after an optional
+        // continuation marker and length.
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| damaged(e.to_string()))?;
+        let message = if bytes.len() > 8 && bytes[0..4] == [255u8; 4] {
+            &bytes[8..]
+        } else {
+            &bytes[..]
+        };
+        let message = arrow::ipc::root_as_message(message).map_err(|e| damaged(e.to_string()))?;
+        let schema = message
+            .header_as_schema()
+            .ok_or_else(|| damaged("not a schema message".into()))?;
+        strata_types::ipc_schema::check(&schema).map_err(damaged)?;
+    }
+    // arrow-ipc may still find something to panic on: contained, it is an error too.
     let decode = std::panic::AssertUnwindSafe(|| {
         parquet::arrow::parquet_to_arrow_schema(file.schema_descr(), file.key_value_metadata())
     });

@@ -9,6 +9,7 @@
 //! on construction, so the rest of the system can put them in storage keys.
 
 pub mod error;
+pub mod ipc_schema;
 pub mod name;
 pub mod spec;
 pub mod value;
