@@ -50,6 +50,15 @@ pub enum Error {
     /// Stored metadata cannot be decoded.
     #[error("corrupt metadata {what}: {reason}")]
     CorruptMetadata { what: String, reason: String },
+    /// A record written by a newer release, in a format this one does not read.
+    #[error(
+        "{what} is of record format {format}; this release reads formats up to {supported}: upgrade Strata"
+    )]
+    NewerFormat {
+        what: String,
+        format: u32,
+        supported: u32,
+    },
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]

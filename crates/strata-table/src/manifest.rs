@@ -102,9 +102,33 @@ pub struct DvUpdate {
     pub deleted: Dv,
 }
 
+/// The layout of the records (datasets, versions, checkpoints) this release writes.
+/// It reads every format up to this one; records written before formats were numbered
+/// are format 1. A change a reader could misread raises it.
+pub const FORMAT: u32 = 1;
+
+pub(crate) fn format_1() -> u32 {
+    1
+}
+
+/// Refuses a record of a format newer than this release reads.
+pub(crate) fn check_format(what: &str, format: u32) -> Result<()> {
+    if format > FORMAT {
+        return Err(Error::NewerFormat {
+            what: what.to_string(),
+            format,
+            supported: FORMAT,
+        });
+    }
+    Ok(())
+}
+
 /// One commit, stored under `tables/<id>/versions/<v:020>`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VersionRecord {
+    /// [`FORMAT`] when written.
+    #[serde(default = "format_1")]
+    pub format: u32,
     pub version: u64,
     pub timestamp_ms: i64,
     pub operation: Operation,
@@ -136,7 +160,9 @@ impl VersionRecord {
     }
 
     pub fn decode(what: &str, bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|e| Error::corrupt(what, e))
+        let record: Self = serde_json::from_slice(bytes).map_err(|e| Error::corrupt(what, e))?;
+        check_format(what, record.format)?;
+        Ok(record)
     }
 }
 
@@ -281,6 +307,8 @@ impl Manifest {
 /// A full manifest as stored in a checkpoint blob (JSON, zstd-compressed).
 #[derive(Debug, Serialize, Deserialize)]
 struct CheckpointData {
+    #[serde(default = "format_1")]
+    format: u32,
     version: u64,
     timestamp_ms: i64,
     schema: Vec<ColumnDef>,
@@ -291,6 +319,7 @@ struct CheckpointData {
 
 pub fn encode_checkpoint(m: &Manifest) -> Result<Vec<u8>> {
     let data = CheckpointData {
+        format: FORMAT,
         version: m.version,
         timestamp_ms: m.timestamp_ms,
         schema: schema_to_defs(&m.schema),
@@ -309,6 +338,7 @@ pub fn decode_checkpoint(what: &str, bytes: &[u8]) -> Result<Manifest> {
     let json = zstd::stream::decode_all(bytes).map_err(|e| Error::corrupt(what, e))?;
     let data: CheckpointData =
         serde_json::from_slice(&json).map_err(|e| Error::corrupt(what, e))?;
+    check_format(what, data.format)?;
     let mut m = Manifest {
         version: data.version,
         timestamp_ms: data.timestamp_ms,
@@ -324,4 +354,27 @@ pub fn decode_checkpoint(what: &str, bytes: &[u8]) -> Result<Manifest> {
         });
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records carry their format; one without (written before formats were numbered)
+    /// reads as format 1, one from a newer release is refused with a clear error.
+    #[test]
+    fn record_formats() {
+        let old = br#"{"version":3,"timestamp_ms":5,"operation":{"kind":"append"},"rows_added":1,"rows_removed":0}"#;
+        let record = VersionRecord::decode("v3", old).unwrap();
+        assert_eq!((record.format, record.version), (1, 3));
+        let encoded = String::from_utf8(record.encode()).unwrap();
+        assert!(
+            encoded.starts_with(&format!("{{\"format\":{FORMAT},")),
+            "{encoded}"
+        );
+        let newer = encoded.replacen(&format!("\"format\":{FORMAT}"), "\"format\":99", 1);
+        let e = VersionRecord::decode("v3", newer.as_bytes()).unwrap_err();
+        assert!(matches!(e, Error::NewerFormat { format: 99, .. }), "{e:?}");
+        assert!(e.to_string().contains("upgrade"), "{e}");
+    }
 }

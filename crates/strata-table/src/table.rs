@@ -136,6 +136,8 @@ pub struct TagInfo {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct DatasetRecord {
+    #[serde(default = "crate::manifest::format_1")]
+    format: u32,
     id: String,
     spec: DatasetSpecDef,
     created_ms: i64,
@@ -184,6 +186,7 @@ impl Catalog {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let now = now_ms();
         let create = VersionRecord {
+            format: crate::manifest::FORMAT,
             version: 1,
             timestamp_ms: now,
             operation: Operation::Create,
@@ -203,6 +206,7 @@ impl Catalog {
             .put_if_absent(&v1, Bytes::from(create.encode()))
             .await?;
         let record = DatasetRecord {
+            format: crate::manifest::FORMAT,
             id: id.clone(),
             spec: spec.to_def(),
             created_ms: now,
@@ -234,6 +238,7 @@ impl Catalog {
         let what = format!("dataset record {name}");
         let record: DatasetRecord =
             serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(&what, e))?;
+        crate::manifest::check_format(&what, record.format)?;
         let spec = DatasetSpec::from_def(&record.spec).map_err(|e| Error::corrupt(&what, e))?;
         Ok(Table::new(self, record.id, spec))
     }
@@ -745,6 +750,7 @@ impl Table {
             });
         }
         let record = VersionRecord {
+            format: crate::manifest::FORMAT,
             version: v,
             timestamp_ms: now.max(base.timestamp_ms),
             operation: txn.operation,
