@@ -86,6 +86,7 @@ pub async fn connect(url: &str) -> Result<Client> {
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
     if url.starts_with("https://") {
+        strata_server::install_crypto_provider();
         let mut tls = ClientTlsConfig::new().with_webpki_roots();
         if let Some(ca) = &security.ca {
             let pem = std::fs::read(ca).map_err(|e| {

@@ -104,6 +104,13 @@ impl Drop for QueryRuntime {
     }
 }
 
+/// Makes ring rustls's process-wide crypto provider, unless one is set already. The
+/// build links two (tonic's TLS uses ring, the Cassandra driver's rustls brings
+/// aws-lc-rs), and rustls refuses to guess between them.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The catalog over the configured store: the embedded one under `data_dir`, or a
 /// Cassandra keyspace (created if missing).
 async fn open_store(config: &ServerConfig) -> Result<Catalog> {
@@ -161,6 +168,7 @@ impl Server {
             }
             warn!(%addr, "no tokens configured: every client that reaches the port is an admin");
         }
+        install_crypto_provider();
         let identity = config.tls.identity()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             Error::Config(format!(

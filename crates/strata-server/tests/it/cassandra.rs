@@ -231,7 +231,9 @@ impl Drop for Cluster {
 
 /// Replication 3, QUORUM: one node SIGKILLed during ingest and queries changes
 /// nothing a client sees; with two down, acknowledged rows wait in the WAL (a flush
-/// cannot commit, dataset changes fail UNAVAILABLE) and commit once a node is back.
+/// cannot commit, dataset changes fail UNAVAILABLE) and commit once a node is back;
+/// with all three down, acknowledgements go on up to the memory bound, then the
+/// stream waits, and nothing is lost when the cluster returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_lose_one_then_two() {
     let cluster = Cluster::start(19342);
@@ -242,6 +244,8 @@ async fn three_nodes_lose_one_then_two() {
     let on = |c: &mut ServerConfig| {
         c.store = url.clone();
         c.ingest.flush_interval_ms = 100;
+        c.ingest.max_batch_mb = 2;
+        c.ingest.memory_limit_mb = 4;
     };
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), on).await;
@@ -297,6 +301,31 @@ async fn three_nodes_lose_one_then_two() {
     cluster.run(&["restart-node", "2"]);
     flushing.await.unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM events").await, 1400);
+
+    // Every node down: batches are acknowledged into the WAL until the memory bound
+    // (4 MiB here), then the stream waits; all of it commits once a quorum returns.
+    cluster.run(&["kill", "1"]);
+    cluster.run(&["kill", "2"]);
+    let big: Vec<(u64, Bytes)> = (0..120)
+        .map(|i| (100 + i, ipc(&batch(1_000_000 + i as i64 * 2000, 2000))))
+        .collect();
+    let mut writer = c.clone();
+    let feeding = tokio::spawn(async move { ingest(&mut writer, "events", "p", big).await });
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert!(
+        !feeding.is_finished(),
+        "the stream waits at the memory bound"
+    );
+    cluster.run(&["restart-node", "1"]);
+    cluster.run(&["restart-node", "2"]);
+    let out = feeding.await.unwrap().unwrap();
+    assert!(out.status.is_none(), "{:?}", out.status);
+    assert_eq!(out.acks.len(), 120);
+    flush(&mut c, "events").await;
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM events").await,
+        1400 + 120 * 2000
+    );
     server.shutdown().await.unwrap();
     cluster.run(&["restart-node", "3"]);
 }
