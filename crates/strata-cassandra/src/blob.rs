@@ -25,7 +25,7 @@ use strata_storage::{
     BlobMeta, BlobStore, Error, Result, check_range, validate_path, validate_prefix,
 };
 
-use crate::store::{CassandraStore, Tree, dir_key, join, name_range, split_path};
+use crate::store::{CassandraStore, Tree, dir_key, join, split_path};
 
 /// A blob's index row.
 #[derive(Clone, Debug)]
@@ -254,26 +254,16 @@ impl BlobStore for CassandraStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<BlobMeta>> {
         validate_prefix(prefix)?;
-        let mut out = Vec::new();
-        for (dir, partial) in self.listing_dirs(Tree::Blobs, prefix).await? {
-            let rows: Vec<(String, i64, i64)> = if partial.is_empty() {
-                self.rows("list blobs", &self.inner.st.blob_list, (dir.as_str(),))
-                    .await?
-            } else {
-                let (from, to) = name_range(&partial);
-                self.rows(
-                    "list blobs",
-                    &self.inner.st.blob_list_from,
-                    (dir.as_str(), from, to),
-                )
-                .await?
-            };
-            out.extend(rows.into_iter().map(|(name, size, created_ms)| BlobMeta {
+        let entries: Vec<(String, (String, i64, i64))> =
+            self.list_entries(Tree::Blobs, prefix).await?;
+        let mut out: Vec<BlobMeta> = entries
+            .into_iter()
+            .map(|(dir, (name, size, created_ms))| BlobMeta {
                 path: join(&dir, &name),
                 size: size.max(0) as u64,
                 last_modified_ms: created_ms,
-            }));
-        }
+            })
+            .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     }

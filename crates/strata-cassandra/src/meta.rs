@@ -21,9 +21,7 @@ use scylla::value::{CqlValue, Row};
 use strata_storage::{Error, MetaStore, Result, validate_path, validate_prefix};
 use tracing::debug;
 
-use crate::store::{
-    CassandraStore, Failure, Tree, backend, classify, dir_key, join, name_range, split_path,
-};
+use crate::store::{CassandraStore, Failure, Tree, backend, classify, dir_key, join, split_path};
 
 /// What a lightweight transaction did.
 enum Outcome {
@@ -37,10 +35,12 @@ impl CassandraStore {
     /// The record under `key`, read at serial consistency.
     async fn read_serial(&self, key: &str) -> Result<Option<Bytes>> {
         let (dir, name) = split_path(key);
-        let mut statement = self.inner.st.record_get.clone();
-        statement.set_consistency(serial_as_consistency(self.inner.config.serial_consistency));
         let rows: Vec<(Option<Vec<u8>>,)> = self
-            .rows("read record", &statement, (dir_key(dir), name))
+            .rows(
+                "read record",
+                &self.inner.st.record_get,
+                (dir_key(dir), name),
+            )
             .await?;
         Ok(rows
             .into_iter()
@@ -96,18 +96,6 @@ fn applied(what: &str, result: QueryResult) -> Result<Outcome> {
         other => Err(Error::Backend(format!(
             "cassandra: {what}: no [applied] column in the answer ({other:?})"
         ))),
-    }
-}
-
-/// The serial consistency as the consistency of a read.
-fn serial_as_consistency(
-    serial: scylla::statement::SerialConsistency,
-) -> scylla::statement::Consistency {
-    match serial {
-        scylla::statement::SerialConsistency::Serial => scylla::statement::Consistency::Serial,
-        scylla::statement::SerialConsistency::LocalSerial => {
-            scylla::statement::Consistency::LocalSerial
-        }
     }
 }
 
@@ -222,22 +210,11 @@ impl MetaStore for CassandraStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         validate_prefix(prefix)?;
-        let mut out = Vec::new();
-        for (dir, partial) in self.listing_dirs(Tree::Records, prefix).await? {
-            let rows: Vec<(String,)> = if partial.is_empty() {
-                self.rows("list records", &self.inner.st.record_list, (dir.as_str(),))
-                    .await?
-            } else {
-                let (from, to) = name_range(&partial);
-                self.rows(
-                    "list records",
-                    &self.inner.st.record_list_from,
-                    (dir.as_str(), from, to),
-                )
-                .await?
-            };
-            out.extend(rows.into_iter().map(|(name,)| join(&dir, &name)));
-        }
+        let entries: Vec<(String, (String,))> = self.list_entries(Tree::Records, prefix).await?;
+        let mut out: Vec<String> = entries
+            .into_iter()
+            .map(|(dir, (name,))| join(&dir, &name))
+            .collect();
         out.sort();
         Ok(out)
     }

@@ -14,6 +14,7 @@ use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::response::{PagingState, PagingStateResponse};
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
 use strata_storage::Error as StorageError;
 use tracing::{debug, warn};
 
@@ -67,6 +68,7 @@ pub(crate) struct Statements {
     pub(crate) blob_dir_put: PreparedStatement,
     pub(crate) blob_dir_list: PreparedStatement,
     pub(crate) blob_dir_list_from: PreparedStatement,
+    /// Read at the serial consistency: sees every transaction that returned.
     pub(crate) record_get: PreparedStatement,
     pub(crate) record_insert: PreparedStatement,
     pub(crate) record_update: PreparedStatement,
@@ -80,7 +82,7 @@ pub(crate) struct Statements {
 
 /// The rest of a listing's clustering range: names from `partial` up to the
 /// character after the last one paths may use.
-pub(crate) fn name_range(partial: &str) -> (String, String) {
+fn name_range(partial: &str) -> (String, String) {
     (partial.to_string(), format!("{partial}\u{7f}"))
 }
 
@@ -177,7 +179,7 @@ impl CassandraStore {
             .use_keyspace(&config.keyspace, false)
             .await
             .map_err(|e| Error::Connect(format!("keyspace {}: {e}", config.keyspace)))?;
-        let st = Statements::prepare(&session).await?;
+        let st = Statements::prepare(&session, &config).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 session,
@@ -316,10 +318,30 @@ impl CassandraStore {
         Ok(())
     }
 
+    /// The rows of partition `dir` whose name starts with `partial` (all of them
+    /// when it is empty): `list` takes the directory, `list_from` also the name range.
+    async fn partition_rows<R>(
+        &self,
+        what: &str,
+        (list, list_from): (&PreparedStatement, &PreparedStatement),
+        dir: &str,
+        partial: &str,
+    ) -> Result<Vec<R>, StorageError>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        if partial.is_empty() {
+            self.rows(what, list, (dir,)).await
+        } else {
+            let (from, to) = name_range(partial);
+            self.rows(what, list_from, (dir, from, to)).await
+        }
+    }
+
     /// The (directory, name prefix) pairs a listing of `prefix` reads: the directory
     /// the prefix ends in, with the rest as a name prefix, and every directory below
     /// it whose path starts with `prefix` (whole). One single-partition query each.
-    pub(crate) async fn listing_dirs(
+    async fn listing_dirs(
         &self,
         tree: Tree,
         prefix: &str,
@@ -328,7 +350,7 @@ impl CassandraStore {
             Some((dir, partial)) => (dir.to_string(), partial.to_string()),
             None => ("/".to_string(), prefix.to_string()),
         };
-        let (list, list_from) = match tree {
+        let statements = match tree {
             Tree::Blobs => (
                 &self.inner.st.blob_dir_list,
                 &self.inner.st.blob_dir_list_from,
@@ -338,22 +360,62 @@ impl CassandraStore {
                 &self.inner.st.record_dir_list_from,
             ),
         };
-        let mut out = vec![(dir.clone(), partial.clone())];
-        let (from, to) = name_range(&partial);
-        let children: Vec<(String,)> = if partial.is_empty() {
-            self.rows("list directories", list, (dir.as_str(),)).await?
-        } else {
-            self.rows("list directories", list_from, (dir.as_str(), from, to))
-                .await?
-        };
+        let children: Vec<(String,)> = self
+            .partition_rows("list directories", statements, &dir, &partial)
+            .await?;
         let mut stack: Vec<String> = children.into_iter().map(|(c,)| join(&dir, &c)).collect();
+        let mut out = vec![(dir, partial)];
         while let Some(d) = stack.pop() {
-            let children: Vec<(String,)> =
-                self.rows("list directories", list, (d.as_str(),)).await?;
+            let children: Vec<(String,)> = self
+                .partition_rows("list directories", statements, &d, "")
+                .await?;
             stack.extend(children.into_iter().map(|(c,)| join(&d, &c)));
             out.push((d, String::new()));
         }
         Ok(out)
+    }
+
+    /// Every entry of `tree` whose path starts with `prefix`, as (directory, row): the
+    /// rows of each directory [`Self::listing_dirs`] names, read from the blob index or
+    /// the records (a row starts with the entry's name).
+    pub(crate) async fn list_entries<R>(
+        &self,
+        tree: Tree,
+        prefix: &str,
+    ) -> Result<Vec<(String, R)>, StorageError>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let (what, statements) = match tree {
+            Tree::Blobs => (
+                "list blobs",
+                (&self.inner.st.blob_list, &self.inner.st.blob_list_from),
+            ),
+            Tree::Records => (
+                "list records",
+                (&self.inner.st.record_list, &self.inner.st.record_list_from),
+            ),
+        };
+        let mut out = Vec::new();
+        for (dir, partial) in self.listing_dirs(tree, prefix).await? {
+            let rows: Vec<R> = self
+                .partition_rows(what, statements, &dir, &partial)
+                .await?;
+            out.extend(rows.into_iter().map(|row| (dir.clone(), row)));
+        }
+        Ok(out)
+    }
+
+    /// Drops this store's keyspace and everything in it (tests and benchmarks clean up
+    /// with it).
+    pub async fn drop_keyspace(&self) -> Result<(), StorageError> {
+        let cql = format!("DROP KEYSPACE IF EXISTS {}", self.inner.config.keyspace);
+        self.inner
+            .session
+            .query_unpaged(cql, ())
+            .await
+            .map_err(|e| backend("drop keyspace", e))?;
+        Ok(())
     }
 }
 
@@ -411,8 +473,16 @@ async fn apply_schema(session: &Session, config: &CassandraConfig) -> Result<()>
     Ok(())
 }
 
+/// The serial consistency as the consistency of a read.
+fn serial_as_consistency(serial: SerialConsistency) -> Consistency {
+    match serial {
+        SerialConsistency::Serial => Consistency::Serial,
+        SerialConsistency::LocalSerial => Consistency::LocalSerial,
+    }
+}
+
 impl Statements {
-    async fn prepare(session: &Session) -> Result<Self> {
+    async fn prepare(session: &Session, config: &CassandraConfig) -> Result<Self> {
         let p = |cql: &'static str, idempotent: bool| async move {
             let mut s = session
                 .prepare(cql)
@@ -461,7 +531,12 @@ impl Statements {
                 true,
             )
             .await?,
-            record_get: p("SELECT value FROM records WHERE dir = ? AND name = ?", true).await?,
+            record_get: {
+                let mut s =
+                    p("SELECT value FROM records WHERE dir = ? AND name = ?", true).await?;
+                s.set_consistency(serial_as_consistency(config.serial_consistency));
+                s
+            },
             record_insert: p(
                 "INSERT INTO records (dir, name, value) VALUES (?, ?, ?) IF NOT EXISTS",
                 false,

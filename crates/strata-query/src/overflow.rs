@@ -267,17 +267,7 @@ impl AggregateUDFImpl for CheckedSum {
     }
 
     fn accumulator(&self, args: AccumulatorArgs<'_>) -> Result<Box<dyn Accumulator>> {
-        let data_type = args.return_field.data_type().clone();
-        if !checked_type(&data_type) {
-            return self.inner.accumulator(args);
-        }
-        if args.is_distinct {
-            return Ok(Box::new(DistinctSum {
-                inner: self.inner.accumulator(args)?,
-                data_type,
-            }));
-        }
-        Ok(Box::new(WideSum::new(data_type)))
+        checked_accumulator(args, |args| self.inner.accumulator(args))
     }
 
     fn state_fields(&self, args: StateFieldsArgs<'_>) -> Result<Vec<FieldRef>> {
@@ -304,17 +294,7 @@ impl AggregateUDFImpl for CheckedSum {
         &self,
         args: AccumulatorArgs<'_>,
     ) -> Result<Box<dyn Accumulator>> {
-        let data_type = args.return_field.data_type().clone();
-        if !checked_type(&data_type) {
-            return self.inner.create_sliding_accumulator(args);
-        }
-        if args.is_distinct {
-            return Ok(Box::new(DistinctSum {
-                inner: self.inner.create_sliding_accumulator(args)?,
-                data_type,
-            }));
-        }
-        Ok(Box::new(WideSum::new(data_type)))
+        checked_accumulator(args, |args| self.inner.create_sliding_accumulator(args))
     }
 
     fn reverse_expr(&self) -> ReversedUDAF {
@@ -335,6 +315,25 @@ impl AggregateUDFImpl for CheckedSum {
 
     // Not delegated: `simplify_expr_op_literal` (it would rewrite `sum(a + 1)` with a
     // wrapping `+`) and `value_from_stats` (a statistic is not a checked sum).
+}
+
+/// The accumulator of a checked sum: DataFusion's (`inner`) for the types it does not
+/// wrap; for the others its distinct accumulator summed with checks, or a [`WideSum`].
+fn checked_accumulator(
+    args: AccumulatorArgs<'_>,
+    inner: impl FnOnce(AccumulatorArgs<'_>) -> Result<Box<dyn Accumulator>>,
+) -> Result<Box<dyn Accumulator>> {
+    let data_type = args.return_field.data_type().clone();
+    if !checked_type(&data_type) {
+        return inner(args);
+    }
+    if args.is_distinct {
+        return Ok(Box::new(DistinctSum {
+            inner: inner(args)?,
+            data_type,
+        }));
+    }
+    Ok(Box::new(WideSum::new(data_type)))
 }
 
 fn overflow(data_type: &DataType) -> DataFusionError {

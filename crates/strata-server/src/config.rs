@@ -194,7 +194,7 @@ impl ServerConfig {
     /// Checks the values and resolves the listen address.
     pub fn validate(&self) -> Result<SocketAddr> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.store != "local" && !self.store.starts_with("cassandra://") {
+        if !self.local_store() && !self.store.starts_with("cassandra://") {
             return bad(format!(
                 "store {:?} is neither \"local\" nor a cassandra:// URL",
                 self.store
@@ -273,6 +273,11 @@ impl ServerConfig {
             handshake_timeout: Duration::from_secs(self.handshake_timeout_s),
             idle_timeout: Duration::from_secs(self.idle_timeout_s),
         }
+    }
+
+    /// True when segments and versions live in the embedded store under `data_dir`.
+    pub fn local_store(&self) -> bool {
+        self.store == "local"
     }
 
     pub fn wal_dir(&self) -> PathBuf {

@@ -114,7 +114,7 @@ pub fn install_crypto_provider() {
 /// The catalog over the configured store: the embedded one under `data_dir`, or a
 /// Cassandra keyspace (created if missing).
 async fn open_store(config: &ServerConfig) -> Result<Catalog> {
-    if config.store == "local" {
+    if config.local_store() {
         let store = Arc::new(LocalStore::open(config.store_dir())?);
         return Ok(Catalog::new(store.clone(), store));
     }
@@ -181,7 +181,7 @@ impl Server {
         let lock = DirLock::acquire(&config.data_dir)?;
         let catalog = open_store(&config).await?;
         let mut ingest = config.ingest_config();
-        if config.store != "local" {
+        if !config.local_store() {
             // Servers sharing a store each replay their own WAL against their own mark.
             ingest.wal_mark = format!(
                 "{}/{}",

@@ -17,12 +17,17 @@ fn contact_point() -> String {
     })
 }
 
-fn on_cassandra(keyspace: &str) -> impl Fn(&mut ServerConfig) {
-    let url = format!(
+/// The store URL of this test process's keyspace `keyspace`.
+fn url(keyspace: &str) -> String {
+    format!(
         "cassandra://{}/{keyspace}_{}",
         contact_point(),
         std::process::id()
-    );
+    )
+}
+
+fn on_cassandra(keyspace: &str) -> impl Fn(&mut ServerConfig) {
+    let url = url(keyspace);
     move |c: &mut ServerConfig| c.store = url.clone()
 }
 
@@ -331,15 +336,9 @@ async fn three_nodes_lose_one_then_two() {
 }
 
 async fn drop_keyspace(keyspace: &str) {
-    let url = format!(
-        "cassandra://{}/{keyspace}_{}",
-        contact_point(),
-        std::process::id()
-    );
-    let config = strata_cassandra::CassandraConfig::from_url(&url).unwrap();
+    let config = strata_cassandra::CassandraConfig::from_url(&url(keyspace)).unwrap();
     let store = strata_cassandra::CassandraStore::connect(config)
         .await
         .unwrap();
-    let cql = format!("DROP KEYSPACE IF EXISTS {}", store.config().keyspace);
-    store.session().query_unpaged(cql, ()).await.unwrap();
+    store.drop_keyspace().await.unwrap();
 }
