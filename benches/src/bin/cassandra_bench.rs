@@ -32,7 +32,7 @@ use scylla::value::CqlTimestamp;
 use strata_benches::{median, ms, ratio};
 use strata_cassandra::{CassandraConfig, CassandraStore};
 use strata_datagen::{WeatherFeed, station_name, weather_spec};
-use strata_storage::{BlobStore, LocalStore, MetaStore};
+use strata_storage::LocalStore;
 use strata_table::Catalog;
 
 #[derive(Parser)]
@@ -257,10 +257,7 @@ async fn main() {
 
         // Ingest: Strata on Cassandra, Strata on the local store, the row table.
         let cassandra = Arc::new(store.clone());
-        let catalog = Catalog::new(
-            cassandra.clone() as Arc<dyn BlobStore>,
-            cassandra.clone() as Arc<dyn MetaStore>,
-        );
+        let catalog = cassandra_catalog(cassandra.clone());
         let strata_cassandra = write_all(&catalog, &feed, rows, args.batch_rows).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let local = Arc::new(LocalStore::open(dir.path()).expect("local"));
@@ -360,7 +357,7 @@ async fn main() {
             let mut cassandra_catalogs = Vec::new();
             for _ in 0..writers {
                 let store = Arc::new(connect(&contact, &keyspace).await);
-                cassandra_catalogs.push(Catalog::new(store.clone(), store));
+                cassandra_catalogs.push(cassandra_catalog(store));
             }
             cassandra_catalogs[0]
                 .create_table(spec.clone())
@@ -390,4 +387,15 @@ async fn drop_keyspace(store: &CassandraStore) {
         .query_unpaged(cql, ())
         .await
         .expect("drop keyspace");
+}
+
+/// A catalog whose blobs, records and version log all live in one Cassandra keyspace,
+/// as `strata serve --store cassandra://…` opens it.
+fn cassandra_catalog(store: Arc<CassandraStore>) -> Catalog {
+    Catalog::with_log(
+        store.clone(),
+        store.clone(),
+        store,
+        strata_table::TableOptions::default(),
+    )
 }

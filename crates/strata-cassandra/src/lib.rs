@@ -1,5 +1,5 @@
-//! Strata's Apache Cassandra backend: [`CassandraStore`] is a [`BlobStore`] and a
-//! [`MetaStore`] over one keyspace, through the `scylla` driver (token-aware, prepared
+//! Strata's Apache Cassandra backend: [`CassandraStore`] is a [`BlobStore`], a
+//! [`MetaStore`] and a [`VersionLog`] over one keyspace, through the `scylla` driver (token-aware, prepared
 //! statements, `LOCAL_QUORUM` and `LOCAL_SERIAL` by default).
 //!
 //! ```text
@@ -11,6 +11,9 @@
 //!            ├ put / delete ─▶ UPDATE IF EXISTS / INSERT IF NOT EXISTS / DELETE IF EXISTS
 //!            ├ get ─▶ read at serial consistency
 //!            └ list ─▶ record_dirs walk ─▶ one records partition per directory
+//!  VersionLog ─ commit ─▶ versions INSERT IF NOT EXISTS ((table, bucket), version)
+//!             ├ latest ─▶ first row of the newest bucket, one serial read
+//!             └ trim ─▶ UPDATE … SET kept IF EXISTS / DELETE IF EXISTS, oldest first
 //! ```
 //!
 //! Invariants:
@@ -28,15 +31,18 @@
 //!
 //! [`BlobStore`]: strata_storage::BlobStore
 //! [`MetaStore`]: strata_storage::MetaStore
+//! [`VersionLog`]: strata_storage::VersionLog
 
 mod blob;
 pub mod config;
 pub mod error;
+mod log;
 mod meta;
 mod store;
 
 pub use config::{CassandraConfig, MAX_CHUNK_BYTES, replication_factor};
 pub use error::{Error, Result};
+pub use log::BUCKET as VERSION_BUCKET;
 pub use store::{CassandraStore, SCHEMA};
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use tracing::debug;
 use crate::store::{CassandraStore, Failure, Tree, backend, classify, dir_key, join, split_path};
 
 /// What a lightweight transaction did.
-enum Outcome {
+pub(crate) enum Outcome {
     Applied,
     NotApplied,
     /// The coordinator could not say: read to find out.
@@ -49,7 +49,7 @@ impl CassandraStore {
     }
 
     /// Runs one lightweight transaction, retrying only what certainly did not apply.
-    async fn transact(
+    pub(crate) async fn transact(
         &self,
         what: &str,
         statement: &PreparedStatement,

@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) st: Statements,
     /// Directories known to be registered (skips re-inserting their rows).
     pub(crate) known_dirs: Mutex<HashSet<(Tree, String)>>,
+    /// Version-log buckets this process registered (table id, bucket).
+    pub(crate) known_buckets: Mutex<HashSet<(String, i64)>>,
 }
 
 /// Which directory tree: blobs or records.
@@ -78,6 +80,16 @@ pub(crate) struct Statements {
     pub(crate) record_dir_put: PreparedStatement,
     pub(crate) record_dir_list: PreparedStatement,
     pub(crate) record_dir_list_from: PreparedStatement,
+    pub(crate) log_insert: PreparedStatement,
+    pub(crate) log_get: PreparedStatement,
+    pub(crate) log_top: PreparedStatement,
+    pub(crate) log_range: PreparedStatement,
+    pub(crate) log_list: PreparedStatement,
+    pub(crate) log_keep: PreparedStatement,
+    pub(crate) log_delete: PreparedStatement,
+    pub(crate) bucket_put: PreparedStatement,
+    pub(crate) bucket_list: PreparedStatement,
+    pub(crate) bucket_delete: PreparedStatement,
 }
 
 /// The rest of a listing's clustering range: names from `partial` up to the
@@ -186,6 +198,7 @@ impl CassandraStore {
                 config,
                 st,
                 known_dirs: Mutex::new(HashSet::new()),
+                known_buckets: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -483,6 +496,10 @@ fn serial_as_consistency(serial: SerialConsistency) -> Consistency {
 
 impl Statements {
     async fn prepare(session: &Session, config: &CassandraConfig) -> Result<Self> {
+        let serial = |mut s: PreparedStatement| {
+            s.set_consistency(serial_as_consistency(config.serial_consistency));
+            s
+        };
         let p = |cql: &'static str, idempotent: bool| async move {
             let mut s = session
                 .prepare(cql)
@@ -531,12 +548,9 @@ impl Statements {
                 true,
             )
             .await?,
-            record_get: {
-                let mut s =
-                    p("SELECT value FROM records WHERE dir = ? AND name = ?", true).await?;
-                s.set_consistency(serial_as_consistency(config.serial_consistency));
-                s
-            },
+            record_get: serial(
+                p("SELECT value FROM records WHERE dir = ? AND name = ?", true).await?,
+            ),
             record_insert: p(
                 "INSERT INTO records (dir, name, value) VALUES (?, ?, ?) IF NOT EXISTS",
                 false,
@@ -562,6 +576,56 @@ impl Statements {
             record_dir_list: p("SELECT child FROM record_dirs WHERE dir = ?", true).await?,
             record_dir_list_from: p(
                 "SELECT child FROM record_dirs WHERE dir = ? AND child >= ? AND child < ?",
+                true,
+            )
+            .await?,
+            log_insert: p(
+                "INSERT INTO versions (table_id, bucket, version, record, kept) VALUES (?, ?, ?, ?, false) IF NOT EXISTS",
+                false,
+            )
+            .await?,
+            log_get: serial(
+                p(
+                    "SELECT record, kept FROM versions WHERE table_id = ? AND bucket = ? AND version = ?",
+                    true,
+                )
+                .await?,
+            ),
+            log_top: serial(
+                p(
+                    "SELECT version, kept FROM versions WHERE table_id = ? AND bucket = ? LIMIT 1",
+                    true,
+                )
+                .await?,
+            ),
+            log_range: p(
+                "SELECT version, record, kept FROM versions WHERE table_id = ? AND bucket = ? AND version >= ? AND version <= ?",
+                true,
+            )
+            .await?,
+            log_list: p(
+                "SELECT version, kept FROM versions WHERE table_id = ? AND bucket = ?",
+                true,
+            )
+            .await?,
+            log_keep: p(
+                "UPDATE versions SET kept = true WHERE table_id = ? AND bucket = ? AND version = ? IF EXISTS",
+                false,
+            )
+            .await?,
+            log_delete: p(
+                "DELETE FROM versions WHERE table_id = ? AND bucket = ? AND version = ? IF EXISTS",
+                false,
+            )
+            .await?,
+            bucket_put: p(
+                "INSERT INTO version_buckets (table_id, bucket) VALUES (?, ?)",
+                true,
+            )
+            .await?,
+            bucket_list: p("SELECT bucket FROM version_buckets WHERE table_id = ?", true).await?,
+            bucket_delete: p(
+                "DELETE FROM version_buckets WHERE table_id = ? AND bucket = ?",
                 true,
             )
             .await?,

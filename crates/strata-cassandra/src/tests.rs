@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use strata_storage::conformance::{blob_store_suite, meta_store_suite};
+use strata_storage::conformance::{blob_store_suite, meta_store_suite, version_log_suite};
 use strata_storage::{BlobStore, Error, MetaStore};
 
 use crate::{CassandraConfig, CassandraStore};
@@ -58,6 +58,27 @@ async fn cassandra_meta_store_conformance() {
     meta_store_suite(store.clone(), "suite").await;
     meta_store_suite(store.clone(), "suite").await;
     meta_store_suite(store.clone(), "").await;
+    drop_keyspace(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cassandra_version_log_conformance() {
+    let store = Arc::new(store("log", 1 << 20).await);
+    version_log_suite(store.clone(), "t1").await;
+    version_log_suite(store.clone(), "t1").await;
+    drop_keyspace(&store).await;
+}
+
+/// The version model with segments, records and the log all in Cassandra.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn version_model_on_cassandra() {
+    let store = Arc::new(store("model", 64 * 1024).await);
+    let opts = strata_table::TableOptions {
+        checkpoint_interval: 7,
+        ..Default::default()
+    };
+    let catalog = strata_table::Catalog::with_log(store.clone(), store.clone(), store.clone(), opts);
+    strata_table::conformance::version_model(&catalog, "model", 7, 60).await;
     drop_keyspace(&store).await;
 }
 

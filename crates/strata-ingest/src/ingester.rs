@@ -1,7 +1,7 @@
 //! The ingester: validates batches, logs them, keeps them in memtables and flushes them
 //! into table versions. See the crate documentation for the data flow and invariants.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -35,6 +35,11 @@ pub struct IngestConfig {
     /// each replays its own log against its own mark). Starts with `$`, which producer
     /// names cannot.
     pub wal_mark: String,
+    /// Set when several servers share the store: this server's id, under which it
+    /// claims each producer it accepts batches from (a producer's batches go to one
+    /// server at a time; see `strata_table`'s producer claims). `None`: this server is
+    /// the store's only writer and claims nothing.
+    pub producer_owner: Option<String>,
     /// A WAL file is closed (and can be trimmed) once it reaches this size.
     pub wal_file_bytes: u64,
     /// A batch (its Arrow IPC bytes) larger than this is refused.
@@ -61,6 +66,7 @@ impl IngestConfig {
         Self {
             wal_dir: wal_dir.into(),
             wal_mark: WAL_MARK.to_string(),
+            producer_owner: None,
             wal_file_bytes: 64 << 20,
             max_batch_bytes: 16 << 20,
             memory_limit_bytes: 512 << 20,
@@ -173,6 +179,8 @@ struct DatasetState {
     table: Table,
     schema: RwLock<SchemaRef>,
     mem: Mutex<DatasetMem>,
+    /// Serialises claiming and releasing producers (with `producer_owner`).
+    claims: tokio::sync::Mutex<()>,
     /// Serialises flushes: marks must commit in order.
     flush_lock: tokio::sync::Mutex<()>,
     flushing_rows: AtomicU64,
@@ -183,6 +191,10 @@ struct DatasetMem {
     table: Memtable,
     /// Producer -> highest sequence number accepted (logged or committed).
     accepted: HashMap<String, u64>,
+    /// Producers whose claim this server holds (with `producer_owner`).
+    claimed: HashSet<String>,
+    /// Producer -> streams open on this server.
+    streams: HashMap<String, usize>,
 }
 
 struct Inner {
@@ -225,6 +237,21 @@ pub struct IngestStream {
     producer: String,
     previous: Option<u64>,
     last_sequence: u64,
+}
+
+impl Drop for IngestStream {
+    fn drop(&mut self) {
+        if self.producer.is_empty() {
+            return;
+        }
+        let mut mem = self.state.mem.lock().expect("memtable");
+        if let Some(n) = mem.streams.get_mut(&self.producer) {
+            *n -= 1;
+            if *n == 0 {
+                mem.streams.remove(&self.producer);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for IngestStream {
@@ -444,12 +471,20 @@ impl Ingester {
             .filter(|(p, _)| !p.starts_with('$'))
             .map(|(p, s)| (p.clone(), *s))
             .collect();
+        // Claims this server held when it stopped: released once replayed rows commit.
+        let claimed = match &self.inner.config.producer_owner {
+            Some(owner) => table.claimed_producers(owner).await?.into_iter().collect(),
+            None => HashSet::new(),
+        };
         let state = Arc::new(DatasetState {
             table,
             schema: RwLock::new(head.schema.clone()),
+            claims: tokio::sync::Mutex::new(()),
             mem: Mutex::new(DatasetMem {
                 table: Memtable::default(),
                 accepted,
+                claimed,
+                streams: HashMap::new(),
             }),
             flush_lock: tokio::sync::Mutex::new(()),
             flushing_rows: AtomicU64::new(0),
@@ -512,6 +547,16 @@ impl Ingester {
             return Err(Error::ShuttingDown);
         }
         let state = self.dataset(dataset).await?;
+        if !producer.is_empty() {
+            self.claim(&state, producer).await?;
+        }
+        let mut stream = IngestStream {
+            ingester: self.clone(),
+            state: state.clone(),
+            producer: producer.to_string(),
+            previous: None,
+            last_sequence: 0,
+        };
         let last_sequence = if producer.is_empty() {
             0
         } else {
@@ -526,13 +571,90 @@ impl Ingester {
             wait_durable(self.inner.wal.barrier()).await?;
             accepted.unwrap_or(0)
         };
-        Ok(IngestStream {
-            ingester: self.clone(),
-            state,
-            producer: producer.to_string(),
-            previous: None,
-            last_sequence,
-        })
+        stream.last_sequence = last_sequence;
+        Ok(stream)
+    }
+
+    /// Counts a stream of `producer` open on this server; with `producer_owner`, first
+    /// makes sure this server holds the producer's claim, and takes in the marks other
+    /// servers committed for it while it was theirs.
+    async fn claim(&self, state: &Arc<DatasetState>, producer: &str) -> Result<()> {
+        let Some(owner) = &self.inner.config.producer_owner else {
+            *state
+                .mem
+                .lock()
+                .expect("memtable")
+                .streams
+                .entry(producer.to_string())
+                .or_default() += 1;
+            return Ok(());
+        };
+        let _claims = state.claims.lock().await;
+        let held = state.mem.lock().expect("memtable").claimed.contains(producer);
+        let committed = if held {
+            None
+        } else {
+            state.table.claim_producer(producer, owner).await?;
+            let head = state.table.head().await?;
+            Some(head.producers.get(producer).copied().unwrap_or(0))
+        };
+        let mut mem = state.mem.lock().expect("memtable");
+        if let Some(committed) = committed {
+            mem.claimed.insert(producer.to_string());
+            let hw = mem.accepted.entry(producer.to_string()).or_default();
+            *hw = (*hw).max(committed);
+        }
+        *mem.streams.entry(producer.to_string()).or_default() += 1;
+        Ok(())
+    }
+
+    /// Gives up the claims of producers with no stream open here and nothing left to
+    /// commit, so that another server may take them.
+    async fn release_idle_producers(&self) {
+        let Some(owner) = &self.inner.config.producer_owner else {
+            return;
+        };
+        for state in self.states() {
+            let idle = |mem: &DatasetMem| -> Vec<String> {
+                mem.claimed
+                    .iter()
+                    .filter(|p| {
+                        !mem.streams.contains_key(*p)
+                            && !mem.table.entries.iter().any(|e| &e.producer == *p)
+                    })
+                    .cloned()
+                    .collect()
+            };
+            if idle(&state.mem.lock().expect("memtable")).is_empty() {
+                continue;
+            }
+            // Holding the flush lock, no chunk is being committed outside the memtable;
+            // holding the claims lock, no stream is opening.
+            let Ok(_flush) = state.flush_lock.try_lock() else {
+                continue;
+            };
+            let _claims = state.claims.lock().await;
+            let idle = idle(&state.mem.lock().expect("memtable"));
+            for producer in idle {
+                match state.table.release_producer(&producer, owner).await {
+                    Ok(()) => {
+                        state
+                            .mem
+                            .lock()
+                            .expect("memtable")
+                            .claimed
+                            .remove(&producer);
+                        debug!(dataset = state.table.name(), producer, "producer released");
+                    }
+                    Err(e) => warn!(
+                        dataset = state.table.name(),
+                        producer,
+                        error = %e,
+                        "could not release a producer's claim; retrying"
+                    ),
+                }
+            }
+        }
     }
 
     /// The most one batch is charged: a batch larger than the whole budget is charged the
@@ -673,6 +795,7 @@ impl Ingester {
         let tick = (self.inner.config.flush_interval / 4)
             .clamp(Duration::from_millis(10), Duration::from_millis(250));
         while !*closing.borrow() {
+            self.release_idle_producers().await;
             let due = self.due_for_flush();
             if due.is_empty() {
                 tokio::select! {

@@ -45,6 +45,8 @@ pub fn table_code(e: &TableError) -> Code {
             Code::InvalidArgument
         }
         TableError::Conflict { .. } | TableError::TransactionExpired { .. } => Code::Aborted,
+        // Retryable: the holder gives the producer up after its next flush.
+        TableError::ProducerClaimed { .. } => Code::Unavailable,
         TableError::CorruptMetadata { .. } => Code::DataLoss,
         TableError::Storage(s) => storage_code(s),
         TableError::Arrow(_) | TableError::Parquet { .. } => Code::Internal,

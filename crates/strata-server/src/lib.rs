@@ -126,7 +126,12 @@ async fn open_store(config: &ServerConfig) -> Result<Catalog> {
             .map_err(strata_storage::Error::from)?,
     );
     info!(store = %config.store, "segments and versions in Cassandra");
-    Ok(Catalog::new(store.clone(), store))
+    Ok(Catalog::with_log(
+        store.clone(),
+        store.clone(),
+        store,
+        strata_table::TableOptions::default(),
+    ))
 }
 
 /// This server's id, made once and kept in `data_dir/server-id`: the WAL's position
@@ -182,12 +187,11 @@ impl Server {
         let catalog = open_store(&config).await?;
         let mut ingest = config.ingest_config();
         if !config.local_store() {
-            // Servers sharing a store each replay their own WAL against their own mark.
-            ingest.wal_mark = format!(
-                "{}/{}",
-                strata_ingest::WAL_MARK,
-                server_id(&config.data_dir)?
-            );
+            // Servers sharing a store each replay their own WAL against their own mark,
+            // and take a producer's batches only while they hold its claim.
+            let id = server_id(&config.data_dir)?;
+            ingest.wal_mark = format!("{}/{id}", strata_ingest::WAL_MARK);
+            ingest.producer_owner = Some(id);
         }
         let ingester = Ingester::open(catalog, ingest).await?;
         let queries = QueryRuntime::new(config.query_threads())?;

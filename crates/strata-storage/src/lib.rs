@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!   strata-table ──segments (Parquet), checkpoints──▶ BlobStore  (immutable, ranged reads)
-//!                ──datasets, versions, tags, hints─▶ MetaStore  (small records, put-if-absent)
+//!                ──datasets, tags, hints──────────▶ MetaStore  (small records, put-if-absent)
+//!                ──version records────────────────▶ VersionLog (commit v+1 if absent, newest, ranges)
 //!
 //!   backends:  memory (tests) · local (embedded default: a directory) · cassandra (strata-cassandra)
 //! ```
@@ -24,6 +25,7 @@ pub mod local;
 pub mod lock;
 pub mod memory;
 pub mod traits;
+pub mod version_log;
 
 pub use counting::{BlobCounts, CountingBlobStore};
 pub use error::{Error, Result};
@@ -31,3 +33,4 @@ pub use local::LocalStore;
 pub use lock::DirLock;
 pub use memory::{MemoryBlobStore, MemoryMetaStore};
 pub use traits::{BlobMeta, BlobStore, MetaStore, check_range, validate_path, validate_prefix};
+pub use version_log::{LogEntry, VersionLog};

@@ -47,6 +47,15 @@ pub enum Error {
         elapsed_ms: i64,
         grace_ms: i64,
     },
+    /// Another server holds the producer's unflushed batches: retry shortly.
+    #[error(
+        "producer {producer:?} of dataset {dataset:?} is held by server {owner}, which still has its batches to commit or a stream of it open; retry shortly"
+    )]
+    ProducerClaimed {
+        dataset: String,
+        producer: String,
+        owner: String,
+    },
     /// Stored metadata cannot be decoded.
     #[error("corrupt metadata {what}: {reason}")]
     CorruptMetadata { what: String, reason: String },

@@ -5,7 +5,7 @@
 //!     ─▶ per shard: sort by primary key, last duplicate wins ─▶ Parquet segments ─▶ BlobStore
 //!     ─▶ upserts: older live rows with the same key, found only among the same shard's
 //!        segments whose key ranges overlap ─▶ roaring deletion vectors
-//!     ─▶ commit: MetaStore.put_if_absent(versions/v+1)  ── lost the race? rebuild, retry
+//!     ─▶ commit: VersionLog.commit(v+1) if absent  ── lost the race? rebuild, retry
 //!
 //!  read(version) ─▶ nearest checkpoint ≤ v (every 100 versions) + replay ≤ 99 records
 //!     ─▶ Manifest { schema, live segments + deletion vectors, producer marks, retention }
@@ -21,13 +21,17 @@
 //!   policy drops (never the head or a tagged version) and blobs no retained version uses.
 //! - Producer sequence marks commit atomically with the rows they cover.
 
+pub mod conformance;
 pub mod error;
+pub mod layout;
+pub mod log;
 pub mod manifest;
 pub mod predicate;
 pub mod segment;
 pub mod table;
 
 pub use error::{Error, Result};
+pub use log::MetaLog;
 pub use manifest::{LiveSegment, Manifest, Operation};
 pub use predicate::{CmpOp, Predicate};
 pub use segment::{SegmentMeta, SegmentOptions};

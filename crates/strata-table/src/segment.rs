@@ -420,7 +420,7 @@ pub fn encode_segments(
     let mut start = 0;
     while start < batch.num_rows() {
         let id = uuid::Uuid::now_v7().to_string();
-        let path = format!("{dir}/{shard:05}/{id}.parquet");
+        let path = crate::layout::segment_path(dir, shard, &id);
         let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props.clone()))
             .map_err(|e| Error::parquet(&path, e))?;
         let mut end = start;

@@ -193,6 +193,76 @@ async fn two_servers_one_keyspace() {
     drop_keyspace("strata_two").await;
 }
 
+/// A producer that moves between servers keeps exactly-once: while the server it left
+/// still holds its acknowledged, unflushed batches, the other refuses it with
+/// UNAVAILABLE (retryable); once they are committed the producer goes on through the
+/// new server, which acknowledges the resent batches as duplicates. Append-only, so a
+/// batch applied twice would show as twice the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_moves_between_servers_exactly_once() {
+    let store = on_cassandra("strata_moves");
+    let slow = |c: &mut ServerConfig| {
+        store(c);
+        c.ingest.flush_interval_ms = 3_600_000;
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start(dir_a.path(), slow).await;
+    let b = start(dir_b.path(), slow).await;
+    let (mut ca, mut cb) = (client(&a).await, client(&b).await);
+    create(&mut ca, "moves", false).await;
+    // B has the dataset open (and its marks) before A takes any batch.
+    assert_eq!(count(&mut cb, "SELECT count(*) FROM moves").await, 0);
+    let batches = |seqs: std::ops::RangeInclusive<u64>| -> Vec<(u64, Bytes)> {
+        seqs.map(|s| (s, ipc(&batch(s as i64 * 10, 10)))).collect()
+    };
+    let out = ingest(&mut ca, "moves", "p", batches(1..=5)).await.unwrap();
+    assert!(out.status.is_none(), "{:?}", out.status);
+    assert_eq!(out.acks.len(), 5);
+
+    // The producer lost its last acks and moves to B, resending 4 and 5.
+    let refused = ingest(&mut cb, "moves", "p", batches(4..=8)).await;
+    let status = match refused {
+        Err(s) => s,
+        Ok(o) => o.status.expect("B must refuse the producer A still holds"),
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("retry"), "{status:?}");
+
+    // A commits its batches and gives the producer up; B then takes it.
+    flush(&mut ca, "moves").await;
+    let mut moved = None;
+    for _ in 0..100 {
+        match ingest(&mut cb, "moves", "p", batches(4..=8)).await {
+            Ok(o) if o.status.is_none() => {
+                moved = Some(o);
+                break;
+            }
+            Ok(o) if o.status.as_ref().unwrap().code() == tonic::Code::Unavailable => {}
+            Err(s) if s.code() == tonic::Code::Unavailable => {}
+            other => panic!("moving the producer: {other:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let moved = moved.expect("A released the producer after its flush");
+    assert_eq!(moved.last_sequence, 5, "B knows what A committed");
+    let duplicate: Vec<bool> = moved.acks.iter().map(|a| a.duplicate).collect();
+    assert_eq!(duplicate, [true, true, false, false, false]);
+
+    // Back to A while B holds 6..=8 unflushed: refused the same way.
+    let back = ingest(&mut ca, "moves", "p", batches(9..=9)).await;
+    let status = match back {
+        Err(s) => s,
+        Ok(o) => o.status.expect("A must refuse the producer B holds"),
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    flush(&mut cb, "moves").await;
+    assert_eq!(count(&mut ca, "SELECT count(*) FROM moves").await, 80);
+    assert_eq!(count(&mut ca, "SELECT count(DISTINCT t) FROM moves").await, 80);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    drop_keyspace("strata_moves").await;
+}
+
 /// A three-node cluster of this test's own (`tools/cassandra/run`), stopped when
 /// dropped, whatever the test's outcome.
 struct Cluster {

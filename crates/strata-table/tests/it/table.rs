@@ -636,3 +636,21 @@ async fn a_stale_head_hint_on_a_tagged_vacuumed_version_still_finds_the_head() {
         .collect();
     assert_eq!(listed, [32, 40, 41]);
 }
+
+/// The version model on the memory stores (several seeds) and the local store: random
+/// upserts, deletes, rollbacks, compactions, tags and vacuums, every version checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_model_on_memory_and_local_stores() {
+    let opts = TableOptions {
+        checkpoint_interval: 7,
+        ..Default::default()
+    };
+    for seed in 1..=6 {
+        let catalog = catalog(opts.clone());
+        strata_table::conformance::version_model(&catalog, "model", seed, 200).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let local = Arc::new(strata_storage::LocalStore::open(dir.path()).unwrap());
+    let catalog = Catalog::with_options(local.clone(), local, opts);
+    strata_table::conformance::version_model(&catalog, "model", 42, 120).await;
+}
