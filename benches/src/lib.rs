@@ -127,3 +127,81 @@ pub fn weather_dataset(name: &str, shards: u32) -> strata_proto::v1::DatasetSpec
     def.shards = shards;
     strata_server::service::spec_to_proto(&def)
 }
+
+/// One of the weather benchmarks' analyst queries: SQL with `{t}` for the table.
+#[derive(Clone, Debug)]
+pub struct WeatherQuery {
+    pub id: usize,
+    pub label: &'static str,
+    pub sql: String,
+}
+
+impl WeatherQuery {
+    pub fn sql_for(&self, table: &str) -> String {
+        self.sql.replace("{t}", table)
+    }
+}
+
+/// The station the point queries read.
+pub const QUERY_STATION: usize = 17;
+
+/// `TIMESTAMP '…'` for microseconds since the epoch.
+fn timestamp_literal(us: i64) -> String {
+    let t = arrow::temporal_conversions::timestamp_us_to_datetime(us).expect("timestamp in range");
+    format!("TIMESTAMP '{}'", t.format("%Y-%m-%dT%H:%M:%S"))
+}
+
+/// The analyst queries over the first `base_rows` rows of `feed` (time order): counts,
+/// sums, one station over one hour, group-by top 10, one-minute buckets with a filter,
+/// top 10 rows by a value, and a full scan aggregating every column (ids 1–6 and 8;
+/// `query-bench` adds its query 7, at an old version).
+pub fn weather_queries(feed: &WeatherFeed, base_rows: u64) -> Vec<WeatherQuery> {
+    const HOUR_US: i64 = 3_600_000_000;
+    let ticks = base_rows.div_ceil(feed.stations as u64) as i64;
+    let mid = feed.start_us + ticks / 2 * feed.interval_us;
+    let from = mid - mid.rem_euclid(HOUR_US);
+    let q = |id, label, sql: String| WeatherQuery { id, label, sql };
+    vec![
+        q(1, "count(*)", "SELECT count(*) FROM {t}".into()),
+        q(
+            2,
+            "sum(temperature), avg(pressure)",
+            "SELECT sum(temperature), avg(pressure) FROM {t}".into(),
+        ),
+        q(
+            3,
+            "one station, one hour (SELECT *)",
+            format!(
+                "SELECT * FROM {{t}} WHERE station = '{}' AND ts >= {} AND ts < {}",
+                strata_datagen::station_name(QUERY_STATION),
+                timestamp_literal(from),
+                timestamp_literal(from + HOUR_US)
+            ),
+        ),
+        q(
+            4,
+            "top 10 stations by avg(temperature)",
+            "SELECT station, avg(temperature) a FROM {t} GROUP BY station ORDER BY a DESC LIMIT 10"
+                .into(),
+        ),
+        q(
+            5,
+            "1-minute buckets, temperature > 20",
+            "SELECT date_bin(INTERVAL '1 minute', ts) b, avg(wind_speed) FROM {t} \
+             WHERE temperature > 20 GROUP BY b ORDER BY b"
+                .into(),
+        ),
+        q(
+            6,
+            "top 10 by precip_1h (SELECT *)",
+            "SELECT * FROM {t} ORDER BY precip_1h DESC LIMIT 10".into(),
+        ),
+        q(
+            8,
+            "full scan, every column aggregated",
+            "SELECT max(station), max(ts), sum(temperature), sum(dewpoint), sum(pressure), \
+             sum(wind_direction), sum(wind_speed), sum(precip_1h), max(sky_condition) FROM {t}"
+                .into(),
+        ),
+    ]
+}

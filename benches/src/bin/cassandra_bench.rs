@@ -9,7 +9,10 @@
 //! 2. **Ingest**: `Table::write` of the N rows in `--batch-rows` batches (then compaction)
 //!    on the Cassandra store and on the local store; the row table's load (prepared
 //!    INSERTs, `--inflight` at a time) alongside.
-//! 3. **Commits**: `--commits` small appends (10 rows) per writer with 1, 2 and 4
+//! 3. **Queries**: query-bench's analyst queries (count, sums, one station-hour,
+//!    group-by top 10, minute buckets, top 10 rows, full scan) on the same rows, Strata
+//!    on Cassandra against Strata on the local store; both must agree.
+//! 4. **Commits**: `--commits` small appends (10 rows) per writer with 1, 2 and 4
 //!    concurrent writers on one dataset, each writer its own catalog (as separate
 //!    servers are): commits/s and median commit latency, Cassandra (lightweight
 //!    transactions) and local store.
@@ -29,7 +32,7 @@ use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use scylla::value::CqlTimestamp;
-use strata_benches::{median, ms, ratio};
+use strata_benches::{median, ms, ratio, weather_queries};
 use strata_cassandra::{CassandraConfig, CassandraStore};
 use strata_datagen::{WeatherFeed, station_name, weather_spec};
 use strata_storage::LocalStore;
@@ -176,6 +179,46 @@ async fn sql_f64(ctx: &datafusion::prelude::SessionContext, sql: &str) -> f64 {
         .expect("run");
     let b = batches.iter().find(|b| b.num_rows() > 0).expect("a row");
     b.column(0).as_primitive::<Float64Type>().value(0)
+}
+
+async fn collect(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Vec<RecordBatch> {
+    ctx.sql(sql)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run")
+}
+
+/// A result's rows as sorted strings (floats to 9 significant digits, so summation
+/// order does not matter), or only column `only`'s values in order.
+fn canonical(batches: &[RecordBatch], only: Option<usize>) -> Vec<String> {
+    let cell = |b: &RecordBatch, c: usize, r: usize| -> String {
+        let col = b.column(c);
+        if col.is_null(r) {
+            return "NULL".into();
+        }
+        match col.as_primitive_opt::<Float64Type>() {
+            Some(f) => format!("{:.8e}", f.value(r)),
+            None => arrow::util::display::array_value_to_string(col, r).expect("display"),
+        }
+    };
+    let mut rows = Vec::new();
+    for b in batches {
+        for r in 0..b.num_rows() {
+            rows.push(match only {
+                Some(c) => cell(b, c, r),
+                None => (0..b.num_columns())
+                    .map(|c| cell(b, c, r))
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            });
+        }
+    }
+    if only.is_none() {
+        rows.sort();
+    }
+    rows
 }
 
 async fn write_all(catalog: &Catalog, feed: &WeatherFeed, rows: u64, batch_rows: u64) -> Duration {
@@ -335,6 +378,44 @@ async fn main() {
             }
             let (s, r) = (median(&mut st), median(&mut rt));
             println!("{label:<28} {:>12} {:>12} {:>9}", ms(s), ms(r), ratio(r, s));
+        }
+
+        // The analyst queries of query-bench: Strata on Cassandra against Strata on the
+        // local store, the same rows, alternating.
+        let local_ctx = datafusion::prelude::SessionContext::new();
+        strata_query::register(&local_ctx, &local_catalog)
+            .await
+            .expect("register local");
+        println!(
+            "\n{:<40} {:>13} {:>10} {:>16}",
+            "query (strata)", "cassandra ms", "local ms", "cassandra/local"
+        );
+        for q in weather_queries(&feed, rows) {
+            let sql = q.sql_for("weather");
+            // Top 10 by a value: ties make the other columns ambiguous.
+            let only = (q.id == 6).then_some(7);
+            let (c, l) = (
+                canonical(&collect(&ctx, &sql).await, only),
+                canonical(&collect(&local_ctx, &sql).await, only),
+            );
+            assert_eq!(c, l, "query {}: the stores disagree", q.id);
+            let (mut ct, mut lt) = (Vec::new(), Vec::new());
+            for _ in 0..args.runs {
+                let t = Instant::now();
+                collect(&ctx, &sql).await;
+                ct.push(t.elapsed());
+                let t = Instant::now();
+                collect(&local_ctx, &sql).await;
+                lt.push(t.elapsed());
+            }
+            let (c, l) = (median(&mut ct), median(&mut lt));
+            println!(
+                "{:<40} {:>13} {:>10} {:>16}",
+                format!("{}. {}", q.id, q.label),
+                ms(c),
+                ms(l),
+                ratio(c, l)
+            );
         }
         drop_keyspace(&store).await;
     }

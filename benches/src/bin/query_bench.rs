@@ -44,7 +44,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use arrow::temporal_conversions::timestamp_us_to_datetime;
 use arrow::util::pretty::pretty_format_batches;
 use bytes::Bytes;
 use clap::Parser;
@@ -57,8 +56,8 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::ParquetMetaDataReader;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use strata_benches::{BlobCounts, CountingBlobStore, median, ms};
-use strata_datagen::{WeatherFeed, station_name, weather_spec};
+use strata_benches::{BlobCounts, CountingBlobStore, median, ms, weather_queries};
+use strata_datagen::{WeatherFeed, weather_spec};
 use strata_query::StrataTable;
 use strata_storage::{BlobStore, LocalStore};
 use strata_table::{Catalog, Table, VersionSpec};
@@ -66,8 +65,6 @@ use strata_table::{Catalog, Table, VersionSpec};
 const STRATA: &str = "weather";
 const STRATA_OLD: &str = "weather_old";
 const PARQUET: &str = "weather_pq";
-/// The station of the point query.
-const STATION: usize = 17;
 /// DataSourceExec metrics shown in the diagnostics.
 const SHOWN_METRICS: [&str; 10] = [
     "output_rows",
@@ -162,92 +159,34 @@ impl Query {
     }
 }
 
-fn timestamp_literal(us: i64) -> String {
-    let t = timestamp_us_to_datetime(us).expect("timestamp in range");
-    format!("TIMESTAMP '{}'", t.format("%Y-%m-%dT%H:%M:%S"))
-}
-
-/// The queries, for a feed of `base_rows` rows (the rows before the small commits).
+/// The queries, for a feed of `base_rows` rows (the rows before the small commits):
+/// the shared weather queries plus query 7, `count(*)` at `V_old`.
 fn queries(feed: &WeatherFeed, base_rows: u64) -> Vec<Query> {
-    const HOUR_US: i64 = 3_600_000_000;
-    let ticks = base_rows.div_ceil(feed.stations as u64) as i64;
-    let mid = feed.start_us + ticks / 2 * feed.interval_us;
-    let from = mid - mid.rem_euclid(HOUR_US);
-    let q = |id, label, sql: String, strata_table, check| Query {
-        id,
-        label,
-        sql,
-        strata_table,
-        check,
-    };
-    vec![
-        q(
-            1,
-            "count(*)",
-            "SELECT count(*) FROM {t}".into(),
-            STRATA,
-            Check::Ordered,
-        ),
-        q(
-            2,
-            "sum(temperature), avg(pressure)",
-            "SELECT sum(temperature), avg(pressure) FROM {t}".into(),
-            STRATA,
-            Check::Ordered,
-        ),
-        q(
-            3,
-            "one station, one hour (SELECT *)",
-            format!(
-                "SELECT * FROM {{t}} WHERE station = '{}' AND ts >= {} AND ts < {}",
-                station_name(STATION),
-                timestamp_literal(from),
-                timestamp_literal(from + HOUR_US)
-            ),
-            STRATA,
-            Check::Unordered,
-        ),
-        q(
-            4,
-            "top 10 stations by avg(temperature)",
-            "SELECT station, avg(temperature) a FROM {t} GROUP BY station ORDER BY a DESC LIMIT 10"
-                .into(),
-            STRATA,
-            Check::Ordered,
-        ),
-        q(
-            5,
-            "1-minute buckets, temperature > 20",
-            "SELECT date_bin(INTERVAL '1 minute', ts) b, avg(wind_speed) FROM {t} \
-             WHERE temperature > 20 GROUP BY b ORDER BY b"
-                .into(),
-            STRATA,
-            Check::Ordered,
-        ),
-        q(
-            6,
-            "top 10 by precip_1h (SELECT *)",
-            "SELECT * FROM {t} ORDER BY precip_1h DESC LIMIT 10".into(),
-            STRATA,
-            Check::Column(7),
-        ),
-        q(
-            7,
-            "count(*) at V_old (Parquet: same files)",
-            "SELECT count(*) FROM {t}".into(),
-            STRATA_OLD,
-            Check::OldCount,
-        ),
-        q(
-            8,
-            "full scan, every column aggregated",
-            "SELECT max(station), max(ts), sum(temperature), sum(dewpoint), sum(pressure), \
-             sum(wind_direction), sum(wind_speed), sum(precip_1h), max(sky_condition) FROM {t}"
-                .into(),
-            STRATA,
-            Check::Ordered,
-        ),
-    ]
+    let mut out: Vec<Query> = weather_queries(feed, base_rows)
+        .into_iter()
+        .map(|q| Query {
+            id: q.id,
+            label: q.label,
+            check: match q.id {
+                3 => Check::Unordered,
+                6 => Check::Column(7),
+                _ => Check::Ordered,
+            },
+            sql: q.sql,
+            strata_table: STRATA,
+        })
+        .collect();
+    out.insert(
+        6,
+        Query {
+            id: 7,
+            label: "count(*) at V_old (Parquet: same files)",
+            sql: "SELECT count(*) FROM {t}".into(),
+            strata_table: STRATA_OLD,
+            check: Check::OldCount,
+        },
+    );
+    out
 }
 
 fn parquet_props() -> WriterProperties {

@@ -84,7 +84,12 @@ impl CassandraStore {
             .rows(
                 "read versions",
                 &self.inner.st.log_range,
-                (table, b, from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64),
+                (
+                    table,
+                    b,
+                    from.min(i64::MAX as u64) as i64,
+                    to.min(i64::MAX as u64) as i64,
+                ),
             )
             .await?;
         let mut out: Vec<_> = rows
@@ -98,11 +103,21 @@ impl CassandraStore {
     /// Registers bucket `b` of `table` before its first commit from this process.
     async fn ensure_bucket(&self, table: &str, b: i64) -> Result<()> {
         let key = (table.to_string(), b);
-        if self.inner.known_buckets.lock().expect("lock poisoned").contains(&key) {
+        if self
+            .inner
+            .known_buckets
+            .lock()
+            .expect("lock poisoned")
+            .contains(&key)
+        {
             return Ok(());
         }
-        self.exec("register version bucket", &self.inner.st.bucket_put, (table, b))
-            .await?;
+        self.exec(
+            "register version bucket",
+            &self.inner.st.bucket_put,
+            (table, b),
+        )
+        .await?;
         self.inner
             .known_buckets
             .lock()

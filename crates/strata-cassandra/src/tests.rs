@@ -77,7 +77,8 @@ async fn version_model_on_cassandra() {
         checkpoint_interval: 7,
         ..Default::default()
     };
-    let catalog = strata_table::Catalog::with_log(store.clone(), store.clone(), store.clone(), opts);
+    let catalog =
+        strata_table::Catalog::with_log(store.clone(), store.clone(), store.clone(), opts);
     strata_table::conformance::version_model(&catalog, "model", 7, 60).await;
     drop_keyspace(&store).await;
 }

@@ -590,11 +590,23 @@ impl Ingester {
             return Ok(());
         };
         let _claims = state.claims.lock().await;
-        let held = state.mem.lock().expect("memtable").claimed.contains(producer);
+        let held = state
+            .mem
+            .lock()
+            .expect("memtable")
+            .claimed
+            .contains(producer);
         let committed = if held {
             None
         } else {
-            state.table.claim_producer(producer, owner).await?;
+            if let Err(e) = state.table.claim_producer(producer, owner).await {
+                if matches!(e, TableError::ProducerClaimed { .. })
+                    && let Err(r) = state.table.request_producer(producer, owner).await
+                {
+                    warn!(producer, error = %r, "could not ask for a producer held elsewhere");
+                }
+                return Err(e.into());
+            }
             let head = state.table.head().await?;
             Some(head.producers.get(producer).copied().unwrap_or(0))
         };
@@ -608,34 +620,51 @@ impl Ingester {
         Ok(())
     }
 
-    /// Gives up the claims of producers with no stream open here and nothing left to
-    /// commit, so that another server may take them.
-    async fn release_idle_producers(&self) {
+    /// Gives up the producers other servers asked for, once no stream of them is open
+    /// here; their batches still in memory are committed first.
+    async fn release_requested_producers(&self) {
         let Some(owner) = &self.inner.config.producer_owner else {
             return;
         };
         for state in self.states() {
+            if state.mem.lock().expect("memtable").claimed.is_empty() {
+                continue;
+            }
+            let requested = match state.table.requested_producers().await {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(dataset = state.table.name(), error = %e, "cannot read producer requests");
+                    continue;
+                }
+            };
             let idle = |mem: &DatasetMem| -> Vec<String> {
-                mem.claimed
+                requested
                     .iter()
-                    .filter(|p| {
-                        !mem.streams.contains_key(*p)
-                            && !mem.table.entries.iter().any(|e| &e.producer == *p)
-                    })
+                    .filter(|p| mem.claimed.contains(*p) && !mem.streams.contains_key(*p))
                     .cloned()
                     .collect()
             };
             if idle(&state.mem.lock().expect("memtable")).is_empty() {
                 continue;
             }
+            // Commit what the memtable holds (the requested producers' batches among
+            // it), so the producer moves now rather than after the flush interval.
+            if let Err(e) = self.flush_state(&state, true).await {
+                debug!(dataset = state.table.name(), error = %e, "flush before a producer moves");
+                continue;
+            }
             // Holding the flush lock, no chunk is being committed outside the memtable;
             // holding the claims lock, no stream is opening.
-            let Ok(_flush) = state.flush_lock.try_lock() else {
-                continue;
-            };
+            let _flush = state.flush_lock.lock().await;
             let _claims = state.claims.lock().await;
-            let idle = idle(&state.mem.lock().expect("memtable"));
-            for producer in idle {
+            let ready: Vec<String> = {
+                let mem = state.mem.lock().expect("memtable");
+                idle(&mem)
+                    .into_iter()
+                    .filter(|p| !mem.table.entries.iter().any(|e| &e.producer == p))
+                    .collect()
+            };
+            for producer in ready {
                 match state.table.release_producer(&producer, owner).await {
                     Ok(()) => {
                         state
@@ -644,7 +673,10 @@ impl Ingester {
                             .expect("memtable")
                             .claimed
                             .remove(&producer);
-                        debug!(dataset = state.table.name(), producer, "producer released");
+                        info!(
+                            dataset = state.table.name(),
+                            producer, "producer released to another server"
+                        );
                     }
                     Err(e) => warn!(
                         dataset = state.table.name(),
@@ -794,8 +826,13 @@ impl Ingester {
     async fn flusher(self, mut closing: watch::Receiver<bool>) {
         let tick = (self.inner.config.flush_interval / 4)
             .clamp(Duration::from_millis(10), Duration::from_millis(250));
+        // Producer requests from other servers are looked at about once a second.
+        let mut requests_checked = Instant::now();
         while !*closing.borrow() {
-            self.release_idle_producers().await;
+            if requests_checked.elapsed() >= Duration::from_secs(1) {
+                self.release_requested_producers().await;
+                requests_checked = Instant::now();
+            }
             let due = self.due_for_flush();
             if due.is_empty() {
                 tokio::select! {

@@ -644,20 +644,45 @@ pub async fn version_log_suite(log: Arc<dyn VersionLog>, table: &str) {
     for v in 1..=N {
         ok("commit", log.commit(table, v, rec(v)).await);
         if v == 1 {
-            ok("commit other", log.commit(&other, 1, Bytes::from_static(b"x")).await);
+            ok(
+                "commit other",
+                log.commit(&other, 1, Bytes::from_static(b"x")).await,
+            );
         }
     }
-    expect_conflict("commit of a taken version", log.commit(table, 7, Bytes::from_static(b"again")).await);
-    assert_eq!(ok("get", log.get(table, 7).await), Some(rec(7)), "a lost commit changed the record");
+    expect_conflict(
+        "commit of a taken version",
+        log.commit(table, 7, Bytes::from_static(b"again")).await,
+    );
+    assert_eq!(
+        ok("get", log.get(table, 7).await),
+        Some(rec(7)),
+        "a lost commit changed the record"
+    );
     for known in [0, 1, 17, N] {
-        assert_eq!(ok("latest", log.latest(table, known).await), Some(N), "latest from {known}");
+        assert_eq!(
+            ok("latest", log.latest(table, known).await),
+            Some(N),
+            "latest from {known}"
+        );
     }
-    assert_eq!(ok("latest other", log.latest(&other, 0).await), Some(1), "tables are separate");
+    assert_eq!(
+        ok("latest other", log.latest(&other, 0).await),
+        Some(1),
+        "tables are separate"
+    );
     assert!(ok("contains", log.contains(table, 33).await));
     assert!(!ok("contains past head", log.contains(table, N + 1).await));
     let got = ok("range", log.range(table, 15, 34).await);
-    assert_eq!(got, (15..=34).map(|v| (v, rec(v))).collect::<Vec<_>>(), "range 15..=34");
-    assert_eq!(ok("range past head", log.range(table, N - 1, N + 10).await).len(), 2);
+    assert_eq!(
+        got,
+        (15..=34).map(|v| (v, rec(v))).collect::<Vec<_>>(),
+        "range 15..=34"
+    );
+    assert_eq!(
+        ok("range past head", log.range(table, N - 1, N + 10).await).len(),
+        2
+    );
 
     // Concurrent commits of one version: exactly one wins, from any handle.
     let mut tasks = Vec::new();
@@ -677,24 +702,62 @@ pub async fn version_log_suite(log: Arc<dyn VersionLog>, table: &str) {
     for t in tasks {
         winners.extend(t.await.expect("racer panicked"));
     }
-    assert_eq!(winners.len(), 1, "racing commits of one version: {} winners", winners.len());
-    assert_eq!(ok("get raced", log.get(table, N + 1).await).as_ref(), Some(&winners[0]));
+    assert_eq!(
+        winners.len(),
+        1,
+        "racing commits of one version: {} winners",
+        winners.len()
+    );
+    assert_eq!(
+        ok("get raced", log.get(table, N + 1).await).as_ref(),
+        Some(&winners[0])
+    );
     let head = N + 1;
 
     // Vacuum's trim: keep 5 and 20, remove the rest below 30.
     let keep: BTreeSet<u64> = [5, 20, 1000].into_iter().collect();
-    assert_eq!(ok("trim", log.trim(table, 30, &keep).await), 27, "versions removed by the trim");
-    assert_eq!(ok("trim again", log.trim(table, 30, &keep).await), 0, "a second trim removes nothing");
-    assert!(!ok("contains kept", log.contains(table, 5).await), "a kept version is not live");
+    assert_eq!(
+        ok("trim", log.trim(table, 30, &keep).await),
+        27,
+        "versions removed by the trim"
+    );
+    assert_eq!(
+        ok("trim again", log.trim(table, 30, &keep).await),
+        0,
+        "a second trim removes nothing"
+    );
+    assert!(
+        !ok("contains kept", log.contains(table, 5).await),
+        "a kept version is not live"
+    );
     assert_eq!(ok("get kept", log.get(table, 5).await), Some(rec(5)));
     ok("remove absent", log.remove(table, 1000).await);
     assert_eq!(ok("get removed", log.get(table, 3).await), None);
-    assert_eq!(ok("get kept after trim", log.get(table, 20).await), Some(rec(20)));
+    assert_eq!(
+        ok("get kept after trim", log.get(table, 20).await),
+        Some(rec(20))
+    );
     for known in [0, 3, 30, head] {
-        assert_eq!(ok("latest after trim", log.latest(table, known).await), Some(head), "latest from {known}");
+        assert_eq!(
+            ok("latest after trim", log.latest(table, known).await),
+            Some(head),
+            "latest from {known}"
+        );
     }
-    let mut want: Vec<LogEntry> = vec![LogEntry { version: 5, kept: true }, LogEntry { version: 20, kept: true }];
-    want.extend((30..=head).map(|version| LogEntry { version, kept: false }));
+    let mut want: Vec<LogEntry> = vec![
+        LogEntry {
+            version: 5,
+            kept: true,
+        },
+        LogEntry {
+            version: 20,
+            kept: true,
+        },
+    ];
+    want.extend((30..=head).map(|version| LogEntry {
+        version,
+        kept: false,
+    }));
     assert_eq!(ok("list after trim", log.list(table).await), want);
     assert_eq!(
         ok("range over trimmed", log.range(table, 1, 31).await),
@@ -706,17 +769,26 @@ pub async fn version_log_suite(log: Arc<dyn VersionLog>, table: &str) {
     assert_eq!(ok("trim released", log.trim(table, 30, &keep).await), 1);
     assert_eq!(ok("get released", log.get(table, 5).await), None);
     ok("remove a live version", log.remove(table, head).await);
-    assert_eq!(ok("latest after remove", log.latest(table, 30).await), Some(head - 1));
+    assert_eq!(
+        ok("latest after remove", log.latest(table, 30).await),
+        Some(head - 1)
+    );
     ok("commit again", log.commit(table, head, rec(head)).await);
 
     // Commits go on after a trim.
-    ok("commit after trim", log.commit(table, head + 1, rec(head + 1)).await);
+    ok(
+        "commit after trim",
+        log.commit(table, head + 1, rec(head + 1)).await,
+    );
     assert_eq!(ok("latest", log.latest(table, 30).await), Some(head + 1));
 
     ok("purge", log.purge(table).await);
     assert_eq!(ok("latest after purge", log.latest(table, 0).await), None);
     assert!(ok("list after purge", log.list(table).await).is_empty());
     assert_eq!(ok("get after purge", log.get(table, 20).await), None);
-    assert_eq!(ok("other survives purge", log.latest(&other, 0).await), Some(1));
+    assert_eq!(
+        ok("other survives purge", log.latest(&other, 0).await),
+        Some(1)
+    );
     ok("purge other", log.purge(&other).await);
 }

@@ -87,7 +87,10 @@ pub async fn version_model(catalog: &Catalog, name: &str, seed: u64, steps: usiz
         3,
     )
     .expect("model spec");
-    let table = catalog.create_table(spec).await.expect("create model dataset");
+    let table = catalog
+        .create_table(spec)
+        .await
+        .expect("create model dataset");
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     // versions[v] = the rows of version v (index 0 unused); tags name versions.
     let mut versions: Vec<Rows> = vec![Rows::new(), Rows::new()];
@@ -118,40 +121,73 @@ pub async fn version_model(catalog: &Catalog, name: &str, seed: u64, steps: usiz
                 other => panic!("{ctx}: upsert: {other:?}"),
             }
         } else if what < 55 {
-            let keys: Vec<_> = (0..1 + rng.below(4)).map(|_| (key(&mut rng), None)).collect();
+            let keys: Vec<_> = (0..1 + rng.below(4))
+                .map(|_| (key(&mut rng), None))
+                .collect();
             for (k, _) in &keys {
                 next.remove(k);
             }
             let keys = batch(&keys);
             let keys = keys.project(&[0, 1]).expect("key columns");
-            Some(table.delete_keys(&keys).await.unwrap_or_else(|e| panic!("{ctx}: delete keys: {e}")).version)
+            Some(
+                table
+                    .delete_keys(&keys)
+                    .await
+                    .unwrap_or_else(|e| panic!("{ctx}: delete keys: {e}"))
+                    .version,
+            )
         } else if what < 62 {
             let below = rng.below(12) as i64;
             next.retain(|(_, t), _| *t >= below);
             let p = Predicate::cmp("t", CmpOp::Lt, below);
-            Some(table.delete_where(&p).await.unwrap_or_else(|e| panic!("{ctx}: delete where: {e}")).version)
+            Some(
+                table
+                    .delete_where(&p)
+                    .await
+                    .unwrap_or_else(|e| panic!("{ctx}: delete where: {e}"))
+                    .version,
+            )
         } else if what < 74 {
             let target = pick(&mut rng);
             next = versions[target as usize].clone();
-            Some(table.rollback(&VersionSpec::Version(target)).await.unwrap_or_else(|e| panic!("{ctx}: rollback to {target}: {e}")).version)
+            Some(
+                table
+                    .rollback(&VersionSpec::Version(target))
+                    .await
+                    .unwrap_or_else(|e| panic!("{ctx}: rollback to {target}: {e}"))
+                    .version,
+            )
         } else if what < 82 {
-            table.compact().await.unwrap_or_else(|e| panic!("{ctx}: compact: {e}")).map(|i| i.version)
+            table
+                .compact()
+                .await
+                .unwrap_or_else(|e| panic!("{ctx}: compact: {e}"))
+                .map(|i| i.version)
         } else if what < 90 {
             let at = pick(&mut rng);
             let tag = format!("tag{step}");
-            table.create_tag(&tag, &VersionSpec::Version(at)).await.unwrap_or_else(|e| panic!("{ctx}: tag {at}: {e}"));
+            table
+                .create_tag(&tag, &VersionSpec::Version(at))
+                .await
+                .unwrap_or_else(|e| panic!("{ctx}: tag {at}: {e}"));
             tags.insert(tag, at);
             None
         } else if what < 94 && !tags.is_empty() {
             let i = rng.below(tags.len() as u64) as usize;
             let tag = tags.keys().nth(i).cloned().expect("a tag");
-            table.delete_tag(&tag).await.unwrap_or_else(|e| panic!("{ctx}: delete tag: {e}"));
+            table
+                .delete_tag(&tag)
+                .await
+                .unwrap_or_else(|e| panic!("{ctx}: delete tag: {e}"));
             tags.remove(&tag);
             None
         } else {
             let keep = 1 + rng.below(6);
             let report = table
-                .vacuum(&VacuumPolicy { keep_last: Some(keep), keep_within_ms: None })
+                .vacuum(&VacuumPolicy {
+                    keep_last: Some(keep),
+                    keep_within_ms: None,
+                })
                 .await
                 .unwrap_or_else(|e| panic!("{ctx}: vacuum: {e}"));
             if report.oldest_retained > oldest {
@@ -159,7 +195,9 @@ pub async fn version_model(catalog: &Catalog, name: &str, seed: u64, steps: usiz
                 protected = tags
                     .values()
                     .copied()
-                    .filter(|v| *v < report.oldest_retained && (*v >= oldest || protected.contains(v)))
+                    .filter(|v| {
+                        *v < report.oldest_retained && (*v >= oldest || protected.contains(v))
+                    })
                     .collect();
                 oldest = report.oldest_retained;
             }
@@ -170,9 +208,18 @@ pub async fn version_model(catalog: &Catalog, name: &str, seed: u64, steps: usiz
             versions.push(next);
         }
         let head = (versions.len() - 1) as u64;
-        assert_eq!(table.head_version().await.expect("head"), head, "{ctx}: head version");
-        let got = read(&table, head).await.unwrap_or_else(|e| panic!("{ctx}: read head: {e}"));
-        assert_eq!(got, versions[head as usize], "{ctx}: rows of the head (v{head})");
+        assert_eq!(
+            table.head_version().await.expect("head"),
+            head,
+            "{ctx}: head version"
+        );
+        let got = read(&table, head)
+            .await
+            .unwrap_or_else(|e| panic!("{ctx}: read head: {e}"));
+        assert_eq!(
+            got, versions[head as usize],
+            "{ctx}: rows of the head (v{head})"
+        );
     }
     // Every version: retained ones (the live range and tagged ones) read as the model
     // says, the rest are reported vacuumed. A fresh handle reads through the log alone.
@@ -184,7 +231,10 @@ pub async fn version_model(catalog: &Catalog, name: &str, seed: u64, steps: usiz
                     v >= oldest || protected.contains(&v),
                     "seed {seed}: version {v} reads though vacuumed (oldest retained {oldest}, protected {protected:?})"
                 );
-                assert_eq!(rows, versions[v as usize], "seed {seed}: rows of version {v}");
+                assert_eq!(
+                    rows, versions[v as usize],
+                    "seed {seed}: rows of version {v}"
+                );
             }
             Err(Error::VersionVacuumed { .. }) => assert!(
                 v < oldest && !protected.contains(&v),
@@ -193,10 +243,23 @@ pub async fn version_model(catalog: &Catalog, name: &str, seed: u64, steps: usiz
             Err(e) => panic!("seed {seed}: read version {v}: {e}"),
         }
     }
-    let listed: Vec<u64> = fresh.list_versions().await.expect("list").iter().map(|i| i.version).collect();
-    assert_eq!(listed.last().copied(), Some((versions.len() - 1) as u64), "seed {seed}: listing ends at the head");
+    let listed: Vec<u64> = fresh
+        .list_versions()
+        .await
+        .expect("list")
+        .iter()
+        .map(|i| i.version)
+        .collect();
+    assert_eq!(
+        listed.last().copied(),
+        Some((versions.len() - 1) as u64),
+        "seed {seed}: listing ends at the head"
+    );
     for (tag, v) in &tags {
-        let got = fresh.resolve(&VersionSpec::Tag(tag.clone())).await.expect("resolve tag");
+        let got = fresh
+            .resolve(&VersionSpec::Tag(tag.clone()))
+            .await
+            .expect("resolve tag");
         assert_eq!(got, *v, "seed {seed}: tag {tag}");
     }
 }

@@ -7,6 +7,7 @@
 //!   dropped/{id}                             a dropped dataset waiting for its purge
 //!   tables/{id}/tags/{tag}                   a tag: name → version
 //!   tables/{id}/producers/{producer}         the server holding a producer's claim
+//!   tables/{id}/producer-requests/{producer} another server asking for that producer
 //!   tables/{id}/versions/{v:020}             version record in the live range  ┐ the version log
 //!   tables/{id}/kept/{v:020}                 version record kept below it      │ over a MetaStore
 //!   tables/{id}/head                         head hint (a recent version)      ┘ (crate::log)
@@ -49,8 +50,8 @@ pub fn tags_prefix(id: &str) -> String {
 /// Which server may accept `producer`'s batches (stores shared by several servers).
 /// Producer ids may hold `.` and `:`, which keys reserve or refuse: every character
 /// but letters, digits, `_` and `-` is written `=XX` (its hex byte).
-pub fn producer_claim_key(id: &str, producer: &str) -> String {
-    let mut key = producer_claims_prefix(id);
+fn escape_producer(prefix: String, producer: &str) -> String {
+    let mut key = prefix;
     for b in producer.bytes() {
         if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
             key.push(b as char);
@@ -61,9 +62,8 @@ pub fn producer_claim_key(id: &str, producer: &str) -> String {
     key
 }
 
-/// The producer id of a claim key.
-pub fn producer_of_claim(id: &str, key: &str) -> Option<String> {
-    let escaped = key.strip_prefix(&producer_claims_prefix(id))?.as_bytes();
+fn unescape_producer(escaped: &str) -> Option<String> {
+    let escaped = escaped.as_bytes();
     let mut out = Vec::with_capacity(escaped.len());
     let mut i = 0;
     while i < escaped.len() {
@@ -79,8 +79,31 @@ pub fn producer_of_claim(id: &str, key: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Which server may accept `producer`'s batches (stores shared by several servers).
+pub fn producer_claim_key(id: &str, producer: &str) -> String {
+    escape_producer(producer_claims_prefix(id), producer)
+}
+
 pub fn producer_claims_prefix(id: &str) -> String {
     format!("tables/{id}/producers/")
+}
+
+/// The producer id of a claim key.
+pub fn producer_of_claim(id: &str, key: &str) -> Option<String> {
+    unescape_producer(key.strip_prefix(&producer_claims_prefix(id))?)
+}
+
+/// Another server's request for `producer`.
+pub fn producer_request_key(id: &str, producer: &str) -> String {
+    escape_producer(producer_requests_prefix(id), producer)
+}
+
+pub fn producer_requests_prefix(id: &str) -> String {
+    format!("tables/{id}/producer-requests/")
+}
+
+pub fn producer_of_request(id: &str, key: &str) -> Option<String> {
+    unescape_producer(key.strip_prefix(&producer_requests_prefix(id))?)
 }
 
 /// A version record in the live range of a MetaStore-backed log.
@@ -166,6 +189,9 @@ mod tests {
             let key = producer_claim_key("t", producer);
             strata_storage::validate_path(&key).expect("a valid key");
             assert_eq!(producer_of_claim("t", &key).as_deref(), Some(producer));
+            let key = producer_request_key("t", producer);
+            assert_eq!(producer_of_request("t", &key).as_deref(), Some(producer));
+            assert_eq!(producer_of_claim("t", &key), None);
         }
     }
 }

@@ -257,7 +257,10 @@ async fn a_producer_moves_between_servers_exactly_once() {
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     flush(&mut cb, "moves").await;
     assert_eq!(count(&mut ca, "SELECT count(*) FROM moves").await, 80);
-    assert_eq!(count(&mut ca, "SELECT count(DISTINCT t) FROM moves").await, 80);
+    assert_eq!(
+        count(&mut ca, "SELECT count(DISTINCT t) FROM moves").await,
+        80
+    );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
     drop_keyspace("strata_moves").await;

@@ -91,10 +91,7 @@ impl Catalog {
         let body = serde_json::to_vec(&record).expect("dataset records serialize");
         match self
             .meta
-            .put_if_absent(
-                &layout::dataset_key(spec.name.as_str()),
-                Bytes::from(body),
-            )
+            .put_if_absent(&layout::dataset_key(spec.name.as_str()), Bytes::from(body))
             .await
         {
             Ok(()) => {}

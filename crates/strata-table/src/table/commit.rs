@@ -151,4 +151,3 @@ pub(super) fn schema_compatible(head: &Schema, written: &Schema) -> bool {
             .is_ok_and(|h| h.data_type() == f.data_type())
     })
 }
-

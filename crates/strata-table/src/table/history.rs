@@ -169,4 +169,3 @@ pub(super) fn diff_rows(from: &Manifest, to: &Manifest) -> (u64, u64) {
     }
     (added, removed)
 }
-

@@ -233,12 +233,7 @@ impl Table {
                 report.bytes_removed += blob.size;
             }
         }
-        for blob in self
-            .inner
-            .blobs
-            .list(&layout::segments_prefix(id))
-            .await?
-        {
+        for blob in self.inner.blobs.list(&layout::segments_prefix(id)).await? {
             if !referenced.contains(&blob.path) && blob.last_modified_ms < cutoff {
                 self.inner.blobs.delete(&blob.path).await?;
                 report.blobs_removed += 1;

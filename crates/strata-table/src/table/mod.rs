@@ -44,7 +44,6 @@ use crate::segment::{
     shard_of_rows, sort_and_dedupe,
 };
 
-
 /// Tunables of the table layer. The defaults suit the embedded server.
 #[derive(Clone, Debug)]
 pub struct TableOptions {
@@ -152,7 +151,6 @@ pub struct TagInfo {
     pub created_ms: i64,
 }
 
-
 #[derive(Clone, Debug)]
 pub struct Table {
     inner: Arc<TableInner>,
@@ -170,8 +168,6 @@ struct TableInner {
     /// The newest manifest this handle has seen.
     latest: Mutex<Option<Arc<Manifest>>>,
 }
-
-/// A change to commit, built by an operation against a base manifest.
 
 impl Table {
     fn new(catalog: &Catalog, id: String, spec: DatasetSpec) -> Self {

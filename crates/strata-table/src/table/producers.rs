@@ -6,10 +6,12 @@
 //! order (a later batch first, then the earlier one skipped as a "duplicate": lost) or
 //! both (applied twice). So a server accepts a producer's batches only while it holds
 //! the producer's claim, a record written with `put_if_absent` (one winner), and gives
-//! it up only once every batch it accepted from that producer is committed and no
-//! stream of it is open. Another server asked to take the producer meanwhile answers
-//! [`Error::ProducerClaimed`]: the client retries, and gets through after the owner's
-//! next flush.
+//! it up when another server asks for the producer (a request record), once every
+//! batch it accepted from that producer is committed and no stream of it is open
+//! there. The asking server answers [`Error::ProducerClaimed`] meanwhile: the client
+//! retries, and gets through once the holder has flushed and released. A producer that
+//! reconnects to the server holding it needs no store access at all (so ingestion into
+//! the WAL goes on while the store is unreachable).
 
 use super::*;
 
@@ -46,7 +48,7 @@ impl Table {
         }
     }
 
-    /// Gives `producer`'s claim up if `owner` holds it.
+    /// Gives `producer`'s claim up if `owner` holds it, and clears requests for it.
     pub async fn release_producer(&self, producer: &str, owner: &str) -> Result<()> {
         if self.producer_owner(producer).await?.as_deref() == Some(owner) {
             self.inner
@@ -54,7 +56,38 @@ impl Table {
                 .delete(&layout::producer_claim_key(&self.inner.id, producer))
                 .await?;
         }
+        self.inner
+            .meta
+            .delete(&layout::producer_request_key(&self.inner.id, producer))
+            .await?;
         Ok(())
+    }
+
+    /// Asks the holder of `producer`'s claim to give it up once it can.
+    pub async fn request_producer(&self, producer: &str, requester: &str) -> Result<()> {
+        let claim = ProducerClaim {
+            owner: requester.to_string(),
+            since_ms: now_ms(),
+        };
+        let body = serde_json::to_vec(&claim).expect("claims serialize");
+        let key = layout::producer_request_key(&self.inner.id, producer);
+        match self.inner.meta.put_if_absent(&key, Bytes::from(body)).await {
+            Err(e) if !e.is_conflict() => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Producers another server asked for.
+    pub async fn requested_producers(&self) -> Result<Vec<String>> {
+        let id = &self.inner.id;
+        Ok(self
+            .inner
+            .meta
+            .list(&layout::producer_requests_prefix(id))
+            .await?
+            .iter()
+            .filter_map(|k| layout::producer_of_request(id, k))
+            .collect())
     }
 
     /// The server holding `producer`'s claim, if any.

@@ -96,4 +96,3 @@ impl Snapshot {
         self.manifest.live_rows()
     }
 }
-

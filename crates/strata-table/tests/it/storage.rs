@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use strata_datagen::{WeatherFeed, weather_spec};
-use strata_storage::{CountingBlobStore, LocalStore, MemoryBlobStore, MemoryMetaStore};
 use strata_storage::conformance::version_log_suite;
+use strata_storage::{CountingBlobStore, LocalStore, MemoryBlobStore, MemoryMetaStore};
 use strata_table::{Catalog, Error, MetaLog, VersionSpec};
 
 /// The version log over a MetaStore keeps the log's guarantees on both stores.
@@ -16,7 +16,9 @@ async fn meta_version_log_conformance() {
     version_log_suite(memory.clone(), "t1").await;
     version_log_suite(memory, "t1").await;
     let dir = tempfile::tempdir().unwrap();
-    let local = Arc::new(MetaLog::new(Arc::new(LocalStore::open(dir.path()).unwrap())));
+    let local = Arc::new(MetaLog::new(Arc::new(
+        LocalStore::open(dir.path()).unwrap(),
+    )));
     version_log_suite(local, "t1").await;
 }
 
