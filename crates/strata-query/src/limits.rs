@@ -36,6 +36,14 @@ pub const DEFAULT_MAX_STATEMENT_BYTES: usize = 1 << 20;
 /// `max_expression_depth`.
 pub const DEFAULT_MAX_DEPTH: usize = 1000;
 
+/// The most parts a dotted name may have (`catalog.schema.table.column` and a few
+/// levels of struct fields). The SQL parser backtracks over a dotted name that ends
+/// in something it cannot read after an operator (`t > a.b.….~x`), trying both
+/// readings at every dot: time doubles with each two parts (20 parts took 1.5 s, the
+/// fuzzer's 40-part statement of 294 bytes 39 s), so long names are refused before
+/// parsing.
+pub const MAX_NAME_PARTS: usize = 12;
+
 /// Refuses a statement longer than `max` bytes.
 pub fn check_size(sql: &str, max: usize) -> Result<()> {
     if sql.len() > max {
@@ -66,6 +74,29 @@ pub fn check_tokens(sql: &str, dialect: &dyn Dialect, max: usize) -> Result<()> 
         return Err(Error::TooComplex(format!(
             "the statement has {set_operations} set operations (UNION, INTERSECT, EXCEPT), \
              more than the {max} allowed (query.max_expression_depth)"
+        )));
+    }
+    // The longest run of `name . name . …` (whitespace between is allowed).
+    let (mut parts, mut longest, mut after_dot) = (0usize, 0usize, false);
+    for t in &tokens {
+        match t {
+            Token::Whitespace(_) => continue,
+            Token::Word(_) => {
+                parts = if after_dot { parts + 1 } else { 1 };
+                after_dot = false;
+            }
+            Token::Period if parts > 0 && !after_dot => after_dot = true,
+            _ => {
+                parts = 0;
+                after_dot = false;
+            }
+        }
+        longest = longest.max(parts);
+    }
+    if longest > MAX_NAME_PARTS {
+        return Err(Error::TooComplex(format!(
+            "the statement has a dotted name of {longest} parts, more than the \
+             {MAX_NAME_PARTS} allowed"
         )));
     }
     Ok(())
@@ -241,6 +272,33 @@ mod tests {
         check_depth(&mut s, 99).unwrap();
         let mut s = parse(&chain(" + ", 101));
         assert!(check_depth(&mut s, 99).is_err());
+    }
+
+    #[test]
+    fn long_dotted_names_are_refused_before_parsing() {
+        let name = |n: usize| {
+            (0..n)
+                .map(|i| format!("x{i}"))
+                .collect::<Vec<_>>()
+                .join(" . ")
+        };
+        check_tokens(&format!("SELECT {} FROM t", name(12)), &StrataDialect, 1000).unwrap();
+        check_tokens("SELECT a.b, c.d.e, f FROM s.t", &StrataDialect, 1000).unwrap();
+        let e =
+            check_tokens(&format!("SELECT t > {}.~e", name(13)), &StrataDialect, 1000).unwrap_err();
+        assert!(e.to_string().contains("dotted name of 13 parts"), "{e}");
+        // What the SQL fuzzer found (fuzz/regressions/sql): each took seconds to
+        // minutes in the parser.
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/sql");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let sql = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let e = check_tokens(&sql, &StrataDialect, 1000).unwrap_err();
+            assert!(matches!(e, Error::TooComplex(_)), "{sql}: {e}");
+            seen += 1;
+        }
+        assert!(seen > 0, "no regression inputs in {}", dir.display());
     }
 
     #[test]
