@@ -15,6 +15,14 @@ use strata_table::SegmentMeta;
 use strata_table::segment::{BlobReader, read_segment};
 
 fuzz_target!(|data: &[u8]| {
+    // libfuzzer-sys's panic hook aborts on every panic, even one `read_segment` contains
+    // (it turns a decoder's assertion on a damaged page into a corrupt-segment error).
+    // The default hook only prints: a panic that escapes still aborts the run.
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let _ = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|info| eprintln!("{info}")));
+    });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
