@@ -126,53 +126,50 @@ impl CassandraStore {
         Ok(())
     }
 
-    /// Deletes version `v`'s row by lightweight transaction, resolving unknown outcomes.
-    async fn delete_version(&self, table: &str, v: u64) -> Result<()> {
+    /// Runs a lightweight transaction on version `v`'s row (`statement` takes table,
+    /// bucket, version), resolving an unknown outcome by a serial read of the row:
+    /// `done` says whether the row as read shows the transaction's effect.
+    async fn change_version(
+        &self,
+        what: &str,
+        statement: &scylla::statement::prepared::PreparedStatement,
+        table: &str,
+        v: u64,
+        done: impl Fn(Option<&Row>) -> bool,
+    ) -> Result<()> {
         for _ in 0..self.inner.config.attempts {
             match self
-                .transact(
-                    "delete version",
-                    &self.inner.st.log_delete,
-                    (table, bucket_of(v), v as i64),
-                )
+                .transact(what, statement, (table, bucket_of(v), v as i64))
                 .await?
             {
                 Outcome::Applied | Outcome::NotApplied => return Ok(()),
                 Outcome::Unknown => {
-                    if self.version_row(table, v).await?.is_none() {
+                    if done(self.version_row(table, v).await?.as_ref()) {
                         return Ok(());
                     }
                 }
             }
         }
         Err(Error::Backend(format!(
-            "cassandra: delete version {v} of {table}: outcome still unknown after {} attempts",
+            "cassandra: {what} {v} of {table}: outcome still unknown after {} attempts",
             self.inner.config.attempts
         )))
     }
 
-    /// Marks version `v` kept by lightweight transaction, resolving unknown outcomes.
+    /// Deletes version `v`'s row.
+    async fn delete_version(&self, table: &str, v: u64) -> Result<()> {
+        let st = &self.inner.st.log_delete;
+        self.change_version("delete version", st, table, v, |row| row.is_none())
+            .await
+    }
+
+    /// Marks version `v` kept.
     async fn keep_version(&self, table: &str, v: u64) -> Result<()> {
-        for _ in 0..self.inner.config.attempts {
-            match self
-                .transact(
-                    "keep version",
-                    &self.inner.st.log_keep,
-                    (table, bucket_of(v), v as i64),
-                )
-                .await?
-            {
-                Outcome::Applied | Outcome::NotApplied => return Ok(()),
-                Outcome::Unknown => match self.version_row(table, v).await? {
-                    None | Some((_, Some(true))) => return Ok(()),
-                    Some(_) => continue,
-                },
-            }
-        }
-        Err(Error::Backend(format!(
-            "cassandra: keep version {v} of {table}: outcome still unknown after {} attempts",
-            self.inner.config.attempts
-        )))
+        let st = &self.inner.st.log_keep;
+        self.change_version("keep version", st, table, v, |row| {
+            matches!(row, None | Some((_, Some(true))))
+        })
+        .await
     }
 }
 
