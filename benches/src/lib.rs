@@ -205,3 +205,37 @@ pub fn weather_queries(feed: &WeatherFeed, base_rows: u64) -> Vec<WeatherQuery> 
         ),
     ]
 }
+
+/// Writer settings of the plain Parquet files the benchmarks compare Strata with: as
+/// Strata's segments apart from the sort (zstd, page statistics, arrow-rs's default row
+/// group and page limits).
+pub fn parquet_props() -> parquet::file::properties::WriterProperties {
+    use parquet::basic::{Compression, ZstdLevel};
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build()
+}
+
+/// Writes `batches` as one plain Parquet file ([`parquet_props`]); returns its size.
+pub fn write_parquet(path: &std::path::Path, batches: &[RecordBatch]) -> u64 {
+    let file = std::fs::File::create(path).expect("create parquet file");
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(file, batches[0].schema(), Some(parquet_props()))
+            .expect("parquet writer");
+    for b in batches {
+        w.write(b).expect("write parquet");
+    }
+    w.close().expect("close parquet");
+    std::fs::metadata(path).expect("stat").len()
+}
+
+/// Compacts `table` until compaction has nothing left to merge; returns the rounds.
+pub async fn compact_all(table: &strata_table::Table) -> usize {
+    let mut n = 0;
+    while table.compact().await.expect("compact").is_some() {
+        n += 1;
+    }
+    n
+}

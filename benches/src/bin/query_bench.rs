@@ -38,7 +38,6 @@
 #![allow(clippy::print_stdout, reason = "a measurement tool reports on stdout")]
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,11 +51,10 @@ use datafusion::datasource::physical_plan::ParquetSource;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::ParquetMetaDataReader;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use strata_benches::{BlobCounts, CountingBlobStore, median, ms, weather_queries};
+use strata_benches::{
+    BlobCounts, CountingBlobStore, compact_all, median, ms, weather_queries, write_parquet,
+};
 use strata_datagen::{WeatherFeed, weather_spec};
 use strata_query::StrataTable;
 use strata_storage::{BlobStore, LocalStore};
@@ -189,24 +187,6 @@ fn queries(feed: &WeatherFeed, base_rows: u64) -> Vec<Query> {
     out
 }
 
-fn parquet_props() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .build()
-}
-
-fn write_parquet(path: &Path, batches: &[RecordBatch]) -> u64 {
-    let file = File::create(path).expect("create parquet file");
-    let mut w = ArrowWriter::try_new(file, batches[0].schema(), Some(parquet_props()))
-        .expect("parquet writer");
-    for b in batches {
-        w.write(b).expect("write parquet");
-    }
-    w.close().expect("close parquet");
-    std::fs::metadata(path).expect("stat").len()
-}
-
 /// One row count's data, on both sides.
 struct Built {
     _dir: tempfile::TempDir,
@@ -221,14 +201,6 @@ struct Built {
     parquet_files: usize,
     parquet_bytes: u64,
     build: Duration,
-}
-
-async fn compact_all(table: &Table) -> usize {
-    let mut n = 0;
-    while table.compact().await.expect("compact").is_some() {
-        n += 1;
-    }
-    n
 }
 
 async fn build(feed: &WeatherFeed, rows: u64, args: &Args) -> Built {

@@ -41,6 +41,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use strata_table::{Catalog, Table, VersionSpec};
 use tracing::debug;
 
+use crate::cache::SegmentCache;
 use crate::cancel::{self, CancelToken};
 use crate::catalog::{CATALOG, SCHEMA, StrataCatalog, StrataSchema, VersionedName};
 use crate::dialect::{StrataDialect, marker_tag, tag_markers};
@@ -77,6 +78,9 @@ pub struct QueryConfig {
     /// Deepest nesting of expressions (and set operations) accepted; 0 means
     /// [`limits::DEFAULT_MAX_DEPTH`].
     pub max_expression_depth: usize,
+    /// Bytes of decoded segment columns kept in memory across queries (see
+    /// [`crate::cache`]); 0 caches nothing.
+    pub cache_bytes: usize,
 }
 
 impl QueryConfig {
@@ -107,6 +111,7 @@ struct Inner {
     config: QueryConfig,
     schema: Arc<StrataSchema>,
     state: SessionState,
+    cache: Arc<SegmentCache>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -142,6 +147,8 @@ impl Engine {
         if config.target_partitions > 0 {
             session = session.with_target_partitions(config.target_partitions);
         }
+        let cache = Arc::new(SegmentCache::new(config.cache_bytes));
+        session = session.with_extension(cache.clone());
         let strata = Arc::new(StrataCatalog::new(catalog.clone(), hooks.clone()));
         let schema = strata.schema_provider().clone();
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
@@ -153,7 +160,7 @@ impl Engine {
             .with_default_features()
             .build();
         overflow::install(&mut state)?;
-        for (name, f) in table_functions(&catalog) {
+        for (name, f) in table_functions(&catalog, &cache) {
             state.register_udtf(name, f);
         }
         Ok(Self {
@@ -163,6 +170,7 @@ impl Engine {
                 config,
                 schema,
                 state,
+                cache,
             }),
         })
     }
@@ -173,6 +181,11 @@ impl Engine {
 
     pub fn config(&self) -> &QueryConfig {
         &self.inner.config
+    }
+
+    /// The decoded-column cache every statement's scans share.
+    pub fn cache(&self) -> &Arc<SegmentCache> {
+        &self.inner.cache
     }
 
     /// Parses and plans one statement without running it, on the query runtime and

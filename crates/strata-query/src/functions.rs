@@ -3,7 +3,9 @@
 //! - `strata_versions('weather')`: every retained version, oldest first — number, commit
 //!   time, operation and its details, rows added and removed, tags;
 //! - `strata_segments('weather' [, version])`: the live segments at the head (or at
-//!   `version`) — shard, id, rows, live and deleted rows, bytes, primary key range.
+//!   `version`) — shard, id, rows, live and deleted rows, bytes, primary key range;
+//! - `strata_cache()`: the decoded-column cache ([`crate::cache`]) — capacity, bytes
+//!   and columns held, hits, misses, columns decoded into it, evictions.
 //!
 //! DataFusion asks for a table function's provider synchronously while planning, so the
 //! functions return a provider with a fixed schema that reads the metadata when scanned.
@@ -26,6 +28,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use strata_table::{Catalog, VersionSpec};
 
+use crate::cache::SegmentCache;
 use crate::error::{Error, Result};
 
 /// Which introspection table.
@@ -33,6 +36,7 @@ use crate::error::{Error, Result};
 enum Kind {
     Versions,
     Segments,
+    Cache,
 }
 
 impl Kind {
@@ -40,6 +44,7 @@ impl Kind {
         match self {
             Kind::Versions => "strata_versions",
             Kind::Segments => "strata_segments",
+            Kind::Cache => "strata_cache",
         }
     }
 
@@ -67,6 +72,21 @@ impl Kind {
                 Field::new("pk_min", DataType::Utf8, false),
                 Field::new("pk_max", DataType::Utf8, false),
             ],
+            Kind::Cache => [
+                "capacity_bytes",
+                "used_bytes",
+                "columns",
+                "hits",
+                "misses",
+                "inserts",
+                "inserted_bytes",
+                "evictions",
+                "fills_pending",
+                "fills_dropped",
+            ]
+            .into_iter()
+            .map(|n| Field::new(n, DataType::UInt64, false))
+            .collect(),
         }))
     }
 }
@@ -74,6 +94,7 @@ impl Kind {
 /// A table function of [`Kind`] over a catalog.
 pub struct Introspection {
     catalog: Catalog,
+    cache: Arc<SegmentCache>,
     kind: Kind,
 }
 
@@ -84,12 +105,16 @@ impl fmt::Debug for Introspection {
 }
 
 /// The table functions, with their names, for registration.
-pub fn table_functions(catalog: &Catalog) -> Vec<(&'static str, Arc<dyn TableFunctionImpl>)> {
-    [Kind::Versions, Kind::Segments]
+pub fn table_functions(
+    catalog: &Catalog,
+    cache: &Arc<SegmentCache>,
+) -> Vec<(&'static str, Arc<dyn TableFunctionImpl>)> {
+    [Kind::Versions, Kind::Segments, Kind::Cache]
         .into_iter()
         .map(|kind| {
             let f: Arc<dyn TableFunctionImpl> = Arc::new(Introspection {
                 catalog: catalog.clone(),
+                cache: cache.clone(),
                 kind,
             });
             (kind.name(), f)
@@ -115,7 +140,20 @@ impl TableFunctionImpl for Introspection {
         let usage = match self.kind {
             Kind::Versions => "strata_versions('dataset')",
             Kind::Segments => "strata_segments('dataset' [, version])",
+            Kind::Cache => "strata_cache()",
         };
+        if self.kind == Kind::Cache {
+            if !exprs.is_empty() {
+                return Err(Error::plan(format!("usage: {usage}")).into());
+            }
+            return Ok(Arc::new(IntrospectionTable {
+                catalog: self.catalog.clone(),
+                cache: self.cache.clone(),
+                kind: self.kind,
+                dataset: String::new(),
+                version: VersionSpec::Head,
+            }));
+        }
         let max_args = if self.kind == Kind::Segments { 2 } else { 1 };
         if exprs.is_empty() || exprs.len() > max_args {
             return Err(Error::plan(format!("usage: {usage}")).into());
@@ -141,6 +179,7 @@ impl TableFunctionImpl for Introspection {
         };
         Ok(Arc::new(IntrospectionTable {
             catalog: self.catalog.clone(),
+            cache: self.cache.clone(),
             kind: self.kind,
             dataset,
             version,
@@ -150,6 +189,7 @@ impl TableFunctionImpl for Introspection {
 
 struct IntrospectionTable {
     catalog: Catalog,
+    cache: Arc<SegmentCache>,
     kind: Kind,
     dataset: String,
     version: VersionSpec,
@@ -163,6 +203,25 @@ impl fmt::Debug for IntrospectionTable {
 
 impl IntrospectionTable {
     async fn rows(&self) -> Result<RecordBatch> {
+        if self.kind == Kind::Cache {
+            let s = self.cache.stats();
+            let columns: Vec<ArrayRef> = [
+                s.capacity_bytes,
+                s.used_bytes,
+                s.entries,
+                s.hits,
+                s.misses,
+                s.inserts,
+                s.inserted_bytes,
+                s.evictions,
+                s.fills_pending,
+                s.fills_dropped,
+            ]
+            .into_iter()
+            .map(|v| Arc::new(UInt64Array::from(vec![v])) as ArrayRef)
+            .collect();
+            return Ok(RecordBatch::try_new(self.kind.schema(), columns)?);
+        }
         let table = self.catalog.open_table(&self.dataset).await?;
         let columns: Vec<ArrayRef> = match self.kind {
             Kind::Versions => {
@@ -244,6 +303,7 @@ impl IntrospectionTable {
                     )),
                 ]
             }
+            Kind::Cache => unreachable!("answered above"),
         };
         Ok(RecordBatch::try_new(self.kind.schema(), columns)?)
     }

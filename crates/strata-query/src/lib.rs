@@ -30,6 +30,8 @@
 //! - Columns a segment predates read as nulls (DataFusion's schema adaptation fills
 //!   table columns missing from a file's schema).
 
+pub mod cache;
+pub mod cached_scan;
 pub mod cancel;
 pub mod catalog;
 pub mod dialect;

@@ -42,10 +42,13 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
 use strata_table::segment::{deletion_selection, shard_of_rows};
 use strata_table::{LiveSegment, Snapshot, Table, VersionSpec};
 use strata_types::Value;
 
+use crate::cache::SegmentCache;
+use crate::cached_scan::{CachedScanArgs, CachedScanExec, FillJob};
 use crate::error::{Error, Result};
 use crate::hooks::DatasetHooks;
 use crate::object_store::BlobObjectStore;
@@ -311,6 +314,59 @@ impl StrataTable {
         Ok(Some(shards.into_iter().collect()))
     }
 
+    /// `segments` read by DataFusion's Parquet source: one file per segment, the
+    /// deletion vector as a row selection, filters pushed into the reader.
+    fn parquet_scan(
+        &self,
+        state: &dyn Session,
+        segments: &[LiveSegment],
+        projection: Option<&Vec<usize>>,
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = self.schema();
+        let stored = self.snapshot.schema();
+        self.ensure_store(state);
+        let env = state.runtime_env();
+        // Segments are immutable and their paths unique, so their footers and page
+        // indexes are cached across queries in the runtime's metadata cache.
+        let readers = CachedParquetFileReaderFactory::new(
+            env.object_store(&self.store_url)?,
+            env.cache_manager.get_file_metadata_cache(),
+        );
+        // No predicate here: the filters reach the Parquet source through DataFusion's
+        // physical filter pushdown (from the `FilterExec` above an `Inexact` scan), which
+        // would otherwise conjoin them with a copy of themselves.
+        let source = ParquetSource::new(schema.clone())
+            .with_table_parquet_options(state.table_options().parquet.clone())
+            .with_parquet_file_reader_factory(Arc::new(readers))
+            .with_enable_page_index(true)
+            .with_pushdown_filters(true);
+        let files: Vec<PartitionedFile> = segments
+            .iter()
+            .map(|s| {
+                let mut file = PartitionedFile::new(s.meta.path.clone(), s.meta.bytes)
+                    .with_statistics(Arc::new(segment_statistics(&schema, &stored, s)));
+                if let Some(created) = chrono::DateTime::from_timestamp_millis(s.meta.created_ms) {
+                    file.object_meta.last_modified = created;
+                }
+                match &s.deleted {
+                    Some(dv) if !dv.is_empty() => file.with_extension(ParquetRowSelection::new(
+                        deletion_selection(dv, s.meta.rows),
+                    )),
+                    _ => file,
+                }
+            })
+            .collect();
+        let (groups, statistics) = group_files(files, &schema, state.config().target_partitions())?;
+        let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
+            .with_file_groups(groups)
+            .with_statistics(statistics)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+
     fn filter_prunes(&self, filter: &Expr) -> bool {
         let spec = self.snapshot.table().spec();
         let on_key = spec.partition_key.len() == 1
@@ -488,28 +544,36 @@ fn precision<T: fmt::Debug + Clone + PartialEq + Eq + PartialOrd>(
     }
 }
 
-/// Spreads files over at most `n` groups, largest first onto the lightest group; with
-/// each group's statistics and the whole scan's (merged from the files').
+/// Spreads `items` over at most `n` groups, heaviest first onto the lightest group.
+fn balance<T>(mut items: Vec<T>, weight: impl Fn(&T) -> u64, n: usize) -> Vec<Vec<T>> {
+    let n = n.clamp(1, items.len().max(1));
+    items.sort_by_key(|i| std::cmp::Reverse(weight(i)));
+    let mut groups: Vec<(u64, Vec<T>)> = (0..n).map(|_| (0, vec![])).collect();
+    for item in items {
+        let g = groups
+            .iter_mut()
+            .min_by_key(|(w, _)| *w)
+            .expect("at least one group");
+        g.0 += weight(&item);
+        g.1.push(item);
+    }
+    groups
+        .into_iter()
+        .map(|(_, items)| items)
+        .filter(|items| !items.is_empty())
+        .collect()
+}
+
+/// Spreads files over at most `n` groups by size; with each group's statistics and the
+/// whole scan's (merged from the files').
 fn group_files(
-    mut files: Vec<PartitionedFile>,
+    files: Vec<PartitionedFile>,
     schema: &Schema,
     n: usize,
 ) -> DfResult<(Vec<FileGroup>, Statistics)> {
-    let n = n.clamp(1, files.len().max(1));
-    files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
-    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..n).map(|_| (0, vec![])).collect();
-    for f in files {
-        let g = groups
-            .iter_mut()
-            .min_by_key(|(bytes, _)| *bytes)
-            .expect("at least one group");
-        g.0 += f.object_meta.size;
-        g.1.push(f);
-    }
-    let groups = groups
+    let groups = balance(files, |f| f.object_meta.size, n)
         .into_iter()
-        .filter(|(_, f)| !f.is_empty())
-        .map(|(_, files)| {
+        .map(|files| {
             let stats = Statistics::try_merge_iter(
                 files.iter().filter_map(|f| f.statistics.as_deref()),
                 schema,
@@ -578,46 +642,64 @@ impl TableProvider for StrataTable {
             };
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
-        self.ensure_store(state);
-        let env = state.runtime_env();
-        // Segments are immutable and their paths unique, so their footers and page
-        // indexes are cached across queries in the runtime's metadata cache.
-        let readers = CachedParquetFileReaderFactory::new(
-            env.object_store(&self.store_url)?,
-            env.cache_manager.get_file_metadata_cache(),
-        );
-        // No predicate here: the filters reach the Parquet source through DataFusion's
-        // physical filter pushdown (from the `FilterExec` above an `Inexact` scan), which
-        // would otherwise conjoin them with a copy of themselves.
-        let source = ParquetSource::new(schema.clone())
-            .with_table_parquet_options(state.table_options().parquet.clone())
-            .with_parquet_file_reader_factory(Arc::new(readers))
-            .with_enable_page_index(true)
-            .with_pushdown_filters(true);
-        let files: Vec<PartitionedFile> = segments
-            .iter()
-            .map(|s| {
-                let mut file = PartitionedFile::new(s.meta.path.clone(), s.meta.bytes)
-                    .with_statistics(Arc::new(segment_statistics(&schema, &stored, s)));
-                if let Some(created) = chrono::DateTime::from_timestamp_millis(s.meta.created_ms) {
-                    file.object_meta.last_modified = created;
-                }
-                match &s.deleted {
-                    Some(dv) if !dv.is_empty() => file.with_extension(ParquetRowSelection::new(
-                        deletion_selection(dv, s.meta.rows),
-                    )),
-                    _ => file,
-                }
-            })
-            .collect();
-        let (groups, statistics) = group_files(files, &schema, state.config().target_partitions())?;
-        let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
-            .with_file_groups(groups)
-            .with_statistics(statistics)
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
-        Ok(DataSourceExec::from_data_source(config))
+        let Some(cache) = state
+            .config()
+            .get_extension::<SegmentCache>()
+            .filter(|c| c.capacity() > 0)
+        else {
+            return self.parquet_scan(state, &segments, projection, limit);
+        };
+        let columns: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..schema.fields().len()).collect(),
+        };
+        // Segments whose projected columns are all cached are read from memory. The
+        // others are read as they always are (the Parquet source reads only what the
+        // filters leave), and their columns are decoded into the cache off the query
+        // path for the queries after this one: a cold cache costs a query nothing.
+        let (memory, parquet): (Vec<LiveSegment>, Vec<LiveSegment>) =
+            segments.into_iter().partition(|s| {
+                columns.iter().all(|&c| {
+                    let f = schema.field(c);
+                    cache.contains(&s.meta.path, f.name(), f.data_type())
+                })
+            });
+        let mut plans: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !memory.is_empty() {
+            let with_stats: Vec<(LiveSegment, Statistics)> = memory
+                .into_iter()
+                .map(|s| {
+                    let st = segment_statistics(&schema, &stored, &s);
+                    (s, st)
+                })
+                .collect();
+            let groups = balance(
+                with_stats,
+                |(s, _)| s.meta.rows,
+                state.config().target_partitions(),
+            );
+            plans.push(Arc::new(CachedScanExec::new(CachedScanArgs {
+                cache: cache.clone(),
+                blobs: self.snapshot.table().blobs().clone(),
+                stored: stored.clone(),
+                table: schema.clone(),
+                projection: columns.clone(),
+                predicate: self.pruning_predicate(filters)?,
+                groups,
+                limit,
+            })?));
+        }
+        if !parquet.is_empty() {
+            plans.push(self.parquet_scan(state, &parquet, projection, limit)?);
+            cache.fill_later(FillJob {
+                blobs: self.snapshot.table().blobs().clone(),
+                stored,
+                table: schema,
+                columns,
+                segments: parquet,
+            });
+        }
+        UnionExec::try_new(plans)
     }
 
     async fn insert_into(

@@ -44,6 +44,8 @@
 //! target_partitions = 0            # scan parallelism; 0 = one per core
 //! threads = 0                      # the query runtime's threads, apart from the
 //!                                  # server's (ingest acks); 0 = one per core
+//! cache_mb = 1024                  # decoded segment columns kept in memory across
+//!                                  # queries (0: none); see strata_cache()
 //! max_statement_kb = 1024          # longer statements are refused
 //! max_expression_depth = 1000      # deeper nesting (a + b + …, UNION chains) refused
 //! ```
@@ -112,6 +114,7 @@ pub struct QuerySettings {
     pub timeout_ms: u64,
     pub target_partitions: usize,
     pub threads: usize,
+    pub cache_mb: usize,
     pub max_statement_kb: usize,
     pub max_expression_depth: usize,
 }
@@ -123,6 +126,7 @@ impl Default for QuerySettings {
             timeout_ms: 300_000,
             target_partitions: 0,
             threads: 0,
+            cache_mb: 1024,
             max_statement_kb: strata_query::limits::DEFAULT_MAX_STATEMENT_BYTES >> 10,
             max_expression_depth: strata_query::limits::DEFAULT_MAX_DEPTH,
         }
@@ -299,6 +303,7 @@ impl ServerConfig {
             runtime: Some(runtime),
             max_statement_bytes: q.max_statement_kb << 10,
             max_expression_depth: q.max_expression_depth,
+            cache_bytes: q.cache_mb << 20,
         }
     }
 

@@ -1,0 +1,429 @@
+//! [`SegmentCache`]: decoded columns of segments, kept in memory across queries.
+//!
+//! Segments are immutable and their paths never reused, so a column decoded once is
+//! valid for every later query at every version that holds the segment: an entry is
+//! the whole column of one segment (every row written, deleted or not — deletion
+//! vectors belong to a version and are applied per scan), in the type the table
+//! presents it in (strings as views). With each column come its zone maps: min, max
+//! and null count of every [`ZONE_ROWS`] rows, so a scan skips zones a filter excludes
+//! without touching their values.
+//!
+//! The cache holds at most `capacity` bytes of arrays (Arrow's own accounting of the
+//! buffers). Entries are evicted least recently used first; a column larger than the
+//! whole cache is not kept. An entry in use by a running scan stays alive (it is
+//! reference counted) after eviction until that scan drops it, so memory may exceed
+//! the capacity by what running scans hold.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{Array, ArrayRef, UInt64Array};
+use arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use datafusion_functions_aggregate_common::min_max::{max_batch, min_batch};
+
+use crate::cached_scan::FillJob;
+
+/// Rows per zone of a cached column (and per batch a cached scan emits).
+pub const ZONE_ROWS: usize = 8192;
+
+/// Fill jobs that may wait for the background filler.
+pub const FILL_QUEUE: usize = 64;
+
+/// Makes the calling thread yield the CPU to the query threads (Linux: nice 10).
+#[allow(
+    unsafe_code,
+    reason = "setpriority for one thread has no safe wrapper in libc or std"
+)]
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on this thread's own id changes nothing but its priority.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
+/// One segment's column, decoded, with its zone maps.
+#[derive(Debug)]
+pub struct CachedColumn {
+    array: ArrayRef,
+    /// Per zone: the least and greatest non-null value (`None` for types without an
+    /// order min/max understands), and the number of nulls.
+    mins: Option<ArrayRef>,
+    maxs: Option<ArrayRef>,
+    null_counts: ArrayRef,
+    bytes: usize,
+}
+
+impl CachedColumn {
+    /// `array` (a whole segment's column) with its zone maps computed.
+    pub fn new(array: ArrayRef) -> Self {
+        let zones = array.len().div_ceil(ZONE_ROWS);
+        let slices = (0..zones).map(|z| {
+            let start = z * ZONE_ROWS;
+            array.slice(start, ZONE_ROWS.min(array.len() - start))
+        });
+        let mut mins = Vec::with_capacity(zones);
+        let mut maxs = Vec::with_capacity(zones);
+        let mut nulls = Vec::with_capacity(zones);
+        let mut ordered = true;
+        for zone in slices {
+            nulls.push(zone.null_count() as u64);
+            if ordered {
+                match (min_batch(&zone), max_batch(&zone)) {
+                    (Ok(lo), Ok(hi)) => {
+                        mins.push(lo);
+                        maxs.push(hi);
+                    }
+                    _ => ordered = false,
+                }
+            }
+        }
+        let bound = |values: Vec<ScalarValue>| {
+            if !ordered || values.is_empty() {
+                return None;
+            }
+            ScalarValue::iter_to_array(values).ok()
+        };
+        let (mins, maxs) = (bound(mins), bound(maxs));
+        let null_counts: ArrayRef = Arc::new(UInt64Array::from(nulls));
+        let bytes = array.get_array_memory_size()
+            + mins.as_ref().map_or(0, |a| a.get_array_memory_size())
+            + maxs.as_ref().map_or(0, |a| a.get_array_memory_size())
+            + null_counts.get_array_memory_size();
+        Self {
+            array,
+            mins,
+            maxs,
+            null_counts,
+            bytes,
+        }
+    }
+
+    pub fn array(&self) -> &ArrayRef {
+        &self.array
+    }
+
+    pub fn zones(&self) -> usize {
+        self.array.len().div_ceil(ZONE_ROWS)
+    }
+
+    /// Per zone minimums (`None` when this type has none).
+    pub fn mins(&self) -> Option<&ArrayRef> {
+        self.mins.as_ref()
+    }
+
+    pub fn maxs(&self) -> Option<&ArrayRef> {
+        self.maxs.as_ref()
+    }
+
+    pub fn null_counts(&self) -> &ArrayRef {
+        &self.null_counts
+    }
+
+    /// Memory held by the column and its zone maps.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Key {
+    segment: Arc<str>,
+    column: Arc<str>,
+    data_type: DataType,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<Key, (Arc<CachedColumn>, u64)>,
+    /// Entries by last use (a tick), oldest first.
+    order: BTreeMap<u64, Key>,
+    tick: u64,
+    bytes: usize,
+}
+
+/// What the cache holds and did since the server started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub entries: u64,
+    /// Columns of segments found in the cache, and not found.
+    pub hits: u64,
+    pub misses: u64,
+    /// Columns decoded and kept, and the bytes they took.
+    pub inserts: u64,
+    pub inserted_bytes: u64,
+    pub evictions: u64,
+    /// Background fills queued or running, and not queued because the queue was full.
+    pub fills_pending: u64,
+    pub fills_dropped: u64,
+}
+
+/// Decoded columns of segments, bounded by bytes, least recently used evicted first.
+#[derive(Default)]
+pub struct SegmentCache {
+    capacity: usize,
+    state: Mutex<State>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    inserts: AtomicU64,
+    inserted_bytes: AtomicU64,
+    evictions: AtomicU64,
+    /// The background filler's queue, started on first use.
+    filler: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<FillJob>>>,
+    fills_pending: AtomicU64,
+    fills_dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for SegmentCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentCache")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl SegmentCache {
+    /// A cache of at most `capacity` bytes (0: caches nothing).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            ..Default::default()
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Queues `job` for the background filler: one thread of low priority that decodes
+    /// columns into the cache while queries run from the segments as they are. When
+    /// [`FILL_QUEUE`] jobs wait already, the job is dropped (a later query asks again).
+    pub fn fill_later(self: &Arc<Self>, job: FillJob) {
+        let queue = self.filler.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<FillJob>(FILL_QUEUE);
+            let cache = Arc::downgrade(self);
+            let started = std::thread::Builder::new()
+                .name("strata-cache-fill".into())
+                .spawn(move || {
+                    lower_priority();
+                    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    else {
+                        return;
+                    };
+                    // Ends when the cache (and with it the sender) is dropped.
+                    while let Ok(job) = rx.recv() {
+                        let Some(cache) = cache.upgrade() else {
+                            return;
+                        };
+                        runtime.block_on(job.run(&cache));
+                        cache.fills_pending.fetch_sub(1, Ordering::Relaxed);
+                    }
+                });
+            started.ok().map(|_| tx)
+        });
+        self.fills_pending.fetch_add(1, Ordering::Relaxed);
+        let sent = queue.as_ref().is_some_and(|tx| tx.try_send(job).is_ok());
+        if !sent {
+            self.fills_pending.fetch_sub(1, Ordering::Relaxed);
+            self.fills_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn key(segment: &str, column: &str, data_type: &DataType) -> Key {
+        Key {
+            segment: segment.into(),
+            column: column.into(),
+            data_type: data_type.clone(),
+        }
+    }
+
+    /// The cached column `column` (as `data_type`) of the segment at `segment`.
+    pub fn get(
+        &self,
+        segment: &str,
+        column: &str,
+        data_type: &DataType,
+    ) -> Option<Arc<CachedColumn>> {
+        if self.capacity == 0 {
+            return None;
+        }
+        let key = Self::key(segment, column, data_type);
+        let mut state = self.state.lock().expect("segment cache lock");
+        let state = &mut *state;
+        state.tick += 1;
+        let tick = state.tick;
+        let found = state.entries.get_mut(&key).map(|(column, used)| {
+            let old = std::mem::replace(used, tick);
+            (column.clone(), old)
+        });
+        drop(key);
+        match found {
+            Some((column, old)) => {
+                if let Some(k) = state.order.remove(&old) {
+                    state.order.insert(tick, k);
+                }
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(column)
+            }
+            None => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// True when the column is cached (without counting a hit or a miss).
+    pub fn contains(&self, segment: &str, column: &str, data_type: &DataType) -> bool {
+        let key = Self::key(segment, column, data_type);
+        self.state
+            .lock()
+            .expect("segment cache lock")
+            .entries
+            .contains_key(&key)
+    }
+
+    /// Keeps `value` as the column `column` of `segment`, evicting the least recently
+    /// used entries to make room. A column larger than the cache is not kept.
+    pub fn insert(
+        &self,
+        segment: &str,
+        column: &str,
+        data_type: &DataType,
+        value: Arc<CachedColumn>,
+    ) {
+        let size = value.bytes();
+        if size > self.capacity {
+            return;
+        }
+        let key = Self::key(segment, column, data_type);
+        let mut state = self.state.lock().expect("segment cache lock");
+        let state = &mut *state;
+        if let Some((old, used)) = state.entries.remove(&key) {
+            state.order.remove(&used);
+            state.bytes -= old.bytes();
+        }
+        while state.bytes + size > self.capacity {
+            let Some((_, victim)) = state.order.pop_first() else {
+                break;
+            };
+            if let Some((old, _)) = state.entries.remove(&victim) {
+                state.bytes -= old.bytes();
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        state.tick += 1;
+        state.order.insert(state.tick, key.clone());
+        state.entries.insert(key, (value, state.tick));
+        state.bytes += size;
+        self.inserts.fetch_add(1, Ordering::Relaxed);
+        self.inserted_bytes
+            .fetch_add(size as u64, Ordering::Relaxed);
+    }
+
+    /// Drops every entry (the counters stay).
+    pub fn clear(&self) {
+        let mut state = self.state.lock().expect("segment cache lock");
+        state.entries.clear();
+        state.order.clear();
+        state.bytes = 0;
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let (used, entries) = {
+            let state = self.state.lock().expect("segment cache lock");
+            (state.bytes, state.entries.len())
+        };
+        CacheStats {
+            capacity_bytes: self.capacity as u64,
+            used_bytes: used as u64,
+            entries: entries as u64,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            inserts: self.inserts.load(Ordering::Relaxed),
+            inserted_bytes: self.inserted_bytes.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            fills_pending: self.fills_pending.load(Ordering::Relaxed),
+            fills_dropped: self.fills_dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Float64Array, Int64Array};
+
+    use super::*;
+
+    fn column(n: usize) -> Arc<CachedColumn> {
+        Arc::new(CachedColumn::new(Arc::new(Int64Array::from_iter_values(
+            0..n as i64,
+        ))))
+    }
+
+    #[test]
+    fn zone_maps_cover_every_zone() {
+        let values: Vec<Option<f64>> = (0..ZONE_ROWS * 2 + 10)
+            .map(|i| (i % 7 != 0).then_some(i as f64))
+            .collect();
+        let c = CachedColumn::new(Arc::new(Float64Array::from(values)));
+        assert_eq!(c.zones(), 3);
+        let mins = c.mins().unwrap();
+        let maxs = c.maxs().unwrap();
+        assert_eq!(
+            ScalarValue::try_from_array(mins, 0).unwrap(),
+            ScalarValue::from(1.0)
+        );
+        assert_eq!(
+            ScalarValue::try_from_array(maxs, 1).unwrap(),
+            ScalarValue::from((2 * ZONE_ROWS - 1) as f64)
+        );
+        assert_eq!(
+            ScalarValue::try_from_array(maxs, 2).unwrap(),
+            ScalarValue::from((2 * ZONE_ROWS + 9) as f64)
+        );
+        let nulls = c
+            .null_counts()
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap();
+        assert_eq!(nulls.value(2), 2); // 16384 and 16391 are multiples of 7
+    }
+
+    #[test]
+    fn least_recently_used_columns_go_first_and_bytes_stay_bounded() {
+        let one = column(10_000).bytes();
+        let cache = SegmentCache::new(one * 2 + one / 2);
+        let dt = DataType::Int64;
+        cache.insert("a", "x", &dt, column(10_000));
+        cache.insert("b", "x", &dt, column(10_000));
+        assert!(cache.get("a", "x", &dt).is_some()); // a is now newer than b
+        cache.insert("c", "x", &dt, column(10_000));
+        assert!(cache.contains("a", "x", &dt));
+        assert!(!cache.contains("b", "x", &dt));
+        assert!(cache.contains("c", "x", &dt));
+        let stats = cache.stats();
+        assert!(stats.used_bytes <= stats.capacity_bytes);
+        assert_eq!((stats.entries, stats.evictions, stats.hits), (2, 1, 1));
+        assert!(cache.get("b", "x", &dt).is_none());
+        assert_eq!(cache.stats().misses, 1);
+        // Another type of the same column is another entry.
+        assert!(cache.get("a", "x", &DataType::Int32).is_none());
+    }
+
+    #[test]
+    fn a_column_larger_than_the_cache_is_not_kept() {
+        let cache = SegmentCache::new(1000);
+        cache.insert("a", "x", &DataType::Int64, column(10_000));
+        assert_eq!(cache.stats().entries, 0);
+        let off = SegmentCache::new(0);
+        off.insert("a", "x", &DataType::Int64, column(1));
+        assert!(off.get("a", "x", &DataType::Int64).is_none());
+    }
+}

@@ -1,0 +1,540 @@
+//! [`CachedScanExec`]: a scan of segments through the [`SegmentCache`].
+//!
+//! Each partition reads its segments in turn. A segment's projected columns come from
+//! the cache; the ones missing are decoded from the segment (every row, as the cache
+//! keeps them) and kept. Then the segment is emitted in zones of [`ZONE_ROWS`] rows:
+//! zones the scan's filters exclude by the zone maps (min, max, null count) are
+//! skipped without touching their values, and the version's deletion vector is applied
+//! to the rest. Batches are zero-copy slices of the cached arrays unless rows are
+//! deleted in the zone.
+//!
+//! The filters stay `Inexact` (DataFusion filters the rows above the scan), so zone
+//! maps only ever skip zones no row of which can match.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt64Array};
+use arrow::compute::{cast, concat, filter_record_batch};
+use arrow::datatypes::SchemaRef;
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Column, ScalarValue, Statistics};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_optimizer::pruning::PruningPredicate;
+use datafusion::physical_plan::execution_plan::{
+    Boundedness, EmissionType, ReplaceChildrenOptions, SchedulingType,
+};
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::{StreamExt, TryStreamExt};
+use roaring::RoaringBitmap;
+use strata_storage::BlobStore;
+use strata_table::LiveSegment;
+use strata_table::segment::read_segment;
+
+use crate::cache::{CachedColumn, SegmentCache, ZONE_ROWS};
+
+/// What a cached scan reads: shared by its partitions' streams.
+struct Scan {
+    cache: Arc<SegmentCache>,
+    blobs: Arc<dyn BlobStore>,
+    /// The table's stored schema and the schema it presents (views), every column.
+    stored: SchemaRef,
+    table: SchemaRef,
+    /// Table columns read, and the output schema (those columns of `table`).
+    projection: Vec<usize>,
+    schema: SchemaRef,
+    predicate: Option<Arc<PruningPredicate>>,
+}
+
+/// Counters of one partition.
+struct Metrics {
+    output_rows: Count,
+    cached: Count,
+    decoded: Count,
+    zones_scanned: Count,
+    zones_pruned: Count,
+}
+
+impl Metrics {
+    fn new(set: &ExecutionPlanMetricsSet, partition: usize) -> Self {
+        let counter = |name| MetricBuilder::new(set).counter(name, partition);
+        Self {
+            output_rows: MetricBuilder::new(set).output_rows(partition),
+            cached: counter("columns_from_cache"),
+            decoded: counter("columns_decoded"),
+            zones_scanned: counter("zones_scanned"),
+            zones_pruned: counter("zones_pruned"),
+        }
+    }
+}
+
+fn external(e: strata_table::Error) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+impl Scan {
+    /// The projected columns of `seg`, from the cache or decoded (and then kept).
+    async fn columns(&self, seg: &LiveSegment, m: &Metrics) -> DfResult<Vec<Arc<CachedColumn>>> {
+        let (columns, decoded) = load_columns(
+            &self.cache,
+            &self.blobs,
+            seg,
+            &self.stored,
+            &self.table,
+            &self.projection,
+        )
+        .await?;
+        m.cached.add(columns.len() - decoded);
+        m.decoded.add(decoded);
+        Ok(columns)
+    }
+
+    /// The live rows of `seg` in the zones the predicate may match.
+    async fn segment(&self, seg: LiveSegment, m: &Metrics) -> DfResult<Vec<RecordBatch>> {
+        let rows = seg.meta.rows as usize;
+        let deleted = seg.deleted.as_deref().filter(|d| !d.is_empty());
+        if deleted.is_some_and(|d| d.len() >= seg.meta.rows) {
+            return Ok(vec![]);
+        }
+        let columns = self.columns(&seg, m).await?;
+        let zones = rows.div_ceil(ZONE_ROWS);
+        let keep = match &self.predicate {
+            Some(p) if !columns.is_empty() => p.prune(&ZoneStatistics {
+                scan: self,
+                columns: &columns,
+                rows,
+            })?,
+            _ => vec![true; zones],
+        };
+        let mut out = Vec::new();
+        for (z, keep) in keep.into_iter().enumerate() {
+            if !keep {
+                m.zones_pruned.add(1);
+                continue;
+            }
+            m.zones_scanned.add(1);
+            let start = z * ZONE_ROWS;
+            let len = ZONE_ROWS.min(rows - start);
+            let arrays: Vec<ArrayRef> = columns
+                .iter()
+                .map(|c| c.array().slice(start, len))
+                .collect();
+            let batch = RecordBatch::try_new_with_options(
+                self.schema.clone(),
+                arrays,
+                &RecordBatchOptions::new().with_row_count(Some(len)),
+            )?;
+            let batch = match deleted {
+                Some(dv) => match live_mask(dv, start, len) {
+                    Some(mask) => filter_record_batch(&batch, &mask)?,
+                    None => batch,
+                },
+                None => batch,
+            };
+            if batch.num_rows() > 0 {
+                m.output_rows.add(batch.num_rows());
+                out.push(batch);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The columns `projection` (table column indices) of `seg`, from `cache` or decoded
+/// and kept there; also how many were decoded.
+async fn load_columns(
+    cache: &SegmentCache,
+    blobs: &Arc<dyn BlobStore>,
+    seg: &LiveSegment,
+    stored: &SchemaRef,
+    table: &SchemaRef,
+    projection: &[usize],
+) -> DfResult<(Vec<Arc<CachedColumn>>, usize)> {
+    let path = seg.meta.path.as_str();
+    let mut found: Vec<Option<Arc<CachedColumn>>> = projection
+        .iter()
+        .map(|&c| {
+            let f = table.field(c);
+            cache.get(path, f.name(), f.data_type())
+        })
+        .collect();
+    let missing: Vec<usize> = projection
+        .iter()
+        .zip(&found)
+        .filter(|(_, hit)| hit.is_none())
+        .map(|(&c, _)| c)
+        .collect();
+    if !missing.is_empty() {
+        let mut decoded = decode(blobs, seg, stored, table, &missing)
+            .await?
+            .into_iter();
+        for (slot, &c) in found.iter_mut().zip(projection) {
+            if slot.is_none() {
+                let column = Arc::new(CachedColumn::new(decoded.next().expect("decoded")));
+                let f = table.field(c);
+                cache.insert(path, f.name(), f.data_type(), column.clone());
+                *slot = Some(column);
+            }
+        }
+    }
+    let columns: Vec<Arc<CachedColumn>> = found.into_iter().map(|c| c.expect("filled")).collect();
+    if let Some(c) = columns
+        .iter()
+        .find(|c| c.array().len() as u64 != seg.meta.rows)
+    {
+        return Err(DataFusionError::Execution(format!(
+            "segment {path}: a column holds {} rows where the manifest says {}",
+            c.array().len(),
+            seg.meta.rows
+        )));
+    }
+    Ok((columns, missing.len()))
+}
+
+/// Columns of segments to decode into the cache off the query path.
+pub struct FillJob {
+    pub blobs: Arc<dyn BlobStore>,
+    pub stored: SchemaRef,
+    pub table: SchemaRef,
+    pub columns: Vec<usize>,
+    pub segments: Vec<LiveSegment>,
+}
+
+impl fmt::Debug for FillJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FillJob")
+            .field("columns", &self.columns)
+            .field("segments", &self.segments.len())
+            .finish()
+    }
+}
+
+impl FillJob {
+    /// Decodes the job's columns of its segments into `cache`, skipping segments whose
+    /// columns are all there already.
+    pub async fn run(self, cache: &SegmentCache) {
+        for seg in &self.segments {
+            let cached = self.columns.iter().all(|&c| {
+                let f = self.table.field(c);
+                cache.contains(&seg.meta.path, f.name(), f.data_type())
+            });
+            if cached {
+                continue;
+            }
+            let loaded = load_columns(
+                cache,
+                &self.blobs,
+                seg,
+                &self.stored,
+                &self.table,
+                &self.columns,
+            )
+            .await;
+            if let Err(e) = loaded {
+                tracing::warn!(segment = %seg.meta.path, error = %e, "filling the segment cache");
+                return;
+            }
+        }
+    }
+}
+
+/// `columns` (table column indices) of `seg`, whole, in the table's presented types.
+async fn decode(
+    blobs: &Arc<dyn BlobStore>,
+    seg: &LiveSegment,
+    stored: &SchemaRef,
+    table: &SchemaRef,
+    columns: &[usize],
+) -> DfResult<Vec<ArrayRef>> {
+    let batches = read_segment(blobs.clone(), &seg.meta, stored, columns, None)
+        .await
+        .map_err(external)?;
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+            let array = match parts.as_slice() {
+                [] => arrow::array::new_empty_array(stored.field(c).data_type()),
+                [one] => arrow::array::make_array(one.to_data()),
+                _ => concat(&parts)?,
+            };
+            let want = table.field(c).data_type();
+            Ok(if array.data_type() == want {
+                array
+            } else {
+                cast(&array, want)?
+            })
+        })
+        .collect()
+}
+
+/// The rows of `start..start + len` not in `deleted`, or `None` when none is deleted.
+fn live_mask(deleted: &RoaringBitmap, start: usize, len: usize) -> Option<BooleanArray> {
+    let (lo, hi) = (start as u32, (start + len) as u32);
+    if deleted.range_cardinality(lo..hi) == 0 {
+        return None;
+    }
+    Some(BooleanArray::from_iter(
+        (lo..hi).map(|r| Some(!deleted.contains(r))),
+    ))
+}
+
+/// The zone maps of one segment's projected columns, one container per zone.
+struct ZoneStatistics<'a> {
+    scan: &'a Scan,
+    columns: &'a [Arc<CachedColumn>],
+    rows: usize,
+}
+
+impl ZoneStatistics<'_> {
+    fn column(&self, column: &Column) -> Option<&CachedColumn> {
+        self.scan
+            .projection
+            .iter()
+            .position(|&c| self.scan.table.field(c).name() == &column.name)
+            .map(|i| self.columns[i].as_ref())
+    }
+}
+
+impl PruningStatistics for ZoneStatistics<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.column(column)?.mins().cloned()
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.column(column)?.maxs().cloned()
+    }
+
+    fn num_containers(&self) -> usize {
+        self.rows.div_ceil(ZONE_ROWS)
+    }
+
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        Some(self.column(column)?.null_counts().clone())
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        let zones = self.num_containers();
+        Some(Arc::new(UInt64Array::from_iter_values(
+            (0..zones).map(|z| ZONE_ROWS.min(self.rows - z * ZONE_ROWS) as u64),
+        )))
+    }
+
+    fn contained(
+        &self,
+        _column: &Column,
+        _values: &std::collections::HashSet<ScalarValue>,
+    ) -> Option<BooleanArray> {
+        None
+    }
+}
+
+/// A scan of segments through the segment cache (see the module docs).
+pub struct CachedScanExec {
+    scan: Arc<Scan>,
+    groups: Vec<Vec<LiveSegment>>,
+    /// The whole scan's statistics and each partition's (projected).
+    statistics: Arc<Statistics>,
+    group_statistics: Vec<Arc<Statistics>>,
+    limit: Option<usize>,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+/// The arguments of [`CachedScanExec::new`].
+pub(crate) struct CachedScanArgs {
+    pub cache: Arc<SegmentCache>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub stored: SchemaRef,
+    pub table: SchemaRef,
+    pub projection: Vec<usize>,
+    pub predicate: Option<Arc<PruningPredicate>>,
+    /// Segments per partition, with each segment's statistics (unprojected).
+    pub groups: Vec<Vec<(LiveSegment, Statistics)>>,
+    pub limit: Option<usize>,
+}
+
+impl CachedScanExec {
+    pub(crate) fn new(args: CachedScanArgs) -> DfResult<Self> {
+        let schema = Arc::new(args.table.project(&args.projection)?);
+        let mut group_statistics = Vec::with_capacity(args.groups.len());
+        let mut groups = Vec::with_capacity(args.groups.len());
+        for group in args.groups {
+            let stats = Statistics::try_merge_iter(group.iter().map(|(_, s)| s), &args.table)?;
+            group_statistics.push(Arc::new(stats.project(Some(&args.projection))));
+            groups.push(group.into_iter().map(|(s, _)| s).collect::<Vec<_>>());
+        }
+        let mut statistics =
+            Statistics::try_merge_iter(group_statistics.iter().map(|s| s.as_ref()), &schema)?;
+        if let Some(limit) = args.limit {
+            statistics = statistics.with_fetch(Some(limit), 0, groups.len().max(1))?;
+        }
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(groups.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        )
+        .with_scheduling_type(SchedulingType::Cooperative);
+        Ok(Self {
+            scan: Arc::new(Scan {
+                cache: args.cache,
+                blobs: args.blobs,
+                stored: args.stored,
+                table: args.table,
+                projection: args.projection,
+                schema,
+                predicate: args.predicate,
+            }),
+            groups,
+            statistics: Arc::new(statistics),
+            group_statistics,
+            limit: args.limit,
+            properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    fn segments(&self) -> usize {
+        self.groups.iter().map(Vec::len).sum()
+    }
+}
+
+impl fmt::Debug for CachedScanExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedScanExec")
+            .field("segments", &self.segments())
+            .field("partitions", &self.groups.len())
+            .finish()
+    }
+}
+
+impl DisplayAs for CachedScanExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let columns: Vec<&str> = self
+            .scan
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        match t {
+            DisplayFormatType::Default | DisplayFormatType::Verbose => {
+                write!(
+                    f,
+                    "StrataCachedScan: segments={}, partitions={}, projection=[{}]",
+                    self.segments(),
+                    self.groups.len(),
+                    columns.join(", ")
+                )?;
+                if let Some(p) = &self.scan.predicate {
+                    write!(f, ", zone_predicate={}", p.predicate_expr())?;
+                }
+                if let Some(limit) = self.limit {
+                    write!(f, ", limit={limit}")?;
+                }
+                Ok(())
+            }
+            DisplayFormatType::TreeRender => write!(f, "segments={}", self.segments()),
+        }
+    }
+}
+
+impl ExecutionPlan for CachedScanExec {
+    fn name(&self) -> &str {
+        "CachedScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    #[allow(deprecated, reason = "required by the trait until it is removed")]
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let segments = self.groups.get(partition).cloned().unwrap_or_default();
+        let scan = self.scan.clone();
+        let metrics = Arc::new(Metrics::new(&self.metrics, partition));
+        let batches = futures::stream::iter(segments)
+            .then(move |seg| {
+                let (scan, metrics) = (scan.clone(), metrics.clone());
+                async move { scan.segment(seg, &metrics).await }
+            })
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten();
+        let stream: futures::stream::BoxStream<'static, DfResult<RecordBatch>> = match self.limit {
+            Some(limit) => batches
+                .scan(0usize, move |seen, batch| {
+                    let more = *seen < limit;
+                    if let Ok(b) = &batch {
+                        *seen += b.num_rows();
+                    }
+                    futures::future::ready(more.then_some(batch))
+                })
+                .boxed(),
+            None => batches.boxed(),
+        };
+        Ok(datafusion::physical_plan::coop::make_cooperative(Box::pin(
+            RecordBatchStreamAdapter::new(self.scan.schema.clone(), stream),
+        )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    #[allow(
+        deprecated,
+        reason = "statistics_from_inputs falls back to it for leaves"
+    )]
+    fn partition_statistics(&self, partition: Option<usize>) -> DfResult<Arc<Statistics>> {
+        Ok(match partition {
+            None => self.statistics.clone(),
+            Some(p) => self
+                .group_statistics
+                .get(p)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Statistics::new_unknown(&self.scan.schema))),
+        })
+    }
+}

@@ -1,0 +1,383 @@
+"""Strata's analyst queries against DuckDB and DataFusion over the same rows.
+
+Run by tools/bench-queries, which builds the release binaries and this virtualenv. For each
+row count, `bench-data` builds the weather feed's rows as a Strata data directory and as
+plain Parquet files (cached under --data, reused while the build is the same). Then:
+
+- Strata: `strata serve` on a free loopback port over that directory, queried through ADBC
+  Flight SQL (one connection, as a dashboard keeps). Cold: the first run of a query after a
+  server restart (the server is restarted before each query's cold run). Hot: runs after
+  that, on the same server.
+- DuckDB native: the Parquet files loaded into an in-memory DuckDB table (CREATE TABLE AS),
+  queried in process. Only hot runs (it has no cold state besides the load).
+- DuckDB over Parquet and DataFusion over Parquet (the `datafusion` Python package): cold
+  is the first run in a fresh connection/context, hot the runs after it.
+
+Every system runs on --threads threads (2). Each query's hot time is the median of --runs
+runs after one warm-up; every system's answer is checked against Strata's (floats within a
+relative 1e-9) and the run stops if one differs. Also measured: `SELECT 1` and a point
+query (one station, one hour, one column) through ADBC, the median of --latency-runs. The
+operating system's page cache is warm for everyone (the files were just read or written).
+
+Prints one table per row count (milliseconds and ratios to DuckDB native and to DuckDB
+over Parquet) and the memory each system held; --json FILE also writes the figures.
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import adbc_driver_flightsql.dbapi as flightsql
+import datafusion
+import duckdb
+import pyarrow as pa
+
+
+def free_port():
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid, field="VmRSS"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class Server:
+    """`strata serve` over a data directory, on a free loopback port."""
+
+    def __init__(self, strata, data_dir, threads, cache_mb, extra):
+        config = os.path.join(data_dir, "bench.toml")
+        with open(config, "w") as f:
+            f.write(f"[query]\nthreads = {threads}\ntarget_partitions = {threads}\n")
+            if cache_mb is not None:
+                f.write(f"cache_mb = {cache_mb}\n")
+        self.cmd = [strata, "serve", "--data-dir", data_dir, "--config", config] + extra
+        self.proc = None
+        self.conn = None
+
+    def start(self):
+        port = free_port()
+        env = dict(os.environ, STRATA_LOG="warn")
+        self.log = open(os.path.join(self.cmd[3], "serve.log"), "ab")
+        self.proc = subprocess.Popen(
+            self.cmd + ["--listen", f"127.0.0.1:{port}"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        deadline = time.time() + 120
+        while True:
+            try:
+                self.conn = flightsql.connect(f"grpc://127.0.0.1:{port}", autocommit=True)
+                cur = self.conn.cursor()
+                cur.execute("SELECT 1")
+                cur.fetch_arrow_table()
+                cur.close()
+                return
+            except Exception:
+                if self.conn is not None:
+                    with contextlib.suppress(Exception):
+                        self.conn.close()
+                    self.conn = None
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"strata serve did not start: see {self.log.name}")
+                time.sleep(0.2)
+
+    def settle(self, timeout=600):
+        """Waits until the server's background cache fills are done (if it has a cache)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                stats = self.query("SELECT fills_pending FROM strata_cache()").to_pylist()
+            except Exception:
+                return
+            if stats[0]["fills_pending"] == 0:
+                return
+            time.sleep(0.05)
+
+    def query(self, sql):
+        cur = self.conn.cursor()
+        try:
+            cur.execute(sql)
+            return cur.fetch_arrow_table()
+        finally:
+            cur.close()
+
+    def stop(self):
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def duckdb_sql(sql):
+    # DuckDB calls DataFusion's date_bin time_bucket.
+    return sql.replace("date_bin(", "time_bucket(")
+
+
+def normalize(table):
+    """Rows as tuples of plain values, for comparison."""
+    out = []
+    for row in table.to_pylist():
+        out.append(tuple(row.values()))
+    return out
+
+
+def same_value(a, b):
+    if isinstance(a, float) and isinstance(b, float):
+        if math.isnan(a) and math.isnan(b):
+            return True
+        return a == b or abs(a - b) <= 1e-9 * max(abs(a), abs(b))
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and same_value(float(a), float(b))
+    return a == b
+
+
+def same_rows(a, b, ordered):
+    if len(a) != len(b):
+        return f"{len(a)} rows against {len(b)}"
+    if not ordered:
+        key = lambda r: tuple((v is None, repr(v) if isinstance(v, float) else v) for v in r)
+        a, b = sorted(a, key=key), sorted(b, key=key)
+    for i, (x, y) in enumerate(zip(a, b)):
+        if len(x) != len(y) or not all(same_value(p, q) for p, q in zip(x, y)):
+            return f"row {i}: {x} against {y}"
+    return None
+
+
+def timed(run, sql):
+    t = time.perf_counter()
+    result = run(sql)
+    return time.perf_counter() - t, result
+
+
+def hot(run, sql, runs):
+    run(sql)
+    samples = []
+    for _ in range(runs):
+        t, result = timed(run, sql)
+        samples.append(t)
+    return statistics.median(samples), result
+
+
+def geomean(xs):
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def build(args, rows):
+    out = os.path.join(args.data, f"weather-{rows}")
+    stamp = os.path.join(out, "done")
+    built = os.path.join(out, "built-by")
+    if os.path.exists(stamp) and open(built).read() == args.build_id:
+        return out
+    if os.path.exists(out):
+        subprocess.run(["rm", "-rf", out], check=True)
+    print(f"building {rows:,} rows in {out} ...", file=sys.stderr, flush=True)
+    subprocess.run([args.bench_data, "--rows", str(rows), "--out", out], check=True)
+    with open(built, "w") as f:
+        f.write(args.build_id)
+    return out
+
+
+def bench(args, rows):
+    out = build(args, rows)
+    with open(os.path.join(out, "queries.json")) as f:
+        queries = [q for q in json.load(f)["queries"] if q["id"] <= 6]
+    parquet = os.path.join(out, "parquet", "*.parquet")
+    results = {q["id"]: {"label": q["label"]} for q in queries}
+    memory = {}
+
+    # Strata, cold then hot, through ADBC Flight SQL.
+    server = Server(
+        args.strata, os.path.join(out, "strata"), args.threads, args.cache_mb, args.serve_arg
+    )
+    answers = {}
+    try:
+        for q in queries:
+            server.stop()
+            server.start()
+            sql = q["sql"].replace("{t}", "weather")
+            cold, _ = timed(server.query, sql)
+            # Hot: once what the cold run queued for the cache is decoded (the first
+            # queries after a start run while it is, at the speed of a cold cache).
+            server.settle()
+            t, answers[q["id"]] = hot(server.query, sql, args.runs)
+            results[q["id"]]["strata_cold"] = cold
+            results[q["id"]]["strata_hot"] = t
+        # Every query again on one server (hot), so its memory holds what all of them read.
+        for q in queries:
+            server.query(q["sql"].replace("{t}", "weather"))
+            server.settle()
+        memory["strata_rss_mib"] = rss_kib(server.proc.pid) / 1024
+        memory["strata_peak_mib"] = rss_kib(server.proc.pid, "VmHWM") / 1024
+        with contextlib.suppress(Exception):
+            cache = server.query("SELECT * FROM strata_cache()")
+            memory["strata_cache"] = cache.to_pylist()
+        lat = {}
+        point = queries[2]["sql"].replace("{t}", "weather").replace("SELECT *", "SELECT temperature")
+        for name, sql in (("select_1", "SELECT 1"), ("point", point)):
+            server.query(sql)
+            samples = []
+            for _ in range(args.latency_runs):
+                t, _ = timed(server.query, sql)
+                samples.append(t)
+            lat[name] = statistics.median(samples)
+    finally:
+        server.stop()
+
+    if args.strata_only:
+        for q in queries:
+            r = results[q["id"]]
+            print(f"{q['id']} {q['label'][:36]:36} hot {r['strata_hot'] * 1000:8.1f} ms"
+                  f"  cold {r['strata_cold'] * 1000:8.1f} ms")
+        print(f"SELECT 1 {lat['select_1'] * 1000:.2f} ms, point {lat['point'] * 1000:.2f} ms; {memory}")
+        return {"rows": rows, "queries": results, "latency": lat, "memory": memory}
+
+    # DuckDB over Parquet: cold in a fresh connection per query, then hot.
+    for q in queries:
+        con = duckdb.connect(config={"threads": args.threads})
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(f"CREATE VIEW weather AS SELECT * FROM read_parquet('{parquet}')")
+        sql = duckdb_sql(q["sql"].replace("{t}", "weather"))
+        run = lambda s: con.sql(s).to_arrow_table()
+        cold, _ = timed(run, sql)
+        t, answer = hot(run, sql, args.runs)
+        results[q["id"]]["duckdb_parquet_cold"] = cold
+        results[q["id"]]["duckdb_parquet_hot"] = t
+        check(q, "DuckDB over Parquet", answers[q["id"]], answer)
+        con.close()
+
+    # DuckDB native tables.
+    before = rss_kib(os.getpid())
+    con = duckdb.connect(config={"threads": args.threads})
+    con.execute("SET TimeZone = 'UTC'")
+    t0 = time.perf_counter()
+    con.execute(f"CREATE TABLE weather AS SELECT * FROM read_parquet('{parquet}')")
+    load = time.perf_counter() - t0
+    run = lambda s: con.sql(s).to_arrow_table()
+    for q in queries:
+        sql = duckdb_sql(q["sql"].replace("{t}", "weather"))
+        t, answer = hot(run, sql, args.runs)
+        results[q["id"]]["duckdb_native_hot"] = t
+        check(q, "DuckDB native", answers[q["id"]], answer)
+    memory["duckdb_native_mib"] = (rss_kib(os.getpid()) - before) / 1024
+    memory["duckdb_native_load_s"] = load
+    with contextlib.suppress(Exception):
+        memory["duckdb_memory_mib"] = (
+            con.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchone()[0] / 2**20
+        )
+    con.close()
+
+    # DataFusion over Parquet.
+    for q in queries:
+        config = datafusion.SessionConfig().with_target_partitions(args.threads)
+        ctx = datafusion.SessionContext(config)
+        ctx.register_parquet("weather", os.path.join(out, "parquet"))
+        run = lambda s: ctx.sql(s).to_arrow_table()
+        sql = q["sql"].replace("{t}", "weather")
+        cold, _ = timed(run, sql)
+        t, answer = hot(run, sql, args.runs)
+        results[q["id"]]["datafusion_parquet_cold"] = cold
+        results[q["id"]]["datafusion_parquet_hot"] = t
+        check(q, "DataFusion over Parquet", answers[q["id"]], answer)
+
+    report(rows, queries, results, lat, memory)
+    return {"rows": rows, "queries": results, "latency": lat, "memory": memory}
+
+
+def check(q, system, strata, other):
+    ordered = "ORDER BY" in q["sql"]
+    if q["id"] == 6:
+        # Top 10 by precip_1h: rows tied on it may be any of the tied rows.
+        strata, other = strata.select(["precip_1h"]), other.select(["precip_1h"])
+    why = same_rows(normalize(strata), normalize(other), ordered)
+    if why is not None:
+        sys.exit(f"query {q['id']} ({q['label']}): {system} differs from Strata: {why}")
+
+
+def report(rows, queries, results, lat, memory):
+    ms = lambda s: f"{s * 1000:9.1f}"
+    print(f"\n== {rows:,} rows of the weather feed (ms; ratios: Strata / peer)")
+    print(
+        f"{'query':38} {'strata':>9} {'duck nat':>9} {'duck pq':>9} {'df pq':>9}"
+        f" {'/nat':>6} {'/dpq':>6} | {'cold':>9} {'dpq cold':>9} {'df cold':>9} {'/dpq':>6}"
+    )
+    hot_ratios, cold_ratios = [], []
+    for q in queries:
+        r = results[q["id"]]
+        rn = r["strata_hot"] / r["duckdb_native_hot"]
+        rp = r["strata_hot"] / r["duckdb_parquet_hot"]
+        rc = r["strata_cold"] / r["duckdb_parquet_cold"]
+        r.update(hot_vs_native=rn, hot_vs_duckdb_parquet=rp, cold_vs_duckdb_parquet=rc)
+        hot_ratios.append(rn)
+        cold_ratios.append(rc)
+        label = f"{q['id']} {q['label']}"[:38]
+        print(
+            f"{label:38} {ms(r['strata_hot'])} {ms(r['duckdb_native_hot'])}"
+            f" {ms(r['duckdb_parquet_hot'])} {ms(r['datafusion_parquet_hot'])}"
+            f" {rn:6.2f} {rp:6.2f} | {ms(r['strata_cold'])} {ms(r['duckdb_parquet_cold'])}"
+            f" {ms(r['datafusion_parquet_cold'])} {rc:6.2f}"
+        )
+    print(
+        f"geometric mean, Strata hot / DuckDB native: {geomean(hot_ratios):.2f}"
+        f" (worst {max(hot_ratios):.2f}); Strata cold / DuckDB over Parquet cold:"
+        f" {geomean(cold_ratios):.2f} (worst {max(cold_ratios):.2f})"
+    )
+    print(
+        f"ADBC round trip: SELECT 1 {lat['select_1'] * 1000:.2f} ms,"
+        f" point query (one station, one hour) {lat['point'] * 1000:.2f} ms"
+    )
+    print(
+        f"memory: strata server RSS {memory['strata_rss_mib']:.0f} MiB"
+        f" (peak {memory['strata_peak_mib']:.0f}); DuckDB native table"
+        f" {memory.get('duckdb_memory_mib', float('nan')):.0f} MiB by duckdb_memory(),"
+        f" process grew {memory['duckdb_native_mib']:.0f} MiB"
+    )
+    if "strata_cache" in memory:
+        print(f"strata cache: {memory['strata_cache']}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--strata", required=True)
+    p.add_argument("--bench-data", required=True)
+    p.add_argument("--build-id", required=True, help="rebuild the data when this changes")
+    p.add_argument("--data", required=True)
+    p.add_argument("--rows", default="10000000,50000000")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--latency-runs", type=int, default=200)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache-mb", type=int, help="the server's [query] cache_mb")
+    p.add_argument("--strata-only", action="store_true", help="skip the peers")
+    p.add_argument("--json")
+    p.add_argument("--serve-arg", action="append", default=[], help="passed to strata serve")
+    args = p.parse_args()
+    figures = [bench(args, int(r.replace("_", ""))) for r in args.rows.split(",")]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
