@@ -38,7 +38,7 @@
 #![allow(clippy::print_stdout, reason = "a measurement tool reports on stdout")]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -31,6 +31,10 @@ pub const ZONE_ROWS: usize = 8192;
 /// Fill jobs that may wait for the background filler.
 pub const FILL_QUEUE: usize = 64;
 
+/// The longest a background fill waits for running queries to finish before it decodes
+/// alongside them (at a lower priority).
+pub const FILL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Makes the calling thread yield the CPU to the query threads (Linux: nice 10).
 #[allow(
     unsafe_code,
@@ -177,6 +181,18 @@ pub struct SegmentCache {
     filler: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<FillJob>>>,
     fills_pending: AtomicU64,
     fills_dropped: AtomicU64,
+    /// Queries running (see [`SegmentCache::running`]).
+    running: AtomicU64,
+}
+
+/// Counts one running query for [`SegmentCache`] until dropped.
+#[derive(Debug)]
+pub struct Running(Arc<SegmentCache>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for SegmentCache {
@@ -198,6 +214,22 @@ impl SegmentCache {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Marks a query running until the returned guard is dropped: background fills wait
+    /// for the queries to finish (up to [`FILL_PATIENCE`]), so a query that finds the
+    /// cache cold is not slowed by the decoding it queued.
+    pub fn running(self: &Arc<Self>) -> Running {
+        self.running.fetch_add(1, Ordering::AcqRel);
+        Running(self.clone())
+    }
+
+    /// Waits until no query runs, or `FILL_PATIENCE` passed.
+    pub(crate) async fn idle(&self) {
+        let start = std::time::Instant::now();
+        while self.running.load(Ordering::Acquire) > 0 && start.elapsed() < FILL_PATIENCE {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     /// Queues `job` for the background filler: one thread of low priority that decodes

@@ -231,6 +231,7 @@ impl FillJob {
             if cached {
                 continue;
             }
+            cache.idle().await;
             let loaded = load_columns(
                 cache,
                 &self.blobs,

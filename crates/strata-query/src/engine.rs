@@ -274,10 +274,21 @@ impl Engine {
     }
 
     async fn prepare_inner(&self, sql: &str) -> Result<Prepared> {
-        self.inner.schema.refresh().await?;
+        // Read before planning: a change made while planning makes the plan stale.
+        let changes = self.inner.catalog.changes();
+        // The list of dataset names serves `information_schema`, `SHOW TABLES` and DDL's
+        // existence checks; a query's table lookups go to storage anyway. A query that
+        // cannot name the listing skips reading it.
+        let lower = sql.trim_start().to_ascii_lowercase();
+        let plain_query = (lower.starts_with("select") || lower.starts_with("with"))
+            && !lower.contains("information_schema")
+            && !lower.contains("show");
+        if !plain_query {
+            self.inner.schema.refresh().await?;
+        }
         // Strata's own statements read tags themselves: parse them before markers.
         if let Some(cmd) = statements::parse_custom(sql)? {
-            return Ok(self.command(cmd));
+            return Ok(self.command(cmd, changes));
         }
         let (sql, tags) = tag_markers(sql);
         let mut statement = self.parse_one(&sql)?;
@@ -288,7 +299,7 @@ impl Engine {
                     n => n,
                 };
                 if let Some(cmd) = statements::from_statement(s, shards)? {
-                    return Ok(self.command(cmd));
+                    return Ok(self.command(cmd, changes));
                 }
             }
             DfStatement::Explain(_) => {}
@@ -307,6 +318,7 @@ impl Engine {
         debug!(plan = %plan.display_indent(), "planned");
         Ok(Prepared {
             engine: self.clone(),
+            changes,
             body: Body::Query {
                 plan,
                 state: Box::new(state),
@@ -315,9 +327,10 @@ impl Engine {
         })
     }
 
-    fn command(&self, cmd: Command) -> Prepared {
+    fn command(&self, cmd: Command, changes: u64) -> Prepared {
         Prepared {
             engine: self.clone(),
+            changes,
             body: Body::Command(cmd),
         }
     }
@@ -712,6 +725,8 @@ impl std::fmt::Display for Access {
 /// A planned statement, ready to run (several times, with different parameters).
 pub struct Prepared {
     engine: Engine,
+    /// The catalog's change count when planning began.
+    changes: u64,
     body: Body,
 }
 
@@ -734,6 +749,13 @@ impl std::fmt::Debug for Prepared {
 }
 
 impl Prepared {
+    /// True while nothing changed through the engine's catalog since this statement was
+    /// planned (no commit, tag, vacuum, dataset created or dropped in this process):
+    /// running the plan then reads what planning again would.
+    pub fn is_current(&self) -> bool {
+        self.engine.catalog().changes() == self.changes
+    }
+
     /// The schema of the result.
     pub fn schema(&self) -> SchemaRef {
         match &self.body {
@@ -811,6 +833,8 @@ impl Prepared {
         let engine = &self.engine;
         let config = &engine.inner.config;
         let timeout = shorter(config.timeout, deadline);
+        // Background cache fills wait while this query runs (until its stream is dropped).
+        let running = engine.inner.cache.running();
         let (plan, state, log) = match &self.body {
             Body::Command(cmd) => {
                 let (engine2, cmd) = (engine.clone(), cmd.clone());
@@ -829,6 +853,12 @@ impl Prepared {
         let start = tokio::time::Instant::now();
         let runtime = runtime.unwrap_or_else(tokio::runtime::Handle::current);
         let stream = within(timeout, spawn_query(&runtime, run, token)).await?;
+        let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+            stream.schema(),
+            stream.inspect(move |_| {
+                let _ = &running;
+            }),
+        ));
         Ok(match timeout {
             Some(t) => Box::pin(Deadline {
                 schema: stream.schema(),

@@ -80,7 +80,7 @@ use crate::conn::ConnInfo;
 use crate::error::{query_status, table_code};
 use crate::flight::{BoxStream, FlightIngest};
 use crate::flight_actions::Actions;
-use crate::prepared::{PreparedStatements, Statement};
+use crate::prepared::{Plan, PreparedStatements, Statement};
 use crate::service::client_deadline;
 
 /// Who sent a request (none for in-process calls).
@@ -168,6 +168,19 @@ impl StrataFlight {
         Ok(prepared)
     }
 
+    /// `plan` when `caller` may run it now, else the statement planned again.
+    async fn reuse_or_prepare(
+        &self,
+        plan: Option<Plan>,
+        caller: Option<&Caller>,
+        sql: &str,
+    ) -> Result<Arc<Prepared>, Status> {
+        match plan.filter(|p| p.usable_by(caller)) {
+            Some(plan) => Ok(plan.prepared),
+            None => Ok(Arc::new(self.prepare(caller, sql).await?)),
+        }
+    }
+
     fn statement(&self, conn: Option<&ConnInfo>, handle: &Bytes) -> Result<Statement, Status> {
         self.inner.prepared.get(conn, handle)
     }
@@ -181,7 +194,8 @@ impl StrataFlight {
         deadline: Option<std::time::Duration>,
     ) -> Result<SendableRecordBatchStream, Status> {
         let statement = self.statement(conn, handle)?;
-        let prepared = self.prepare(caller, &statement.sql).await?;
+        let kept = self.inner.prepared.swap_plan(conn, handle, None);
+        let prepared = self.reuse_or_prepare(kept, caller, &statement.sql).await?;
         let params = match &statement.bound {
             None => vec![],
             Some(rows) if rows.num_rows() == 1 => parameter_row(&prepared, rows, 0)?,
@@ -201,21 +215,28 @@ impl StrataFlight {
     }
 }
 
-/// What a `TicketStatementQuery` of ours holds: `Q` + SQL text to run at `DoGet`, or
-/// `R` + the Arrow IPC stream of a write statement's answer.
+/// What a `TicketStatementQuery` of ours holds: `Q` + SQL text to run at `DoGet`; `P` +
+/// the token of the plan `GetFlightInfo` parked (8 bytes, little-endian) + the SQL
+/// text, planned again when the plan is gone; or `R` + the Arrow IPC stream of a write
+/// statement's answer.
 enum StatementTicket {
     Query(String),
+    Planned(u64, String),
     Answer(Bytes),
 }
 
 impl StatementTicket {
     fn encode(&self) -> Bytes {
-        let (tag, body) = match self {
-            StatementTicket::Query(sql) => (b'Q', sql.as_bytes()),
-            StatementTicket::Answer(ipc) => (b'R', ipc.as_ref()),
+        let (tag, token, body) = match self {
+            StatementTicket::Query(sql) => (b'Q', None, sql.as_bytes()),
+            StatementTicket::Planned(token, sql) => (b'P', Some(*token), sql.as_bytes()),
+            StatementTicket::Answer(ipc) => (b'R', None, ipc.as_ref()),
         };
-        let mut out = Vec::with_capacity(body.len() + 1);
+        let mut out = Vec::with_capacity(body.len() + 9);
         out.push(tag);
+        if let Some(token) = token {
+            out.extend_from_slice(&token.to_le_bytes());
+        }
         out.extend_from_slice(body);
         let ticket = TicketStatementQuery {
             statement_handle: Bytes::from(out),
@@ -230,6 +251,12 @@ impl StatementTicket {
             Some(b'Q') => String::from_utf8(handle[1..].to_vec())
                 .map(StatementTicket::Query)
                 .map_err(|_| foreign()),
+            Some(b'P') if handle.len() >= 9 => {
+                let token = u64::from_le_bytes(handle[1..9].try_into().expect("8 bytes"));
+                String::from_utf8(handle[9..].to_vec())
+                    .map(|sql| StatementTicket::Planned(token, sql))
+                    .map_err(|_| foreign())
+            }
             Some(b'R') => Ok(StatementTicket::Answer(handle.slice(1..))),
             _ => Err(foreign()),
         }
@@ -663,9 +690,12 @@ impl FlightSqlService for StrataFlight {
         if !prepared.is_query() {
             return run_write_for_info(&prepared, None, request.into_inner()).await;
         }
+        let schema = prepared.schema();
+        let plan = Plan::new(Arc::new(prepared), caller(&request));
+        let token = self.inner.prepared.park(conn(&request), plan);
         flight_info(
-            &prepared.schema(),
-            StatementTicket::Query(query.query).encode(),
+            &schema,
+            StatementTicket::Planned(token, query.query).encode(),
             request.into_inner(),
         )
     }
@@ -675,16 +705,10 @@ impl FlightSqlService for StrataFlight {
         ticket: TicketStatementQuery,
         request: Request<arrow_flight::Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        match StatementTicket::decode(&ticket)? {
-            StatementTicket::Query(sql) => {
-                let prepared = self.prepare(caller(&request), &sql).await?;
-                check_all_bound(&prepared, 0)?;
-                let deadline = client_deadline(request.metadata());
-                let stream = prepared
-                    .execute_within(vec![], deadline)
-                    .await
-                    .map_err(query_status)?;
-                Ok(flight_stream(stream))
+        let (kept, sql) = match StatementTicket::decode(&ticket)? {
+            StatementTicket::Query(sql) => (None, sql),
+            StatementTicket::Planned(token, sql) => {
+                (self.inner.prepared.unpark(conn(&request), token), sql)
             }
             StatementTicket::Answer(ipc) => {
                 let (schema, batches) = ipc_batches(ipc, self.inner.max_decoded)?;
@@ -692,9 +716,17 @@ impl FlightSqlService for StrataFlight {
                     .with_schema(schema)
                     .build(futures::stream::iter(batches.into_iter().map(Ok)))
                     .map_err(Status::from);
-                Ok(Response::new(Box::pin(data)))
+                return Ok(Response::new(Box::pin(data)));
             }
-        }
+        };
+        let prepared = self.reuse_or_prepare(kept, caller(&request), &sql).await?;
+        check_all_bound(&prepared, 0)?;
+        let deadline = client_deadline(request.metadata());
+        let stream = prepared
+            .execute_within(vec![], deadline)
+            .await
+            .map_err(query_status)?;
+        Ok(flight_stream(stream))
     }
 
     async fn do_put_statement_update(
@@ -726,12 +758,16 @@ impl FlightSqlService for StrataFlight {
             dataset_schema: schema_bytes(&prepared.schema())?,
             parameter_schema: schema_bytes(&parameters)?,
         };
+        let plan = prepared
+            .is_query()
+            .then(|| Plan::new(Arc::new(prepared), caller(&request)));
         let handle = self.inner.prepared.insert(
             conn(&request),
             Statement {
                 sql: query.query,
                 parameters: parameters.fields().len(),
                 bound: None,
+                plan,
             },
         )?;
         Ok(ActionCreatePreparedStatementResult {
@@ -764,12 +800,22 @@ impl FlightSqlService for StrataFlight {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let statement = self.statement(conn(&request), &query.prepared_statement_handle)?;
-        let prepared = self.prepare(caller(&request), &statement.sql).await?;
+        let handle = &query.prepared_statement_handle;
+        let statement = self.statement(conn(&request), handle)?;
+        let who = caller(&request);
+        let plan = match statement.plan.filter(|p| p.usable_by(who)) {
+            Some(plan) => plan,
+            None => Plan::new(Arc::new(self.prepare(who, &statement.sql).await?), who),
+        };
+        let prepared = plan.prepared.clone();
         if !prepared.is_query() {
             return run_write_for_info(&prepared, statement.bound.as_ref(), request.into_inner())
                 .await;
         }
+        // Kept for the DoGet that follows.
+        self.inner
+            .prepared
+            .swap_plan(conn(&request), handle, Some(plan));
         flight_info(
             &prepared.schema(),
             query.as_any().encode_to_vec(),

@@ -6,14 +6,26 @@
 //! all sessions together at most [`TOTAL_BYTES`]. A client over its limits gets
 //! `RESOURCE_EXHAUSTED`; other clients are not affected (unless the server as a whole
 //! is full). A handle used from another connection is unknown there (`NOT_FOUND`).
+//!
+//! Plans are kept for the next step of one execution, so a statement is planned once per
+//! execution: the plan `CreatePreparedStatement` made serves the `GetFlightInfo` and the
+//! `DoGet` that follow; a statement's `GetFlightInfo` parks its plan for its `DoGet`
+//! (the ticket names it). A kept [`Plan`] is used only by the same caller, within
+//! [`PLAN_REUSE`], and while nothing changed through the catalog since it was made
+//! ([`strata_query::Prepared::is_current`]); otherwise the step plans again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
 use tonic::Status;
 
+use strata_query::Prepared;
+
+use crate::auth::Caller;
 use crate::conn::ConnInfo;
 
 /// SQL text and bound rows one session may keep in its prepared statements.
@@ -22,12 +34,45 @@ pub const SESSION_BYTES: usize = 256 << 20;
 /// SQL text and bound rows all sessions together may keep.
 pub const TOTAL_BYTES: usize = 1 << 30;
 
-/// A prepared statement: its SQL and the parameter rows last bound to it.
+/// The longest a kept plan serves a later step of its execution.
+pub const PLAN_REUSE: Duration = Duration::from_secs(10);
+
+/// Plans one session may park for `DoGet`s to come; the oldest goes beyond.
+pub const PARKED_PER_SESSION: usize = 16;
+
+/// A statement planned for a caller, kept for the next step of its execution.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub prepared: Arc<Prepared>,
+    caller: Option<String>,
+    made: Instant,
+}
+
+impl Plan {
+    pub fn new(prepared: Arc<Prepared>, caller: Option<&Caller>) -> Self {
+        Self {
+            prepared,
+            caller: caller.map(|c| c.name.clone()),
+            made: Instant::now(),
+        }
+    }
+
+    /// True when `caller` may run this plan now instead of planning again.
+    pub fn usable_by(&self, caller: Option<&Caller>) -> bool {
+        self.caller.as_deref() == caller.map(|c| c.name.as_str())
+            && self.made.elapsed() < PLAN_REUSE
+            && self.prepared.is_current()
+    }
+}
+
+/// A prepared statement: its SQL, the parameter rows last bound to it, and the plan
+/// kept for its next execution step.
 #[derive(Clone, Debug)]
 pub struct Statement {
     pub sql: String,
     pub parameters: usize,
     pub bound: Option<RecordBatch>,
+    pub plan: Option<Plan>,
 }
 
 impl Statement {
@@ -41,6 +86,7 @@ impl Statement {
 pub struct PreparedStatements {
     per_session: usize,
     state: Mutex<State>,
+    next_token: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +99,8 @@ struct State {
 struct Session {
     statements: HashMap<Bytes, Statement>,
     bytes: usize,
+    /// Plans parked by `GetFlightInfo` for their `DoGet`, oldest first.
+    parked: VecDeque<(u64, Plan)>,
 }
 
 /// The session a request belongs to: its connection (0 without one, in-process).
@@ -65,7 +113,64 @@ impl PreparedStatements {
         Arc::new(Self {
             per_session,
             state: Mutex::new(State::default()),
+            next_token: AtomicU64::new(1),
         })
+    }
+
+    /// Forgets the session's statements and plans when its connection closes.
+    fn watch(self: &Arc<Self>, conn: Option<&ConnInfo>) {
+        if let Some(conn) = conn {
+            let session = conn.id();
+            let this = Arc::downgrade(self);
+            conn.on_close(move || {
+                if let Some(this) = this.upgrade() {
+                    this.close_session(session);
+                }
+            });
+        }
+    }
+
+    /// Parks `plan` for a `DoGet` of the request's session; returns its token.
+    pub fn park(self: &Arc<Self>, conn: Option<&ConnInfo>, plan: Plan) -> u64 {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.state.lock().expect("prepared statements");
+        let new_session = !state.sessions.contains_key(&session_of(conn));
+        let s = state.sessions.entry(session_of(conn)).or_default();
+        s.parked.retain(|(_, p)| p.made.elapsed() < PLAN_REUSE);
+        if s.parked.len() >= PARKED_PER_SESSION {
+            s.parked.pop_front();
+        }
+        s.parked.push_back((token, plan));
+        drop(state);
+        if new_session {
+            self.watch(conn);
+        }
+        token
+    }
+
+    /// Takes the plan parked under `token` by the request's session, if it is there.
+    pub fn unpark(&self, conn: Option<&ConnInfo>, token: u64) -> Option<Plan> {
+        let mut state = self.state.lock().expect("prepared statements");
+        let s = state.sessions.get_mut(&session_of(conn))?;
+        let at = s.parked.iter().position(|(t, _)| *t == token)?;
+        s.parked.remove(at).map(|(_, p)| p)
+    }
+
+    /// Replaces the plan kept with a statement (`None`: takes it away); returns the
+    /// plan it held.
+    pub fn swap_plan(
+        &self,
+        conn: Option<&ConnInfo>,
+        handle: &Bytes,
+        plan: Option<Plan>,
+    ) -> Option<Plan> {
+        let mut state = self.state.lock().expect("prepared statements");
+        let statement = state
+            .sessions
+            .get_mut(&session_of(conn))?
+            .statements
+            .get_mut(handle)?;
+        std::mem::replace(&mut statement.plan, plan)
     }
 
     /// Keeps a new statement for the request's session; returns its handle.
@@ -96,13 +201,8 @@ impl PreparedStatements {
         entry.bytes += bytes;
         state.bytes += bytes;
         drop(state);
-        if new_session && let Some(conn) = conn {
-            let this = Arc::downgrade(self);
-            conn.on_close(move || {
-                if let Some(this) = this.upgrade() {
-                    this.close_session(session);
-                }
-            });
+        if new_session {
+            self.watch(conn);
         }
         Ok(handle)
     }

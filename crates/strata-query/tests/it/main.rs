@@ -1,5 +1,6 @@
 //! Integration tests of the query layer: SQL through DataFusion over Strata tables.
 
+mod cache;
 mod common;
 mod object_store;
 mod sql;

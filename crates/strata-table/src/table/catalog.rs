@@ -18,6 +18,9 @@ pub struct Catalog {
     pub(super) meta: Arc<dyn MetaStore>,
     pub(super) log: Arc<dyn VersionLog>,
     pub(super) options: TableOptions,
+    /// Changes made through this catalog (and its clones and tables), see
+    /// [`Catalog::changes`].
+    pub(super) changes: Arc<AtomicU64>,
 }
 
 impl Catalog {
@@ -47,7 +50,20 @@ impl Catalog {
             meta,
             log,
             options,
+            changes: Arc::default(),
         }
+    }
+
+    /// How many changes (commits, tags, vacuums, datasets created or dropped) this
+    /// process made through this catalog, its clones and its tables: equal numbers mean
+    /// nothing changed here in between (other processes sharing the store are not
+    /// counted).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    pub(super) fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn options(&self) -> &TableOptions {
@@ -102,6 +118,7 @@ impl Catalog {
             Err(e) => return Err(e.into()),
         }
         info!(dataset = %spec.name, id, "created dataset");
+        self.changed();
         Ok(Table::new(self, id, spec))
     }
 
@@ -151,6 +168,7 @@ impl Catalog {
             Err(e) => return Err(e.into()),
         }
         self.meta.delete(&layout::dataset_key(name)).await?;
+        self.changed();
         info!(dataset = name, "dropped dataset");
         if let Err(e) = self.purge_dropped().await {
             warn!(error = %e, "removing the files of dropped datasets failed; retried later");

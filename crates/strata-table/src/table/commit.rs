@@ -75,7 +75,7 @@ impl Table {
             .commit(id, v, Bytes::from(record.encode()))
             .await
         {
-            Ok(()) => {}
+            Ok(()) => self.changed(),
             Err(e) if e.is_conflict() => {
                 return Err(Error::Conflict {
                     dataset: self.name().to_string(),

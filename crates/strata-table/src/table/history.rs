@@ -92,7 +92,7 @@ impl Table {
         let key = layout::tag_key(&self.inner.id, tag);
         let body = serde_json::to_vec(&info).expect("tags serialize");
         match self.inner.meta.put_if_absent(&key, Bytes::from(body)).await {
-            Ok(()) => {}
+            Ok(()) => self.changed(),
             Err(e) if e.is_conflict() => {
                 return Err(Error::TagExists {
                     dataset: self.name().to_string(),
@@ -125,6 +125,7 @@ impl Table {
             });
         }
         self.inner.meta.delete(&key).await?;
+        self.changed();
         Ok(())
     }
 

@@ -216,6 +216,7 @@ impl Table {
         // Version records below the retention line (the log trims from its oldest end,
         // moving kept versions' records aside first).
         report.versions_removed = self.inner.log.trim(id, oldest, &keep).await?;
+        self.changed();
         let cutoff = started - self.options().blob_grace_ms;
         for blob in self
             .inner

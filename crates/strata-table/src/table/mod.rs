@@ -17,6 +17,7 @@ use commit::{Txn, is_duplicate, schema_compatible};
 use snapshot::read_segments;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
@@ -161,6 +162,8 @@ struct TableInner {
     blobs: Arc<dyn BlobStore>,
     meta: Arc<dyn MetaStore>,
     log: Arc<dyn VersionLog>,
+    /// The catalog's change counter.
+    changes: Arc<AtomicU64>,
     options: TableOptions,
     id: String,
     spec: DatasetSpec,
@@ -170,6 +173,11 @@ struct TableInner {
 }
 
 impl Table {
+    /// Counts a change in the catalog's [`Catalog::changes`].
+    pub(super) fn changed(&self) {
+        self.inner.changes.fetch_add(1, Ordering::AcqRel);
+    }
+
     fn new(catalog: &Catalog, id: String, spec: DatasetSpec) -> Self {
         let keys = KeyCodec::new(&spec.schema, &spec.partition_key, &spec.row_key)
             .expect("validated spec has its key columns");
@@ -178,6 +186,7 @@ impl Table {
                 blobs: catalog.blobs.clone(),
                 meta: catalog.meta.clone(),
                 log: catalog.log.clone(),
+                changes: catalog.changes.clone(),
                 options: catalog.options.clone(),
                 id,
                 spec,
