@@ -429,6 +429,27 @@ async fn flight_sql_prepared_statements_with_parameters() {
     delete.close().await.unwrap();
     plain.close().await.unwrap();
 
+    // A plan kept from one step for the next (prepare → GetFlightInfo → DoGet) is not
+    // used once something was committed in between: the query reads the new version.
+    let mut kept = c
+        .prepare("SELECT count(*) AS n FROM weather".into(), None)
+        .await
+        .unwrap();
+    c.execute_update("DELETE FROM weather WHERE station IS NOT NULL".into(), None)
+        .await
+        .unwrap();
+    let info = kept.execute().await.unwrap();
+    assert_eq!(ints(&fetch(&mut c, info).await.unwrap(), "n"), vec![0]);
+    kept.close().await.unwrap();
+    let info = c
+        .execute("SELECT count(*) AS n FROM weather".into(), None)
+        .await
+        .unwrap();
+    c.execute_update("INSERT INTO weather VALUES ('z', 1, 2.0)".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(ints(&fetch(&mut c, info).await.unwrap(), "n"), vec![1]);
+
     // Closed or unknown handles.
     let handle = CommandPreparedStatementQuery {
         prepared_statement_handle: Bytes::from_static(b"ps-nope"),
