@@ -50,9 +50,14 @@ fn lower_priority() {
 }
 
 /// One segment's column, decoded, with its zone maps.
+///
+/// The column is kept as one array per zone (the last may be shorter), not as one
+/// array sliced per batch: operators that hold on to batches (a TopK, a sort) count
+/// the memory of the arrays they hold, and a slice counts its whole buffer.
 #[derive(Debug)]
 pub struct CachedColumn {
-    array: ArrayRef,
+    zones: Vec<ArrayRef>,
+    rows: usize,
     /// Per zone: the least and greatest non-null value (`None` for types without an
     /// order min/max understands), and the number of nulls.
     mins: Option<ArrayRef>,
@@ -62,21 +67,17 @@ pub struct CachedColumn {
 }
 
 impl CachedColumn {
-    /// `array` (a whole segment's column) with its zone maps computed.
-    pub fn new(array: ArrayRef) -> Self {
-        let zones = array.len().div_ceil(ZONE_ROWS);
-        let slices = (0..zones).map(|z| {
-            let start = z * ZONE_ROWS;
-            array.slice(start, ZONE_ROWS.min(array.len() - start))
-        });
-        let mut mins = Vec::with_capacity(zones);
-        let mut maxs = Vec::with_capacity(zones);
-        let mut nulls = Vec::with_capacity(zones);
+    /// A segment's column from its zones (every one [`ZONE_ROWS`] rows but the last),
+    /// with its zone maps computed.
+    pub fn new(zones: Vec<ArrayRef>) -> Self {
+        let mut mins = Vec::with_capacity(zones.len());
+        let mut maxs = Vec::with_capacity(zones.len());
+        let mut nulls = Vec::with_capacity(zones.len());
         let mut ordered = true;
-        for zone in slices {
+        for zone in &zones {
             nulls.push(zone.null_count() as u64);
             if ordered {
-                match (min_batch(&zone), max_batch(&zone)) {
+                match (min_batch(zone), max_batch(zone)) {
                     (Ok(lo), Ok(hi)) => {
                         mins.push(lo);
                         maxs.push(hi);
@@ -93,12 +94,16 @@ impl CachedColumn {
         };
         let (mins, maxs) = (bound(mins), bound(maxs));
         let null_counts: ArrayRef = Arc::new(UInt64Array::from(nulls));
-        let bytes = array.get_array_memory_size()
+        let bytes = zones
+            .iter()
+            .map(|z| z.get_array_memory_size())
+            .sum::<usize>()
             + mins.as_ref().map_or(0, |a| a.get_array_memory_size())
             + maxs.as_ref().map_or(0, |a| a.get_array_memory_size())
             + null_counts.get_array_memory_size();
         Self {
-            array,
+            rows: zones.iter().map(|z| z.len()).sum(),
+            zones,
             mins,
             maxs,
             null_counts,
@@ -106,12 +111,18 @@ impl CachedColumn {
         }
     }
 
-    pub fn array(&self) -> &ArrayRef {
-        &self.array
+    /// Rows of the segment (every zone together).
+    pub fn rows(&self) -> usize {
+        self.rows
     }
 
     pub fn zones(&self) -> usize {
-        self.array.len().div_ceil(ZONE_ROWS)
+        self.zones.len()
+    }
+
+    /// The values of zone `z`.
+    pub fn zone(&self, z: usize) -> &ArrayRef {
+        &self.zones[z]
     }
 
     /// Per zone minimums (`None` when this type has none).
@@ -131,6 +142,37 @@ impl CachedColumn {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+}
+
+/// `parts` (one column's consecutive pieces, of any lengths) as zones of [`ZONE_ROWS`]
+/// rows; a piece that is exactly one zone is kept as it is, the others are copied.
+pub fn into_zones(parts: &[ArrayRef]) -> Result<Vec<ArrayRef>, arrow::error::ArrowError> {
+    let rows: usize = parts.iter().map(|p| p.len()).sum();
+    let mut zones = Vec::with_capacity(rows.div_ceil(ZONE_ROWS));
+    let (mut part, mut offset) = (0, 0);
+    for start in (0..rows).step_by(ZONE_ROWS) {
+        let len = ZONE_ROWS.min(rows - start);
+        if offset == 0 && parts[part].len() == len {
+            zones.push(parts[part].clone());
+            part += 1;
+            continue;
+        }
+        let mut pieces: Vec<ArrayRef> = Vec::new();
+        let mut need = len;
+        while need > 0 {
+            let take = need.min(parts[part].len() - offset);
+            pieces.push(parts[part].slice(offset, take));
+            need -= take;
+            offset += take;
+            if offset == parts[part].len() {
+                part += 1;
+                offset = 0;
+            }
+        }
+        let refs: Vec<&dyn arrow::array::Array> = pieces.iter().map(|p| p.as_ref()).collect();
+        zones.push(arrow::compute::concat(&refs)?);
+    }
+    Ok(zones)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -394,9 +436,34 @@ mod tests {
     use super::*;
 
     fn column(n: usize) -> Arc<CachedColumn> {
-        Arc::new(CachedColumn::new(Arc::new(Int64Array::from_iter_values(
-            0..n as i64,
-        ))))
+        let array: ArrayRef = Arc::new(Int64Array::from_iter_values(0..n as i64));
+        Arc::new(CachedColumn::new(into_zones(&[array]).unwrap()))
+    }
+
+    #[test]
+    fn pieces_become_zones_of_equal_rows() {
+        let piece = |from: i64, n: usize| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(from..from + n as i64))
+        };
+        let parts = [
+            piece(0, ZONE_ROWS),
+            piece(ZONE_ROWS as i64, 100),
+            piece(ZONE_ROWS as i64 + 100, ZONE_ROWS + 50),
+        ];
+        let zones = into_zones(&parts).unwrap();
+        let lens: Vec<usize> = zones.iter().map(|z| z.len()).collect();
+        assert_eq!(lens, vec![ZONE_ROWS, ZONE_ROWS, 150]);
+        let all: Vec<i64> = zones
+            .iter()
+            .flat_map(|z| {
+                z.as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(all, (0..(2 * ZONE_ROWS + 150) as i64).collect::<Vec<_>>());
     }
 
     #[test]
@@ -404,7 +471,8 @@ mod tests {
         let values: Vec<Option<f64>> = (0..ZONE_ROWS * 2 + 10)
             .map(|i| (i % 7 != 0).then_some(i as f64))
             .collect();
-        let c = CachedColumn::new(Arc::new(Float64Array::from(values)));
+        let array: ArrayRef = Arc::new(Float64Array::from(values));
+        let c = CachedColumn::new(into_zones(&[array]).unwrap());
         assert_eq!(c.zones(), 3);
         let mins = c.mins().unwrap();
         let maxs = c.maxs().unwrap();

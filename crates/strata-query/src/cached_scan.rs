@@ -15,17 +15,22 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt64Array};
-use arrow::compute::{cast, concat, filter_record_batch};
+use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::SchemaRef;
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Column, ScalarValue, Statistics};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_optimizer::pruning::PruningPredicate;
+use datafusion::physical_expr_common::physical_expr::snapshot_physical_expr;
+use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
 use datafusion::physical_plan::execution_plan::{
     Boundedness, EmissionType, ReplaceChildrenOptions, SchedulingType,
+};
+use datafusion::physical_plan::filter_pushdown::{
+    ChildPushdownResult, FilterPushdownPhase, FilterPushdownPropagation, PushedDown,
 };
 use datafusion::physical_plan::metrics::{
     Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
@@ -35,15 +40,16 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use roaring::RoaringBitmap;
 use strata_storage::BlobStore;
 use strata_table::LiveSegment;
 use strata_table::segment::read_segment;
 
-use crate::cache::{CachedColumn, SegmentCache, ZONE_ROWS};
+use crate::cache::{CachedColumn, SegmentCache, ZONE_ROWS, into_zones};
 
 /// What a cached scan reads: shared by its partitions' streams.
+#[derive(Clone)]
 struct Scan {
     cache: Arc<SegmentCache>,
     blobs: Arc<dyn BlobStore>,
@@ -54,6 +60,9 @@ struct Scan {
     projection: Vec<usize>,
     schema: SchemaRef,
     predicate: Option<Arc<PruningPredicate>>,
+    /// Filters over the output pushed down at planning whose value changes while the
+    /// query runs (a TopK's current bound): looked at every [`DYNAMIC_EVERY`] zones.
+    dynamic: Vec<Arc<dyn PhysicalExpr>>,
 }
 
 /// Counters of one partition.
@@ -99,55 +108,113 @@ impl Scan {
         Ok(columns)
     }
 
-    /// The live rows of `seg` in the zones the predicate may match.
-    async fn segment(&self, seg: LiveSegment, m: &Metrics) -> DfResult<Vec<RecordBatch>> {
+    /// `seg` ready to emit: its columns, and the zones its static filters may match
+    /// (`None` when every row of it is deleted).
+    async fn open(&self, seg: LiveSegment, m: &Metrics) -> DfResult<Option<Open>> {
         let rows = seg.meta.rows as usize;
-        let deleted = seg.deleted.as_deref().filter(|d| !d.is_empty());
-        if deleted.is_some_and(|d| d.len() >= seg.meta.rows) {
-            return Ok(vec![]);
+        if seg
+            .deleted
+            .as_deref()
+            .is_some_and(|d| d.len() >= seg.meta.rows)
+        {
+            return Ok(None);
         }
         let columns = self.columns(&seg, m).await?;
-        let zones = rows.div_ceil(ZONE_ROWS);
         let keep = match &self.predicate {
             Some(p) if !columns.is_empty() => p.prune(&ZoneStatistics {
                 scan: self,
                 columns: &columns,
                 rows,
+                zones: 0..rows.div_ceil(ZONE_ROWS),
             })?,
-            _ => vec![true; zones],
+            _ => vec![true; rows.div_ceil(ZONE_ROWS)],
         };
-        let mut out = Vec::new();
-        for (z, keep) in keep.into_iter().enumerate() {
-            if !keep {
+        Ok(Some(Open {
+            seg,
+            columns,
+            keep,
+            next: 0,
+        }))
+    }
+
+    /// The next batch of live rows of `open`, or `None` when its zones are done.
+    fn next_batch(&self, open: &mut Open, m: &Metrics) -> DfResult<Option<RecordBatch>> {
+        let rows = open.seg.meta.rows as usize;
+        while open.next < open.keep.len() {
+            let z = open.next;
+            open.next += 1;
+            if z % DYNAMIC_EVERY == 0 && !self.dynamic.is_empty() {
+                self.prune_dynamic(open, z)?;
+            }
+            if !open.keep[z] {
                 m.zones_pruned.add(1);
                 continue;
             }
             m.zones_scanned.add(1);
             let start = z * ZONE_ROWS;
             let len = ZONE_ROWS.min(rows - start);
-            let arrays: Vec<ArrayRef> = columns
-                .iter()
-                .map(|c| c.array().slice(start, len))
-                .collect();
+            let arrays: Vec<ArrayRef> = open.columns.iter().map(|c| c.zone(z).clone()).collect();
             let batch = RecordBatch::try_new_with_options(
                 self.schema.clone(),
                 arrays,
                 &RecordBatchOptions::new().with_row_count(Some(len)),
             )?;
-            let batch = match deleted {
-                Some(dv) => match live_mask(dv, start, len) {
-                    Some(mask) => filter_record_batch(&batch, &mask)?,
-                    None => batch,
-                },
+            let deleted = open.seg.deleted.as_deref().filter(|d| !d.is_empty());
+            let batch = match deleted.and_then(|dv| live_mask(dv, start, len)) {
+                Some(mask) => filter_record_batch(&batch, &mask)?,
                 None => batch,
             };
             if batch.num_rows() > 0 {
                 m.output_rows.add(batch.num_rows());
-                out.push(batch);
+                return Ok(Some(batch));
             }
         }
-        Ok(out)
+        Ok(None)
     }
+
+    /// Drops from `open` the zones `from..from + DYNAMIC_EVERY` that the filters pushed
+    /// down at run time (a TopK's bound so far, say) exclude as they stand now.
+    fn prune_dynamic(&self, open: &mut Open, from: usize) -> DfResult<()> {
+        if open.columns.is_empty() {
+            return Ok(());
+        }
+        let zones = from..(from + DYNAMIC_EVERY).min(open.keep.len());
+        for expr in &self.dynamic {
+            let now = snapshot_physical_expr(expr.clone())?;
+            // A filter the pruning machinery cannot read prunes nothing.
+            let Some(p) = PruningPredicateBuilder::new()
+                .with_file_schema(self.schema.clone())
+                .build(now)
+            else {
+                continue;
+            };
+            if p.always_true() {
+                continue;
+            }
+            let keep = p.prune(&ZoneStatistics {
+                scan: self,
+                columns: &open.columns,
+                rows: open.seg.meta.rows as usize,
+                zones: zones.clone(),
+            })?;
+            for (z, keep) in zones.clone().zip(keep) {
+                open.keep[z] &= keep;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Zones between two looks at the run-time (dynamic) filters.
+const DYNAMIC_EVERY: usize = 8;
+
+/// A segment being emitted zone by zone.
+struct Open {
+    seg: LiveSegment,
+    columns: Vec<Arc<CachedColumn>>,
+    /// Zones that may hold matching rows; `next` is the next to look at.
+    keep: Vec<bool>,
+    next: usize,
 }
 
 /// The columns `projection` (table column indices) of `seg`, from `cache` or decoded
@@ -188,13 +255,10 @@ async fn load_columns(
         }
     }
     let columns: Vec<Arc<CachedColumn>> = found.into_iter().map(|c| c.expect("filled")).collect();
-    if let Some(c) = columns
-        .iter()
-        .find(|c| c.array().len() as u64 != seg.meta.rows)
-    {
+    if let Some(c) = columns.iter().find(|c| c.rows() as u64 != seg.meta.rows) {
         return Err(DataFusionError::Execution(format!(
             "segment {path}: a column holds {} rows where the manifest says {}",
-            c.array().len(),
+            c.rows(),
             seg.meta.rows
         )));
     }
@@ -249,14 +313,15 @@ impl FillJob {
     }
 }
 
-/// `columns` (table column indices) of `seg`, whole, in the table's presented types.
+/// `columns` (table column indices) of `seg`, every row, in the table's presented
+/// types, as zones.
 async fn decode(
     blobs: &Arc<dyn BlobStore>,
     seg: &LiveSegment,
     stored: &SchemaRef,
     table: &SchemaRef,
     columns: &[usize],
-) -> DfResult<Vec<ArrayRef>> {
+) -> DfResult<Vec<Vec<ArrayRef>>> {
     let batches = read_segment(blobs.clone(), &seg.meta, stored, columns, None)
         .await
         .map_err(external)?;
@@ -264,18 +329,19 @@ async fn decode(
         .iter()
         .enumerate()
         .map(|(i, &c)| {
-            let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
-            let array = match parts.as_slice() {
-                [] => arrow::array::new_empty_array(stored.field(c).data_type()),
-                [one] => arrow::array::make_array(one.to_data()),
-                _ => concat(&parts)?,
-            };
             let want = table.field(c).data_type();
-            Ok(if array.data_type() == want {
-                array
-            } else {
-                cast(&array, want)?
-            })
+            let parts = batches
+                .iter()
+                .map(|b| {
+                    let part = b.column(i);
+                    Ok(if part.data_type() == want {
+                        part.clone()
+                    } else {
+                        cast(part, want)?
+                    })
+                })
+                .collect::<DfResult<Vec<ArrayRef>>>()?;
+            Ok(into_zones(&parts)?)
         })
         .collect()
 }
@@ -291,14 +357,21 @@ fn live_mask(deleted: &RoaringBitmap, start: usize, len: usize) -> Option<Boolea
     ))
 }
 
-/// The zone maps of one segment's projected columns, one container per zone.
+/// The zone maps of one segment's projected columns, one container per zone of
+/// `zones`.
 struct ZoneStatistics<'a> {
     scan: &'a Scan,
     columns: &'a [Arc<CachedColumn>],
     rows: usize,
+    zones: std::ops::Range<usize>,
 }
 
 impl ZoneStatistics<'_> {
+    /// The entries of a per-zone array for `zones`.
+    fn part(&self, per_zone: &ArrayRef) -> ArrayRef {
+        per_zone.slice(self.zones.start, self.zones.len())
+    }
+
     fn column(&self, column: &Column) -> Option<&CachedColumn> {
         self.scan
             .projection
@@ -310,25 +383,26 @@ impl ZoneStatistics<'_> {
 
 impl PruningStatistics for ZoneStatistics<'_> {
     fn min_values(&self, column: &Column) -> Option<ArrayRef> {
-        self.column(column)?.mins().cloned()
+        Some(self.part(self.column(column)?.mins()?))
     }
 
     fn max_values(&self, column: &Column) -> Option<ArrayRef> {
-        self.column(column)?.maxs().cloned()
+        Some(self.part(self.column(column)?.maxs()?))
     }
 
     fn num_containers(&self) -> usize {
-        self.rows.div_ceil(ZONE_ROWS)
+        self.zones.len()
     }
 
     fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
-        Some(self.column(column)?.null_counts().clone())
+        Some(self.part(self.column(column)?.null_counts()))
     }
 
     fn row_counts(&self) -> Option<ArrayRef> {
-        let zones = self.num_containers();
         Some(Arc::new(UInt64Array::from_iter_values(
-            (0..zones).map(|z| ZONE_ROWS.min(self.rows - z * ZONE_ROWS) as u64),
+            self.zones
+                .clone()
+                .map(|z| ZONE_ROWS.min(self.rows - z * ZONE_ROWS) as u64),
         )))
     }
 
@@ -339,6 +413,14 @@ impl PruningStatistics for ZoneStatistics<'_> {
     ) -> Option<BooleanArray> {
         None
     }
+}
+
+/// One partition's stream: its segments still to read and the one being emitted.
+struct Emit {
+    scan: Arc<Scan>,
+    metrics: Metrics,
+    segments: std::collections::VecDeque<LiveSegment>,
+    open: Option<Open>,
 }
 
 /// A scan of segments through the segment cache (see the module docs).
@@ -397,6 +479,7 @@ impl CachedScanExec {
                 projection: args.projection,
                 schema,
                 predicate: args.predicate,
+                dynamic: vec![],
             }),
             groups,
             statistics: Arc::new(statistics),
@@ -441,6 +524,9 @@ impl DisplayAs for CachedScanExec {
                 )?;
                 if let Some(p) = &self.scan.predicate {
                     write!(f, ", zone_predicate={}", p.predicate_expr())?;
+                }
+                if !self.scan.dynamic.is_empty() {
+                    write!(f, ", dynamic_filters={}", self.scan.dynamic.len())?;
                 }
                 if let Some(limit) = self.limit {
                     write!(f, ", limit={limit}")?;
@@ -493,16 +579,32 @@ impl ExecutionPlan for CachedScanExec {
         partition: usize,
         _context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let segments = self.groups.get(partition).cloned().unwrap_or_default();
-        let scan = self.scan.clone();
-        let metrics = Arc::new(Metrics::new(&self.metrics, partition));
-        let batches = futures::stream::iter(segments)
-            .then(move |seg| {
-                let (scan, metrics) = (scan.clone(), metrics.clone());
-                async move { scan.segment(seg, &metrics).await }
-            })
-            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
-            .try_flatten();
+        let segments: std::collections::VecDeque<LiveSegment> = self
+            .groups
+            .get(partition)
+            .cloned()
+            .unwrap_or_default()
+            .into();
+        let state = Emit {
+            scan: self.scan.clone(),
+            metrics: Metrics::new(&self.metrics, partition),
+            segments,
+            open: None,
+        };
+        let batches = futures::stream::try_unfold(state, |mut st| async move {
+            loop {
+                if let Some(open) = &mut st.open {
+                    if let Some(batch) = st.scan.next_batch(open, &st.metrics)? {
+                        return Ok(Some((batch, st)));
+                    }
+                    st.open = None;
+                }
+                let Some(seg) = st.segments.pop_front() else {
+                    return Ok(None);
+                };
+                st.open = st.scan.open(seg, &st.metrics).await?;
+            }
+        });
         let stream: futures::stream::BoxStream<'static, DfResult<RecordBatch>> = match self.limit {
             Some(limit) => batches
                 .scan(0usize, move |seen, batch| {
@@ -518,6 +620,44 @@ impl ExecutionPlan for CachedScanExec {
         Ok(datafusion::physical_plan::coop::make_cooperative(Box::pin(
             RecordBatchStreamAdapter::new(self.scan.schema.clone(), stream),
         )))
+    }
+
+    /// Takes the filters DataFusion pushes down after planning (a TopK's dynamic bound)
+    /// to skip zones with; answers that it does not apply them, so they are still
+    /// evaluated above.
+    fn handle_child_pushdown_result(
+        &self,
+        phase: FilterPushdownPhase,
+        child_pushdown_result: ChildPushdownResult,
+        _config: &ConfigOptions,
+    ) -> DfResult<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        let filters: Vec<Arc<dyn PhysicalExpr>> = child_pushdown_result
+            .parent_filters
+            .into_iter()
+            .map(|f| f.filter)
+            .collect();
+        let unapplied = vec![PushedDown::No; filters.len()];
+        // Static filters arrived at planning (the scan's predicate already has them).
+        if phase != FilterPushdownPhase::Post || filters.is_empty() {
+            return Ok(FilterPushdownPropagation::with_parent_pushdown_result(
+                unapplied,
+            ));
+        }
+        let mut scan = (*self.scan).clone();
+        scan.dynamic.extend(filters);
+        let node = CachedScanExec {
+            scan: Arc::new(scan),
+            groups: self.groups.clone(),
+            statistics: self.statistics.clone(),
+            group_statistics: self.group_statistics.clone(),
+            limit: self.limit,
+            properties: self.properties.clone(),
+            metrics: ExecutionPlanMetricsSet::new(),
+        };
+        Ok(FilterPushdownPropagation {
+            filters: unapplied,
+            updated_node: Some(Arc::new(node)),
+        })
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
