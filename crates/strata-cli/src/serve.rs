@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// Largest accepted batch, in MiB [default: 16].
     #[arg(long, env = "STRATA_MAX_BATCH_MB")]
     pub max_batch_mb: Option<usize>,
+    /// Decoded segment columns kept in memory across queries, in MiB; 0 turns the
+    /// cache off [default: 1024].
+    #[arg(long, env = "STRATA_CACHE_MB")]
+    pub cache_mb: Option<usize>,
     /// Flush memtables at least this often, in milliseconds [default: 1000].
     #[arg(long, env = "STRATA_FLUSH_INTERVAL_MS")]
     pub flush_interval_ms: Option<u64>,
@@ -86,6 +90,9 @@ impl ServeArgs {
         if let Some(v) = self.memory_limit_mb {
             c.ingest.memory_limit_mb = v;
         }
+        if let Some(v) = self.cache_mb {
+            c.query.cache_mb = v;
+        }
         if let Some(v) = self.max_batch_mb {
             c.ingest.max_batch_mb = v;
         }
@@ -135,6 +142,7 @@ mod tests {
             default_shards: None,
             memory_limit_mb: None,
             max_batch_mb: None,
+            cache_mb: None,
             flush_interval_ms: None,
             tls_cert: None,
             tls_key: None,

@@ -35,6 +35,10 @@ pub const FILL_QUEUE: usize = 64;
 /// alongside them (at a lower priority).
 pub const FILL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How long no query must have run before a background fill starts decoding: a query
+/// is planned (and queues its fill) a moment before it runs.
+pub const FILL_QUIET: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Makes the calling thread yield the CPU to the query threads (Linux: nice 10).
 #[allow(
     unsafe_code,
@@ -223,8 +227,11 @@ pub struct SegmentCache {
     filler: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<FillJob>>>,
     fills_pending: AtomicU64,
     fills_dropped: AtomicU64,
-    /// Queries running (see [`SegmentCache::running`]).
+    /// Queries running (see [`SegmentCache::running`]), and when one last started or
+    /// ended or a fill was queued (milliseconds since `epoch`).
     running: AtomicU64,
+    last_active_ms: AtomicU64,
+    epoch: std::sync::OnceLock<std::time::Instant>,
 }
 
 /// Counts one running query for [`SegmentCache`] until dropped.
@@ -233,6 +240,7 @@ pub struct Running(Arc<SegmentCache>);
 
 impl Drop for Running {
     fn drop(&mut self) {
+        self.0.touch();
         self.0.running.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -262,14 +270,30 @@ impl SegmentCache {
     /// for the queries to finish (up to [`FILL_PATIENCE`]), so a query that finds the
     /// cache cold is not slowed by the decoding it queued.
     pub fn running(self: &Arc<Self>) -> Running {
+        self.touch();
         self.running.fetch_add(1, Ordering::AcqRel);
         Running(self.clone())
     }
 
-    /// Waits until no query runs, or `FILL_PATIENCE` passed.
+    fn now_ms(&self) -> u64 {
+        let epoch = self.epoch.get_or_init(std::time::Instant::now);
+        epoch.elapsed().as_millis() as u64
+    }
+
+    /// Notes activity: a query started or ended, or a fill was queued (by a query being
+    /// planned, which runs next).
+    fn touch(&self) {
+        self.last_active_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// Waits until no query has run for [`FILL_QUIET`], or [`FILL_PATIENCE`] passed.
     pub(crate) async fn idle(&self) {
         let start = std::time::Instant::now();
-        while self.running.load(Ordering::Acquire) > 0 && start.elapsed() < FILL_PATIENCE {
+        while start.elapsed() < FILL_PATIENCE {
+            let quiet = self.now_ms() - self.last_active_ms.load(Ordering::Acquire);
+            if self.running.load(Ordering::Acquire) == 0 && quiet >= FILL_QUIET.as_millis() as u64 {
+                return;
+            }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     }
@@ -302,6 +326,7 @@ impl SegmentCache {
                 });
             started.ok().map(|_| tx)
         });
+        self.touch();
         self.fills_pending.fetch_add(1, Ordering::Relaxed);
         let sent = queue.as_ref().is_some_and(|tx| tx.try_send(job).is_ok());
         if !sent {
