@@ -143,7 +143,7 @@ impl Scan {
         while open.next < open.keep.len() {
             let z = open.next;
             open.next += 1;
-            if z % DYNAMIC_EVERY == 0 && !self.dynamic.is_empty() {
+            if z.is_multiple_of(DYNAMIC_EVERY) && !self.dynamic.is_empty() {
                 self.prune_dynamic(open, z)?;
             }
             if !open.keep[z] {
