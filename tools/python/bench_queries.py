@@ -107,7 +107,8 @@ class Server:
                 return
             if stats[0]["fills_pending"] == 0:
                 return
-            time.sleep(0.05)
+            # Fills wait for 50 ms without queries, and this poll is one.
+            time.sleep(0.25)
 
     def query(self, sql):
         """Runs `sql` on a cursor kept for it, as a dashboard repeating a query does
