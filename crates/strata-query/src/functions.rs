@@ -203,28 +203,27 @@ impl fmt::Debug for IntrospectionTable {
 
 impl IntrospectionTable {
     async fn rows(&self) -> Result<RecordBatch> {
-        if self.kind == Kind::Cache {
-            let s = self.cache.stats();
-            let columns: Vec<ArrayRef> = [
-                s.capacity_bytes,
-                s.used_bytes,
-                s.entries,
-                s.hits,
-                s.misses,
-                s.inserts,
-                s.inserted_bytes,
-                s.evictions,
-                s.fills_pending,
-                s.fills_dropped,
-            ]
-            .into_iter()
-            .map(|v| Arc::new(UInt64Array::from(vec![v])) as ArrayRef)
-            .collect();
-            return Ok(RecordBatch::try_new(self.kind.schema(), columns)?);
-        }
-        let table = self.catalog.open_table(&self.dataset).await?;
         let columns: Vec<ArrayRef> = match self.kind {
+            Kind::Cache => {
+                let s = self.cache.stats();
+                [
+                    s.capacity_bytes,
+                    s.used_bytes,
+                    s.entries,
+                    s.hits,
+                    s.misses,
+                    s.inserts,
+                    s.inserted_bytes,
+                    s.evictions,
+                    s.fills_pending,
+                    s.fills_dropped,
+                ]
+                .into_iter()
+                .map(|v| Arc::new(UInt64Array::from(vec![v])) as ArrayRef)
+                .collect()
+            }
             Kind::Versions => {
+                let table = self.catalog.open_table(&self.dataset).await?;
                 let versions = table.list_versions().await?;
                 let tags = table.list_tags().await?;
                 let head = versions.last().map_or(0, |v| v.version);
@@ -267,6 +266,7 @@ impl IntrospectionTable {
                 ]
             }
             Kind::Segments => {
+                let table = self.catalog.open_table(&self.dataset).await?;
                 let snapshot = table.snapshot(&self.version).await?;
                 let segs: Vec<_> = snapshot.manifest().live_segments().cloned().collect();
                 let key = |k: &[strata_types::Value]| serde_json::to_string(k).unwrap_or_default();
@@ -303,7 +303,6 @@ impl IntrospectionTable {
                     )),
                 ]
             }
-            Kind::Cache => unreachable!("answered above"),
         };
         Ok(RecordBatch::try_new(self.kind.schema(), columns)?)
     }
