@@ -320,7 +320,14 @@ impl SegmentCache {
                         let Some(cache) = cache.upgrade() else {
                             return;
                         };
-                        runtime.block_on(job.run(&cache));
+                        // A fill that panics loses its job, not the filler.
+                        let run =
+                            std::panic::AssertUnwindSafe(|| runtime.block_on(job.run(&cache)));
+                        if std::panic::catch_unwind(run).is_err() {
+                            tracing::warn!(
+                                "a segment cache fill panicked; its columns stay uncached"
+                            );
+                        }
                         cache.fills_pending.fetch_sub(1, Ordering::Relaxed);
                     }
                 });
