@@ -363,26 +363,18 @@ impl SegmentCache {
         let key = Self::key(segment, column, data_type);
         let mut state = self.state.lock().expect("segment cache lock");
         let state = &mut *state;
+        let Some((column, used)) = state.entries.get_mut(&key) else {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
         state.tick += 1;
-        let tick = state.tick;
-        let found = state.entries.get_mut(&key).map(|(column, used)| {
-            let old = std::mem::replace(used, tick);
-            (column.clone(), old)
-        });
-        drop(key);
-        match found {
-            Some((column, old)) => {
-                if let Some(k) = state.order.remove(&old) {
-                    state.order.insert(tick, k);
-                }
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                Some(column)
-            }
-            None => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                None
-            }
+        let old = std::mem::replace(used, state.tick);
+        let column = column.clone();
+        if let Some(k) = state.order.remove(&old) {
+            state.order.insert(state.tick, k);
         }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(column)
     }
 
     /// True when the column is cached (without counting a hit or a miss).
@@ -393,6 +385,17 @@ impl SegmentCache {
             .expect("segment cache lock")
             .entries
             .contains_key(&key)
+    }
+
+    /// True when every one of `fields` of `segment` is cached (in its type).
+    pub fn contains_all<'a>(
+        &self,
+        segment: &str,
+        fields: impl IntoIterator<Item = &'a arrow::datatypes::Field>,
+    ) -> bool {
+        fields
+            .into_iter()
+            .all(|f| self.contains(segment, f.name(), f.data_type()))
     }
 
     /// Keeps `value` as the column `column` of `segment`, evicting the least recently
@@ -431,14 +434,6 @@ impl SegmentCache {
         self.inserts.fetch_add(1, Ordering::Relaxed);
         self.inserted_bytes
             .fetch_add(size as u64, Ordering::Relaxed);
-    }
-
-    /// Drops every entry (the counters stay).
-    pub fn clear(&self) {
-        let mut state = self.state.lock().expect("segment cache lock");
-        state.entries.clear();
-        state.order.clear();
-        state.bytes = 0;
     }
 
     pub fn stats(&self) -> CacheStats {

@@ -288,11 +288,8 @@ impl FillJob {
     /// columns are all there already.
     pub async fn run(self, cache: &SegmentCache) {
         for seg in &self.segments {
-            let cached = self.columns.iter().all(|&c| {
-                let f = self.table.field(c);
-                cache.contains(&seg.meta.path, f.name(), f.data_type())
-            });
-            if cached {
+            let fields = self.columns.iter().map(|&c| self.table.field(c));
+            if cache.contains_all(&seg.meta.path, fields) {
                 continue;
             }
             cache.idle().await;

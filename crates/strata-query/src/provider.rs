@@ -659,10 +659,7 @@ impl TableProvider for StrataTable {
         // path for the queries after this one: a cold cache costs a query nothing.
         let (memory, parquet): (Vec<LiveSegment>, Vec<LiveSegment>) =
             segments.into_iter().partition(|s| {
-                columns.iter().all(|&c| {
-                    let f = schema.field(c);
-                    cache.contains(&s.meta.path, f.name(), f.data_type())
-                })
+                cache.contains_all(&s.meta.path, columns.iter().map(|&c| schema.field(c)))
             });
         let mut plans: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !memory.is_empty() {

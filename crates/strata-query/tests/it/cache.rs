@@ -43,6 +43,15 @@ fn lines(batches: &[RecordBatch]) -> Vec<String> {
     lines
 }
 
+/// `EXPLAIN ANALYZE` of `sql` as one text.
+async fn explain_analyze(engine: &Engine, sql: &str) -> String {
+    let batches = engine
+        .collect(&format!("EXPLAIN ANALYZE {sql}"))
+        .await
+        .unwrap();
+    lines(&batches).join("\n")
+}
+
 async fn stat(engine: &Engine, column: &str) -> u64 {
     let b = engine
         .collect(&format!("SELECT {column} FROM strata_cache()"))
@@ -117,13 +126,7 @@ async fn cached_scans_answer_as_the_segments_do() {
     assert!(hits > 0, "hot queries read the cache");
     assert!(stat(&cached, "used_bytes").await > 0);
     // A hot scan is the cached one.
-    let plan = lines(
-        &cached
-            .collect("EXPLAIN ANALYZE SELECT sum(temp) FROM weather")
-            .await
-            .unwrap(),
-    )
-    .join("\n");
+    let plan = explain_analyze(&cached, "SELECT sum(temp) FROM weather").await;
     assert!(plan.contains("StrataCachedScan"), "{plan}");
     assert!(plan.contains("columns_from_cache"), "{plan}");
 
@@ -165,13 +168,11 @@ async fn zone_maps_skip_what_filters_exclude() {
     .map(|s| s.to_string())
     .collect();
     agree(&plain, &cached, &qs).await;
-    let plan = lines(
-        &cached
-            .collect("EXPLAIN ANALYZE SELECT * FROM weather WHERE ts BETWEEN 100 AND 130")
-            .await
-            .unwrap(),
+    let plan = explain_analyze(
+        &cached,
+        "SELECT * FROM weather WHERE ts BETWEEN 100 AND 130",
     )
-    .join("\n");
+    .await;
     assert!(plan.contains("StrataCachedScan"), "{plan}");
     let pruned = plan
         .split("zones_pruned=")
