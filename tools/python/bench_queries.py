@@ -35,10 +35,13 @@ import subprocess
 import sys
 import time
 
+import threading
+
 import adbc_driver_flightsql.dbapi as flightsql
 import datafusion
 import duckdb
 import pyarrow as pa
+import pyarrow.flight as flight
 
 
 def free_port():
@@ -53,6 +56,74 @@ def rss_kib(pid, field="VmRSS"):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+class IdleFlightServer(flight.FlightServerBase):
+    """A Flight server that does no work: every GetFlightInfo gets one endpoint, every DoGet
+    a one-row table (an empty SqlInfo answer for the driver's handshake). ADBC's
+    `adbc_get_table_types` (GetFlightInfo + DoGet) against it is the client's own floor for
+    a query's two round trips, measured beside Strata in the same run."""
+
+    TABLE = pa.table({"table_type": ["TABLE"]})
+    SQL_INFO = pa.schema(
+        [
+            pa.field("info_name", pa.uint32(), nullable=False),
+            pa.field(
+                "value",
+                pa.dense_union(
+                    [
+                        pa.field("string_value", pa.utf8()),
+                        pa.field("bool_value", pa.bool_()),
+                        pa.field("bigint_value", pa.int64()),
+                        pa.field("int32_bitmask", pa.int32()),
+                        pa.field("string_list", pa.list_(pa.utf8())),
+                        pa.field(
+                            "int32_to_int32_list_map", pa.map_(pa.int32(), pa.list_(pa.int32()))
+                        ),
+                    ]
+                ),
+                nullable=False,
+            ),
+        ]
+    )
+
+    def get_flight_info(self, context, descriptor):
+        if b"CommandGetSqlInfo" in descriptor.command:
+            return flight.FlightInfo(
+                self.SQL_INFO, descriptor, [flight.FlightEndpoint(b"info", [])], 0, -1
+            )
+        return flight.FlightInfo(
+            self.TABLE.schema, descriptor, [flight.FlightEndpoint(b"rows", [])], 1, -1
+        )
+
+    def do_get(self, context, ticket):
+        if ticket.ticket == b"info":
+            return flight.RecordBatchStream(pa.Table.from_batches([], self.SQL_INFO))
+        return flight.RecordBatchStream(self.TABLE)
+
+
+def median_ms(run, runs):
+    run()
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def adbc_floor(runs):
+    """The median of ADBC's GetFlightInfo + DoGet against a server that does nothing."""
+    server = IdleFlightServer("grpc://127.0.0.1:0")
+    threading.Thread(target=server.serve, daemon=True).start()
+    try:
+        conn = flightsql.connect(f"grpc://127.0.0.1:{server.port}", autocommit=True)
+        try:
+            return median_ms(conn.adbc_get_table_types, runs)
+        finally:
+            conn.close()
+    finally:
+        server.shutdown()
 
 
 class Server:
@@ -254,14 +325,11 @@ def bench(args, rows):
         point = queries[2]["sql"].replace("{t}", "weather").replace("SELECT *", "SELECT temperature")
         for name, sql in (("select_1", "SELECT 1"), ("point", point)):
             for suffix, run in (("", server.query), ("_new_cursor", server.query_fresh)):
-                run(sql)
-                samples = []
-                for _ in range(args.latency_runs):
-                    t, _ = timed(run, sql)
-                    samples.append(t)
-                lat[name + suffix] = statistics.median(samples)
+                lat[name + suffix] = median_ms(lambda: run(sql), args.latency_runs)
+        lat["table_types"] = median_ms(server.conn.adbc_get_table_types, args.latency_runs)
     finally:
         server.stop()
+    lat["table_types_idle_server"] = adbc_floor(args.latency_runs)
 
     if args.strata_only:
         for q in queries:
@@ -365,7 +433,10 @@ def report(rows, queries, results, lat, memory):
         f"ADBC round trip (a cursor kept per query; a new cursor each time): SELECT 1"
         f" {lat['select_1'] * 1000:.2f} ms ({lat['select_1_new_cursor'] * 1000:.2f}),"
         f" point query (one station, one hour) {lat['point'] * 1000:.2f} ms"
-        f" ({lat['point_new_cursor'] * 1000:.2f})"
+        f" ({lat['point_new_cursor'] * 1000:.2f}); the driver's floor, GetFlightInfo + DoGet"
+        f" (adbc_get_table_types) against a Flight server doing nothing:"
+        f" {lat['table_types_idle_server'] * 1000:.2f} ms (Strata"
+        f" {lat['table_types'] * 1000:.2f})"
     )
     print(
         f"memory: strata server RSS {memory['strata_rss_mib']:.0f} MiB"
