@@ -10,6 +10,8 @@
 //! | `weather@t1767225600000` | the newest version committed at or before that time (ms since the epoch) |
 //! | `weather@tag:release-1` | the version tagged `release-1` |
 //!
+//! | `weather@changes:v3,head` | `table_changes('weather', 3)`: see [`crate::changes`] |
+//!
 //! Dataset names cannot contain `@`, so the forms never collide with a dataset.
 
 use std::collections::{BTreeSet, HashMap};
@@ -20,6 +22,7 @@ use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use strata_table::{Catalog, Table, VersionSpec};
 
+use crate::changes::ChangesName;
 use crate::hooks::DatasetHooks;
 use crate::provider::StrataTable;
 
@@ -130,21 +133,23 @@ impl StrataSchema {
         Ok(())
     }
 
+    /// A handle of the dataset. The dataset record is read each time (a dropped and
+    /// recreated dataset has a new id); the cached handle is used while the id is the same.
+    async fn handle(&self, dataset: &str) -> crate::Result<Table> {
+        let fresh = self.catalog.open_table(dataset).await?;
+        let mut handles = self.handles.lock().expect("handles lock");
+        Ok(match handles.get(dataset) {
+            Some(t) if t.id() == fresh.id() => t.clone(),
+            _ => {
+                handles.insert(dataset.to_string(), fresh.clone());
+                fresh
+            }
+        })
+    }
+
     /// The dataset at a version, as a table provider.
     pub async fn open(&self, name: &VersionedName) -> crate::Result<StrataTable> {
-        // The dataset record is read each time (a dropped and recreated dataset has a
-        // new id); the cached handle is used while the id is the same.
-        let fresh = self.catalog.open_table(&name.dataset).await?;
-        let table = {
-            let mut handles = self.handles.lock().expect("handles lock");
-            match handles.get(&name.dataset) {
-                Some(t) if t.id() == fresh.id() => t.clone(),
-                _ => {
-                    handles.insert(name.dataset.clone(), fresh.clone());
-                    fresh
-                }
-            }
-        };
+        let table = self.handle(&name.dataset).await?;
         Ok(StrataTable::at(&table, name.version.clone())
             .await?
             .with_hooks(self.hooks.clone()))
@@ -163,6 +168,11 @@ impl SchemaProvider for StrataSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if let Some(changes) = ChangesName::parse(name) {
+            let changes = changes.map_err(DataFusionError::Plan)?;
+            let table = self.handle(&changes.dataset).await?;
+            return Ok(Some(Arc::new(changes.open(&table).await?)));
+        }
         let name = VersionedName::parse(name).map_err(DataFusionError::Plan)?;
         match self.open(&name).await {
             Ok(t) => Ok(Some(Arc::new(t))),
@@ -174,8 +184,12 @@ impl SchemaProvider for StrataSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        VersionedName::parse(name)
-            .map(|n| self.names.read().expect("names lock").contains(&n.dataset))
+        let dataset = match ChangesName::parse(name) {
+            Some(changes) => changes.map(|c| c.dataset),
+            None => VersionedName::parse(name).map(|n| n.dataset),
+        };
+        dataset
+            .map(|d| self.names.read().expect("names lock").contains(&d))
             .unwrap_or(false)
     }
 }

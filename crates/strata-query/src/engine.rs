@@ -44,6 +44,7 @@ use tracing::debug;
 use crate::cache::SegmentCache;
 use crate::cancel::{self, CancelToken};
 use crate::catalog::{CATALOG, SCHEMA, StrataCatalog, StrataSchema, VersionedName};
+use crate::changes::{Bound, ChangesName};
 use crate::dialect::{StrataDialect, marker_tag, tag_markers};
 use crate::error::{Error, Result};
 use crate::functions::table_functions;
@@ -647,10 +648,107 @@ enum VersionAtRef {
     Timestamp(String),
 }
 
+/// The change feed's table function, rewritten to a table name ([`crate::changes`]).
+const TABLE_CHANGES: &str = "table_changes";
+
+impl Versions<'_> {
+    /// Pass 1: records the call (and its time arguments, to evaluate). Pass 2: the table
+    /// name that reads the changes.
+    fn table_changes(&mut self, args: &[ast::FunctionArg]) -> Result<Option<String>> {
+        let usage = || {
+            Error::plan(
+                "usage: table_changes('dataset', from [, to]) where from and to are a version \
+                 number, a tag ('name') or a time (TIMESTAMP '…')"
+                    .to_string(),
+            )
+        };
+        if !(2..=3).contains(&args.len()) {
+            return Err(usage());
+        }
+        let mut exprs = Vec::with_capacity(3);
+        for arg in args {
+            match arg {
+                ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => exprs.push(e),
+                _ => return Err(usage()),
+            }
+        }
+        let dataset = match exprs[0] {
+            SqlExpr::Value(v) => match &v.value {
+                SqlValue::SingleQuotedString(s) => s.clone(),
+                _ => return Err(usage()),
+            },
+            _ => return Err(usage()),
+        };
+        let mut bounds = Vec::with_capacity(2);
+        for e in &exprs[1..] {
+            bounds.push(match e {
+                SqlExpr::Value(v) => match &v.value {
+                    SqlValue::Number(n, _) => Bound::Version(n.parse().map_err(|_| {
+                        Error::plan(format!("table_changes: {n} is not a version number"))
+                    })?),
+                    SqlValue::SingleQuotedString(tag) => Bound::Tag(tag.clone()),
+                    SqlValue::Placeholder(p) => {
+                        return Err(Error::Unsupported(format!(
+                            "a parameter ({p}) in table_changes; give the versions in the SQL text"
+                        )));
+                    }
+                    _ => return Err(usage()),
+                },
+                // A time: evaluated between the passes.
+                other => Bound::Time(match self.timestamps.as_mut() {
+                    None => {
+                        self.found.push(Some(other.to_string()));
+                        0
+                    }
+                    Some(ts) => ts
+                        .next()
+                        .ok_or_else(|| Error::Execution("timestamp versions out of step".into()))?,
+                }),
+            });
+        }
+        if self.timestamps.is_none() {
+            // Pass 2 must run even when no argument is a time.
+            self.found.push(None);
+            return Ok(None);
+        }
+        let to = bounds.get(1).cloned().unwrap_or(Bound::Head);
+        Ok(Some(
+            ChangesName {
+                dataset,
+                from: bounds.swap_remove(0),
+                to,
+            }
+            .to_table_name(),
+        ))
+    }
+}
+
 impl VisitorMut for Versions<'_> {
     type Break = ();
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table {
+            name,
+            args: Some(args),
+            ..
+        } = factor
+            && name.0.len() == 1
+            && name.to_string().eq_ignore_ascii_case(TABLE_CHANGES)
+        {
+            let renamed = match self.table_changes(&args.args) {
+                Ok(Some(renamed)) => renamed,
+                Ok(None) => return ControlFlow::Continue(()),
+                Err(e) => {
+                    self.error = Some(e);
+                    return ControlFlow::Break(());
+                }
+            };
+            if let TableFactor::Table { name, args, .. } = factor {
+                *name = ast::ObjectName::from(vec![ast::Ident::with_quote('"', renamed)]);
+                *args = None;
+            }
+            return ControlFlow::Continue(());
+        }
         let TableFactor::Table { name, version, .. } = factor else {
             return ControlFlow::Continue(());
         };

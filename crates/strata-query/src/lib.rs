@@ -34,6 +34,7 @@ pub mod cache;
 pub mod cached_scan;
 pub mod cancel;
 pub mod catalog;
+pub mod changes;
 pub mod dialect;
 pub mod engine;
 pub mod error;

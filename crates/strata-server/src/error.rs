@@ -37,9 +37,9 @@ pub fn table_code(e: &TableError) -> Code {
         | TableError::VersionNotFound { .. }
         | TableError::TagNotFound { .. }
         | TableError::NoVersionAtTime { .. } => Code::NotFound,
-        TableError::VersionVacuumed { .. } | TableError::NewerFormat { .. } => {
-            Code::FailedPrecondition
-        }
+        TableError::VersionVacuumed { .. }
+        | TableError::ChangesVacuumed { .. }
+        | TableError::NewerFormat { .. } => Code::FailedPrecondition,
         TableError::DatasetExists(_) | TableError::TagExists { .. } => Code::AlreadyExists,
         TableError::SchemaMismatch(_) | TableError::InvalidArgument(_) | TableError::Types(_) => {
             Code::InvalidArgument

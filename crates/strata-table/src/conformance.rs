@@ -13,7 +13,9 @@ use strata_types::{DatasetName, DatasetSpec};
 
 use crate::error::Error;
 use crate::predicate::{CmpOp, Predicate};
-use crate::table::{Catalog, Table, VacuumPolicy, VersionSpec, WriteOutcome};
+use crate::table::{
+    Catalog, ChangeCursor, ChangeType, Table, VacuumPolicy, VersionSpec, WriteOutcome,
+};
 
 /// A dataset's rows: (partition key `k`, row key `t`) → `v`.
 type Rows = BTreeMap<(String, i64), Option<f64>>;
@@ -75,9 +77,96 @@ async fn read(table: &Table, v: u64) -> Result<Rows, Error> {
     Ok(out)
 }
 
+/// Applies one version's change rows to `copy`, checking each row against it: a delete or
+/// update_before names a row the copy has, exactly; an insert or update_after a key it
+/// does not have once the version's removals are applied.
+fn apply_changes(
+    copy: &mut Rows,
+    v: u64,
+    batches: &[RecordBatch],
+    seen: &mut BTreeMap<String, usize>,
+    ctx: &str,
+) {
+    let mut adds = Vec::new();
+    for b in batches {
+        let k = b.column(0).as_string::<i32>();
+        let t = b.column(1).as_primitive::<Int64Type>();
+        let val = b.column(2).as_primitive::<Float64Type>();
+        let kind = b.column(3).as_string::<i32>();
+        let version = b.column(4).as_primitive::<arrow::datatypes::UInt64Type>();
+        for i in 0..b.num_rows() {
+            assert_eq!(version.value(i), v, "{ctx}: _commit_version");
+            let key = (k.value(i).to_string(), t.value(i));
+            let value = (!val.is_null(i)).then(|| val.value(i));
+            *seen.entry(kind.value(i).to_string()).or_default() += 1;
+            match kind.value(i) {
+                "delete" | "update_before" => assert_eq!(
+                    copy.remove(&key),
+                    Some(value),
+                    "{ctx}: v{v} {} of {key:?}",
+                    kind.value(i)
+                ),
+                "insert" | "update_after" => adds.push((key, value, kind.value(i).to_string())),
+                other => panic!("{ctx}: unknown change type {other}"),
+            }
+        }
+    }
+    for (key, value, kind) in adds {
+        assert!(
+            copy.insert(key.clone(), value).is_none(),
+            "{ctx}: v{v} {kind} of {key:?}, which the copy has"
+        );
+    }
+}
+
+/// Reads the next version's changes from `cursor` and applies them to `copy`.
+async fn follow(
+    cursor: &mut ChangeCursor,
+    copy: &mut Rows,
+    seen: &mut BTreeMap<String, usize>,
+    ctx: &str,
+) -> u64 {
+    let changes = cursor
+        .step(None)
+        .await
+        .unwrap_or_else(|e| panic!("{ctx}: changes: {e}"))
+        .unwrap_or_else(|| panic!("{ctx}: no changes for a committed version"));
+    let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(changes.rows)
+        .await
+        .unwrap_or_else(|e| panic!("{ctx}: change rows of v{}: {e}", changes.version));
+    let quiet = matches!(
+        changes.operation,
+        crate::Operation::Compact { .. } | crate::Operation::Vacuum { .. }
+    );
+    if quiet {
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 0, "{ctx}: {:?} yields no changes", changes.operation);
+    }
+    for b in &batches {
+        let kinds = b.column(3).as_string::<i32>();
+        for kind in kinds.iter().flatten() {
+            assert!(
+                [
+                    ChangeType::Insert,
+                    ChangeType::Delete,
+                    ChangeType::UpdateBefore,
+                    ChangeType::UpdateAfter
+                ]
+                .iter()
+                .any(|k| k.as_str() == kind),
+                "{ctx}: change type {kind}"
+            );
+        }
+    }
+    apply_changes(copy, changes.version, &batches, seen, ctx);
+    changes.version
+}
+
 /// Runs `steps` random operations on a new dataset `name` in `catalog`, checking the
 /// head after each and every version (readable or vacuumed, as the model says) at the
-/// end. Small key space (4 partitions × 12 rows), so upserts and deletes collide.
+/// end. The change feed is followed from version 1 and applied to a copy, which must
+/// equal every version as it commits; at the end a fresh handle replays the changes
+/// from the oldest version vacuum left readable. Small key space (4 partitions × 12 rows), so upserts and deletes collide.
 pub async fn version_model(catalog: &Catalog, name: &str, seed: u64, steps: usize) {
     let spec = DatasetSpec::new(
         DatasetName::new(name).expect("model dataset name"),
@@ -99,6 +188,17 @@ pub async fn version_model(catalog: &Catalog, name: &str, seed: u64, steps: usiz
     let mut oldest = 1u64;
     let mut protected: BTreeSet<u64> = BTreeSet::new();
     let key = |rng: &mut Rng| (format!("p{}", rng.below(4)), rng.below(12) as i64);
+    let mut cursor = ChangeCursor::open(&table, 1).await.expect("change cursor");
+    let mut copy = Rows::new();
+    // Change rows of each type the feed yielded.
+    let mut seen = BTreeMap::new();
+    follow(
+        &mut cursor,
+        &mut copy,
+        &mut seen,
+        &format!("seed {seed}, create"),
+    )
+    .await;
     for step in 0..steps {
         let head = (versions.len() - 1) as u64;
         let mut next = versions[head as usize].clone();
@@ -206,6 +306,11 @@ pub async fn version_model(catalog: &Catalog, name: &str, seed: u64, steps: usiz
         if let Some(v) = committed {
             assert_eq!(v, head + 1, "{ctx}: versions are consecutive");
             versions.push(next);
+            assert_eq!(follow(&mut cursor, &mut copy, &mut seen, &ctx).await, v);
+            assert_eq!(
+                copy, versions[v as usize],
+                "{ctx}: the change feed's copy of v{v}"
+            );
         }
         let head = (versions.len() - 1) as u64;
         assert_eq!(
@@ -241,6 +346,39 @@ pub async fn version_model(catalog: &Catalog, name: &str, seed: u64, steps: usiz
                 "seed {seed}: version {v} (oldest retained {oldest}, protected {protected:?}) was vacuumed"
             ),
             Err(e) => panic!("seed {seed}: read version {v}: {e}"),
+        }
+    }
+    // The whole feed again on the fresh handle, from the first version whose changes
+    // vacuum left readable (1 when nothing was vacuumed).
+    let head = (versions.len() - 1) as u64;
+    let from = match ChangeCursor::open(&fresh, 1).await {
+        Ok(_) if oldest == 1 => 1,
+        Ok(_) => panic!("seed {seed}: changes from version 1 open though vacuumed to {oldest}"),
+        Err(Error::ChangesVacuumed { readable, .. }) => {
+            assert!(oldest > 1, "seed {seed}: changes vacuumed, yet nothing was");
+            assert_eq!(readable, oldest + 1, "seed {seed}: oldest readable change");
+            readable
+        }
+        Err(e) => panic!("seed {seed}: open changes from 1: {e}"),
+    };
+    if from <= head {
+        let mut cursor = ChangeCursor::open(&fresh, from)
+            .await
+            .expect("replay cursor");
+        let mut copy = versions[from as usize - 1].clone();
+        for v in from..=head {
+            let ctx = format!("seed {seed}, replay");
+            assert_eq!(follow(&mut cursor, &mut copy, &mut seen, &ctx).await, v);
+            assert_eq!(copy, versions[v as usize], "{ctx}: copy of v{v}");
+        }
+        assert!(cursor.step(None).await.expect("past the head").is_none());
+    }
+    if steps >= 100 {
+        for kind in ["insert", "delete", "update_before", "update_after"] {
+            assert!(
+                seen.get(kind).copied().unwrap_or(0) > 0,
+                "seed {seed}: the feed never yielded {kind}: {seen:?}"
+            );
         }
     }
     let listed: Vec<u64> = fresh

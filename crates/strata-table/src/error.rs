@@ -23,6 +23,15 @@ pub enum Error {
         version: u64,
         oldest: u64,
     },
+    /// A change feed position whose versions vacuum removed.
+    #[error(
+        "the changes of version {version} of dataset {dataset:?} are no longer readable (vacuumed); the oldest version whose changes are readable is {readable}"
+    )]
+    ChangesVacuumed {
+        dataset: String,
+        version: u64,
+        readable: u64,
+    },
     #[error("dataset {dataset:?} has no tag {tag:?}")]
     TagNotFound { dataset: String, tag: String },
     #[error("dataset {dataset:?} already has a tag {tag:?}")]

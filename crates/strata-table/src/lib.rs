@@ -36,6 +36,10 @@ pub use manifest::{LiveSegment, Manifest, Operation};
 pub use predicate::{CmpOp, Predicate};
 pub use segment::{SegmentMeta, SegmentOptions};
 pub use table::{
+    CHANGE_TYPE, COMMIT_TIMESTAMP, COMMIT_VERSION, ChangeCursor, ChangeType, VersionChanges,
+    changes_schema,
+};
+pub use table::{
     Catalog, Snapshot, Table, TableOptions, TagInfo, VacuumPolicy, VacuumReport, VersionInfo,
     VersionSpec, WriteOutcome,
 };

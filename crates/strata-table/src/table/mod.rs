@@ -2,6 +2,7 @@
 //! vacuum, compaction, upserts and deletes.
 
 mod catalog;
+mod changes;
 mod commit;
 mod history;
 mod maintenance;
@@ -11,6 +12,10 @@ mod versions;
 mod write;
 
 pub use catalog::Catalog;
+pub use changes::{
+    CHANGE_TYPE, COMMIT_TIMESTAMP, COMMIT_VERSION, ChangeCursor, ChangeType, VersionChanges,
+    changes_schema,
+};
 pub use snapshot::Snapshot;
 
 use commit::{Txn, is_duplicate, schema_compatible};
