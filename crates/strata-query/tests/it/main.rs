@@ -1,6 +1,7 @@
 //! Integration tests of the query layer: SQL through DataFusion over Strata tables.
 
 mod cache;
+mod changes;
 mod common;
 mod object_store;
 mod sql;
