@@ -17,7 +17,8 @@ use strata_proto::v1::{
     DropDatasetResponse, FlushRequest, FlushResponse, IngestAck, IngestOpened, IngestRequest,
     IngestResponse, ListDatasetsRequest, ListDatasetsResponse, ListTagsRequest, ListTagsResponse,
     ListVersionsRequest, ListVersionsResponse, QueryRequest, QueryResponse, RollbackRequest,
-    RollbackResponse, TagInfo, VacuumRequest, VacuumResponse, ingest_request, ingest_response,
+    RollbackResponse, SubscribeRequest, SubscribeResponse, TagInfo, VacuumRequest, VacuumResponse,
+    ingest_request, ingest_response,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -200,6 +201,15 @@ impl Strata for Mock {
     type QueryStream = ReceiverStream<Result<QueryResponse, Status>>;
 
     async fn query(&self, _: Request<QueryRequest>) -> Result<Response<Self::QueryStream>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    type SubscribeStream = ReceiverStream<Result<SubscribeResponse, Status>>;
+
+    async fn subscribe(
+        &self,
+        _: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         Err(Status::unimplemented("mock"))
     }
 

@@ -274,6 +274,20 @@ impl Engine {
         (state, log)
     }
 
+    /// The runtime statements run on: the query runtime, or the caller's.
+    pub(crate) fn runtime(&self) -> tokio::runtime::Handle {
+        self.inner
+            .config
+            .runtime
+            .clone()
+            .unwrap_or_else(tokio::runtime::Handle::current)
+    }
+
+    /// A session for one statement of the engine's own (a subscription's step).
+    pub(crate) fn statement_state(&self) -> SessionState {
+        self.session().0
+    }
+
     async fn prepare_inner(&self, sql: &str) -> Result<Prepared> {
         // Read before planning: a change made while planning makes the plan stale.
         let changes = self.inner.catalog.changes();

@@ -46,6 +46,7 @@ pub mod overflow;
 pub mod provider;
 pub mod sink;
 pub mod statements;
+pub mod subscribe;
 pub mod views;
 
 use std::sync::Arc;
@@ -63,6 +64,7 @@ pub use error::{Error, Result};
 pub use hooks::{CatalogHooks, DatasetHooks, HookError};
 pub use object_store::BlobObjectStore;
 pub use provider::{DEFAULT_STORE_URL, PruneStats, ScanLog, StrataTable};
+pub use subscribe::{ChangeEvent, SubscribeRequest, Subscription};
 
 /// Registers the catalog's blob store under [`DEFAULT_STORE_URL`] and every dataset, at
 /// its head version, as a table of the same name. Returns the names registered.

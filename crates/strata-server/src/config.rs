@@ -14,6 +14,9 @@
 //! idle_timeout_s = 300             # a connection with no request open this long closes
 //! handshake_timeout_s = 10         # a connection must start a request within this
 //! max_prepared_per_session = 1000  # open Flight SQL prepared statements per connection
+//! max_subscriptions = 256          # change feeds (Subscribe, Flight DoGet) running at once
+//! subscription_poll_ms = 200       # how often a subscription looks for commits made
+//!                                  # through other servers (this one's wake it at once)
 //!
 //! [tls]                            # both, or neither (plaintext)
 //! cert = "server.pem"              # certificate chain, PEM
@@ -74,6 +77,8 @@ pub struct ServerConfig {
     pub idle_timeout_s: u64,
     pub handshake_timeout_s: u64,
     pub max_prepared_per_session: usize,
+    pub max_subscriptions: usize,
+    pub subscription_poll_ms: u64,
     pub tls: TlsSettings,
     pub auth: crate::auth::AuthSettings,
     pub ingest: IngestSettings,
@@ -159,6 +164,8 @@ impl Default for ServerConfig {
             idle_timeout_s: 300,
             handshake_timeout_s: 10,
             max_prepared_per_session: 1000,
+            max_subscriptions: 256,
+            subscription_poll_ms: 200,
             tls: TlsSettings::default(),
             auth: crate::auth::AuthSettings::default(),
             ingest: IngestSettings::default(),
@@ -243,6 +250,9 @@ impl ServerConfig {
                  handshake_timeout_s and max_prepared_per_session must be positive"
                     .into(),
             );
+        }
+        if !(10..=60_000).contains(&self.subscription_poll_ms) {
+            return bad("subscription_poll_ms must be 10..=60000".into());
         }
         if i.flush_interval_ms == 0 || i.flush_rows == 0 || i.flush_mb == 0 {
             return bad("flush_interval_ms, flush_rows and flush_mb must be positive".into());

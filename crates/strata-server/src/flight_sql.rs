@@ -82,6 +82,8 @@ use crate::flight::{BoxStream, FlightIngest};
 use crate::flight_actions::Actions;
 use crate::prepared::{Plan, PreparedStatements, Statement};
 use crate::service::client_deadline;
+use crate::subscribe::{self, SUBSCRIBE_TYPE_URL, Subscriptions};
+use strata_proto::v1::SubscribeRequest as PbSubscribeRequest;
 
 /// Who sent a request (none for in-process calls).
 fn caller<T>(request: &Request<T>) -> Option<&Caller> {
@@ -114,6 +116,8 @@ struct Inner {
     max_decoded: usize,
     /// The accepted tokens, for Handshake; `None` without authentication.
     auth: Option<Arc<Authenticator>>,
+    /// Change feeds, for DoGet with a subscription ticket.
+    subscriptions: Subscriptions,
 }
 
 impl std::fmt::Debug for StrataFlight {
@@ -133,6 +137,7 @@ impl StrataFlight {
         max_decoded: usize,
         max_prepared_per_session: usize,
         auth: Option<Arc<Authenticator>>,
+        subscriptions: Subscriptions,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -143,6 +148,7 @@ impl StrataFlight {
                 sql_info: sql_info(),
                 max_decoded,
                 auth,
+                subscriptions,
             }),
         }
     }
@@ -727,6 +733,24 @@ impl FlightSqlService for StrataFlight {
             .await
             .map_err(query_status)?;
         Ok(flight_stream(stream))
+    }
+
+    /// A subscription ticket (see [`crate::subscribe`]); anything else is refused.
+    async fn do_get_fallback(
+        &self,
+        _request: Request<arrow_flight::Ticket>,
+        message: Any,
+    ) -> Result<Response<DoGetStream>, Status> {
+        if message.type_url != SUBSCRIBE_TYPE_URL {
+            return Err(Status::invalid_argument(format!(
+                "unknown ticket type {:?}",
+                message.type_url
+            )));
+        }
+        let request = PbSubscribeRequest::decode(message.value.as_ref())
+            .map_err(|e| Status::invalid_argument(format!("subscription ticket: {e}")))?;
+        let running = self.inner.subscriptions.start(request).await?;
+        Ok(Response::new(subscribe::flight_data(running)))
     }
 
     async fn do_put_statement_update(

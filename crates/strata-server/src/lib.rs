@@ -27,6 +27,7 @@ pub mod flight_sql;
 pub mod prepared;
 pub mod service;
 pub mod sql;
+pub mod subscribe;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -207,10 +208,16 @@ impl Server {
             source,
         })?;
         let max_message = config.max_message_mb << 20;
+        let subscriptions = subscribe::Subscriptions::new(
+            engine.clone(),
+            config.max_subscriptions,
+            Duration::from_millis(config.subscription_poll_ms),
+        );
         let strata = StrataServer::new(service::StrataService::new(
             ingester.clone(),
             engine.clone(),
             config.default_shards,
+            subscriptions.clone(),
         ))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -220,6 +227,7 @@ impl Server {
             config.ingest.max_batch_mb << 20,
             config.max_prepared_per_session,
             auth.clone(),
+            subscriptions,
         );
         let prepared = flight_service.prepared_statements();
         let flight = FlightServiceServer::new(flight_service)

@@ -15,8 +15,9 @@ use strata_proto::v1::{
     DropDatasetRequest, DropDatasetResponse, FlushRequest, FlushResponse, IngestAck, IngestOpened,
     IngestRequest, IngestResponse, ListDatasetsRequest, ListDatasetsResponse, ListTagsRequest,
     ListTagsResponse, ListVersionsRequest, ListVersionsResponse, QueryRequest, QueryResponse,
-    RollbackRequest, RollbackResponse, TagInfo as PbTagInfo, VacuumRequest, VacuumResponse,
-    VersionInfo as PbVersionInfo, VersionRef, ingest_request, ingest_response, version_ref,
+    RollbackRequest, RollbackResponse, SubscribeRequest as PbSubscribeRequest,
+    TagInfo as PbTagInfo, VacuumRequest, VacuumResponse, VersionInfo as PbVersionInfo, VersionRef,
+    ingest_request, ingest_response, version_ref,
 };
 use strata_query::Engine;
 use strata_table::{Table, TagInfo, VacuumPolicy, VersionInfo, VersionSpec};
@@ -28,6 +29,7 @@ use tracing::{debug, info};
 
 use crate::auth::Caller;
 use crate::error::{ingest_status, query_status, table_status};
+use crate::subscribe::{SubscribeStream, Subscriptions};
 
 /// Acks not yet sent on one stream; beyond this the stream is not read further.
 const MAX_PENDING_ACKS: usize = 4096;
@@ -37,14 +39,21 @@ pub struct StrataService {
     ingester: Ingester,
     engine: Engine,
     default_shards: u32,
+    subscriptions: Subscriptions,
 }
 
 impl StrataService {
-    pub fn new(ingester: Ingester, engine: Engine, default_shards: u32) -> Self {
+    pub fn new(
+        ingester: Ingester,
+        engine: Engine,
+        default_shards: u32,
+        subscriptions: Subscriptions,
+    ) -> Self {
         Self {
             ingester,
             engine,
             default_shards,
+            subscriptions,
         }
     }
 
@@ -358,6 +367,15 @@ impl Strata for StrataService {
     }
 
     type QueryStream = QueryStream;
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<PbSubscribeRequest>,
+    ) -> Result<Response<SubscribeStream>, Status> {
+        let running = self.subscriptions.start(request.into_inner()).await?;
+        Ok(Response::new(crate::subscribe::responses(running)?))
+    }
 
     async fn query(
         &self,

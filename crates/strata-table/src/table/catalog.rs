@@ -20,7 +20,7 @@ pub struct Catalog {
     pub(super) options: TableOptions,
     /// Changes made through this catalog (and its clones and tables), see
     /// [`Catalog::changes`].
-    pub(super) changes: Arc<AtomicU64>,
+    pub(super) changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Catalog {
@@ -50,7 +50,7 @@ impl Catalog {
             meta,
             log,
             options,
-            changes: Arc::default(),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 
@@ -59,11 +59,16 @@ impl Catalog {
     /// nothing changed here in between (other processes sharing the store are not
     /// counted).
     pub fn changes(&self) -> u64 {
-        self.changes.load(Ordering::Acquire)
+        *self.changes.borrow()
+    }
+
+    /// Wakes when [`Catalog::changes`] moves (a commit through this process, say).
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub(super) fn changed(&self) {
-        self.changes.fetch_add(1, Ordering::AcqRel);
+        self.changes.send_modify(|c| *c += 1);
     }
 
     pub fn options(&self) -> &TableOptions {

@@ -22,7 +22,6 @@ use commit::{Txn, is_duplicate, schema_compatible};
 use snapshot::read_segments;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
@@ -168,7 +167,7 @@ struct TableInner {
     meta: Arc<dyn MetaStore>,
     log: Arc<dyn VersionLog>,
     /// The catalog's change counter.
-    changes: Arc<AtomicU64>,
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
     options: TableOptions,
     id: String,
     spec: DatasetSpec,
@@ -180,7 +179,7 @@ struct TableInner {
 impl Table {
     /// Counts a change in the catalog's [`Catalog::changes`].
     pub(super) fn changed(&self) {
-        self.inner.changes.fetch_add(1, Ordering::AcqRel);
+        self.inner.changes.send_modify(|c| *c += 1);
     }
 
     fn new(catalog: &Catalog, id: String, spec: DatasetSpec) -> Self {
