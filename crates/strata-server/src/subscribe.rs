@@ -3,15 +3,16 @@
 //!
 //! Flight: the ticket is a protobuf `Any` with type URL [`SUBSCRIBE_TYPE_URL`] and a
 //! `strata.v1.SubscribeRequest` as value. The stream's schema is the subscription's;
-//! every batch message carries `app_metadata` JSON `{"version":…,"timestamp_ms":…,
-//! "operation":…,"complete":false}`, and each version ends with a message of no data
+//! every batch carries `app_metadata` JSON `{"version":…,"timestamp_ms":…,
+//! "operation":…,"complete":false}`, and each version ends with a batch of no rows
 //! whose metadata has `"complete":true` (pyarrow: `reader.read_chunk()` gives
-//! `(None, metadata)`).
+//! `(batch, metadata)`).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
 use arrow::ipc::writer::{
     DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions, StreamWriter,
 };
@@ -153,23 +154,27 @@ pub fn flight_data(running: Running) -> FlightStream {
             Ok(event) => event,
             Err(e) => return Some((vec![Err(query_status(e))], None)),
         };
-        let mut out = Vec::new();
-        match &event.batch {
-            Some(batch) => {
-                let encoded =
-                    IpcDataGenerator::default().encode(batch, &mut tracker, &options, &mut context);
-                match encoded {
-                    Ok((dictionaries, data)) => {
-                        out.extend(dictionaries.into_iter().map(|d| Ok(FlightData::from(d))));
-                        out.push(Ok(
-                            FlightData::from(data).with_app_metadata(metadata(&event))
-                        ));
-                    }
-                    Err(e) => return Some((vec![Err(encode_error(e))], None)),
-                }
+        // A version ends with a batch of no rows whose metadata says so: clients of
+        // every language decode it (metadata-only messages are not read alike).
+        let batch = event
+            .batch
+            .clone()
+            .unwrap_or_else(|| RecordBatch::new_empty(running.subscription.schema.clone()));
+        let encoded =
+            IpcDataGenerator::default().encode(&batch, &mut tracker, &options, &mut context);
+        let out = match encoded {
+            Ok((dictionaries, data)) => {
+                let mut out: Vec<_> = dictionaries
+                    .into_iter()
+                    .map(|d| Ok(FlightData::from(d)))
+                    .collect();
+                out.push(Ok(
+                    FlightData::from(data).with_app_metadata(metadata(&event))
+                ));
+                out
             }
-            None => out.push(Ok(FlightData::new().with_app_metadata(metadata(&event)))),
-        }
+            Err(e) => return Some((vec![Err(encode_error(e))], None)),
+        };
         Some((out, Some((running, tracker, context, options))))
     })
     .flat_map(futures::stream::iter);

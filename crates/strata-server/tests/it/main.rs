@@ -5,3 +5,4 @@ mod cassandra;
 mod e2e;
 mod flight_sql;
 mod hostile;
+mod subscribe;
