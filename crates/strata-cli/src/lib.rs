@@ -33,6 +33,7 @@ pub mod serve;
 pub mod split;
 pub mod sql;
 pub mod versions;
+pub mod watch;
 
 pub use error::{Error, Result};
 

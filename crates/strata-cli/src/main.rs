@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use strata_cli::{client, datasets, demo, ingest, serve, sql, versions};
+use strata_cli::{client, datasets, demo, ingest, serve, sql, versions, watch};
 
 /// Strata, a versioned columnar analytics database: command-line client.
 #[derive(Debug, Parser)]
@@ -69,6 +69,9 @@ enum Command {
     /// Remove old versions (never the head or a tagged one) and the segments only they
     /// use. Without flags, versions of the last 7 days are kept.
     Vacuum(versions::VacuumArgs),
+    /// Print a dataset's changes as versions commit: inserted, deleted and updated rows
+    /// (from --from VERSION on, or only new ones), filtered on the server with --where.
+    Watch(watch::WatchArgs),
     /// Merge a dataset's small segments (a new version with the same rows).
     Compact {
         /// Dataset name.
@@ -152,6 +155,9 @@ async fn run(cli: Cli) -> strata_cli::Result<()> {
         }
         Command::Compact { dataset } => {
             versions::compact(&mut client::connect(server).await?, &dataset, &mut out).await
+        }
+        Command::Watch(args) => {
+            watch::run(&mut client::connect(server).await?, &args, &mut out).await
         }
         Command::Demo(args) => demo::run(args).await,
         Command::Tls(TlsCommand::SelfSigned { out, hosts }) => {

@@ -119,3 +119,99 @@ async fn ingest_resumes_without_duplicates_against_a_real_server() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// `strata watch`: the history from --from, then versions committed while it runs,
+/// filtered on the server, until --until; as tables and as NDJSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_changes_as_versions_commit() {
+    use crate::watch::{self, WatchArgs, WatchFormat};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerConfig::ephemeral(dir.path().join("data")))
+        .await
+        .unwrap();
+    let url = server.url();
+    let mut c = crate::client::connect(&url).await.unwrap();
+    for sql in [
+        "CREATE TABLE readings (sensor VARCHAR NOT NULL, t BIGINT NOT NULL, temp DOUBLE, \
+         PRIMARY KEY ((sensor), t))",
+        "INSERT INTO readings VALUES ('a', 1, 20.5), ('b', 1, 41.0)",
+    ] {
+        crate::query::collect(&mut c, sql, "setup").await.unwrap();
+    }
+    // v1 create, v2 insert; v3 (an update of a) and v4 (a delete) commit while watching.
+    let writer = async {
+        let mut c = crate::client::connect(&url).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        for sql in [
+            "INSERT INTO readings VALUES ('a', 1, 45.0)",
+            "DELETE FROM readings WHERE sensor = 'b'",
+        ] {
+            crate::query::collect(&mut c, sql, "write").await.unwrap();
+        }
+    };
+    let args = WatchArgs {
+        dataset: "readings".into(),
+        from: Some(1),
+        filter: Some("temp > 40".into()),
+        columns: vec!["sensor".into(), "temp".into()],
+        until: Some(4),
+        format: WatchFormat::Table,
+    };
+    let mut out = Vec::new();
+    let (watched, ()) = tokio::join!(watch::run(&mut c, &args, &mut out), writer);
+    watched.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let headings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("version "))
+        .map(|l| l.split(" at ").next().unwrap())
+        .collect();
+    assert_eq!(
+        headings,
+        [
+            "version 1 (create)",
+            "version 2 (upsert)",
+            "version 3 (upsert)",
+            "version 4 (delete)"
+        ],
+        "{text}"
+    );
+    assert!(text.contains("version 1 (create) at"), "{text}");
+    assert!(text.contains(": 1 change\n"), "{text}");
+    // v3's update_before (20.5) is filtered out by temp > 40; its update_after is not.
+    assert!(text.contains("| a      | 45.0 | update_after"), "{text}");
+    assert!(!text.contains("20.5"), "{text}");
+    assert!(text.contains("| b      | 41.0 | delete"), "{text}");
+
+    // NDJSON, one object per row, from v3 to v3.
+    let args = WatchArgs {
+        from: Some(3),
+        filter: None,
+        columns: vec![],
+        until: Some(3),
+        format: WatchFormat::Ndjson,
+        ..args
+    };
+    let mut out = Vec::new();
+    watch::run(&mut c, &args, &mut out).await.unwrap();
+    let rows: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["_change_type"], "update_before");
+    assert_eq!(rows[0]["temp"], 20.5);
+    assert_eq!(rows[1]["_change_type"], "update_after");
+    assert_eq!(rows[1]["_commit_version"], 3);
+    // A bad filter is the server's INVALID_ARGUMENT, said plainly.
+    let args = WatchArgs {
+        filter: Some("temp >".into()),
+        ..args
+    };
+    let err = watch::run(&mut c, &args, &mut Vec::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("filter"), "{err}");
+    server.shutdown().await.unwrap();
+}
