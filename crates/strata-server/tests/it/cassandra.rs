@@ -415,3 +415,47 @@ async fn drop_keyspace(keyspace: &str) {
         .unwrap();
     store.drop_keyspace().await.unwrap();
 }
+
+/// A subscriber of server A sees commits made through server B on the same keyspace
+/// (found by polling the version log), in order, without gap or repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_see_commits_of_other_servers() {
+    use crate::subscribe::subscribe;
+    let store = on_cassandra("strata_feed");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start(dir_a.path(), &store).await;
+    let b = start(dir_b.path(), &store).await;
+    let (mut ca, mut cb) = (client(&a).await, client(&b).await);
+    create(&mut ca, "events", true).await;
+    let mut feed = subscribe(
+        &mut ca,
+        strata_proto::v1::SubscribeRequest {
+            dataset: "events".into(),
+            from_version: Some(1),
+            filter: "t % 2 = 0".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut last = 0;
+    for i in 0..3 {
+        let out = ingest(
+            &mut cb,
+            "events",
+            "pb",
+            vec![(i + 1, ipc(&batch(i as i64 * 100, 100)))],
+        )
+        .await
+        .unwrap();
+        assert!(out.status.is_none(), "{:?}", out.status);
+        last = flush(&mut cb, "events").await;
+    }
+    feed.until(last).await.unwrap();
+    assert_eq!(feed.completed, (1..=last).collect::<Vec<_>>());
+    let rows: usize = feed.rows.values().map(Vec::len).sum();
+    assert_eq!(rows, 150, "the even t of 300 rows written through B");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    drop_keyspace("strata_feed").await;
+}
