@@ -39,6 +39,8 @@ struct Args {
     producers: usize,
     subscribers: usize,
     flush_ms: u64,
+    /// The subscribers' server-side filter (every row when empty).
+    filter: String,
 }
 
 fn parse_args() -> Args {
@@ -48,9 +50,14 @@ fn parse_args() -> Args {
         producers: 2,
         subscribers: 10,
         flush_ms: 1000,
+        filter: String::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--filter" {
+            args.filter = it.next().unwrap_or_else(|| usage());
+            continue;
+        }
         let mut value = || -> usize {
             it.next()
                 .and_then(|v| v.replace('_', "").parse().ok())
@@ -71,7 +78,7 @@ fn parse_args() -> Args {
 fn usage() -> ! {
     eprintln!(
         "usage: feed-bench [--rows N] [--batch-rows N] [--producers N] [--subscribers N] \
-         [--flush-ms MS]"
+         [--flush-ms MS] [--filter SQL]"
     );
     std::process::exit(2)
 }
@@ -136,18 +143,29 @@ async fn produce(url: &str, dataset: &str, producer: usize, batches: Vec<Bytes>)
     assert_eq!(acks, n, "every batch acknowledged");
 }
 
-/// What one subscriber saw: latency per version, rows.
+/// What one subscriber saw: latencies per version, rows.
 struct Seen {
+    /// Commit to the version's first rows (versions with rows).
+    first_ms: Vec<f64>,
+    /// Commit to the version's end (every row of it received).
     latencies_ms: Vec<f64>,
     rows: usize,
 }
 
-async fn subscriber(url: &str, dataset: String, rows: usize) -> Seen {
+/// Follows `dataset` from version 2 until the version `last` names (known once the
+/// load is flushed) is complete.
+async fn subscriber(
+    url: &str,
+    dataset: String,
+    filter: String,
+    mut last: tokio::sync::watch::Receiver<u64>,
+) -> Seen {
     let mut c = connect(url).await;
     let mut stream = c
         .subscribe(SubscribeRequest {
             dataset,
             from_version: Some(2),
+            filter,
             ..Default::default()
         })
         .await
@@ -155,29 +173,37 @@ async fn subscriber(url: &str, dataset: String, rows: usize) -> Seen {
         .into_inner();
     let mut decoder = StreamDecoder::new();
     let mut seen = Seen {
+        first_ms: vec![],
         latencies_ms: vec![],
         rows: 0,
     };
-    let mut last = 1;
-    while seen.rows < rows {
-        let m = stream
-            .message()
-            .await
-            .expect("subscription")
-            .expect("the subscription ended early");
+    let (mut done, mut started) = (1, 1);
+    loop {
+        if done >= *last.borrow() {
+            return seen;
+        }
+        let m = tokio::select! {
+            m = stream.message() => m.expect("subscription").expect("the subscription ended early"),
+            _ = last.changed() => continue,
+        };
         let mut buffer = Buffer::from(m.arrow_ipc);
         while !buffer.is_empty() {
             if let Some(b) = decoder.decode(&mut buffer).expect("IPC") {
                 seen.rows += b.num_rows();
             }
         }
+        if m.version == 0 {
+            continue; // the schema message
+        }
         if m.version_complete {
-            assert_eq!(m.version, last + 1, "versions in order, without gap");
-            last = m.version;
+            assert_eq!(m.version, done + 1, "versions in order, without gap");
+            done = m.version;
             seen.latencies_ms.push(now_ms() - m.timestamp_ms as f64);
+        } else if m.version > started {
+            started = m.version;
+            seen.first_ms.push(now_ms() - m.timestamp_ms as f64);
         }
     }
-    seen
 }
 
 fn pct(sorted: &[f64], q: f64) -> f64 {
@@ -190,8 +216,10 @@ fn pct(sorted: &[f64], q: f64) -> f64 {
 struct Run {
     acked: Duration,
     flushed: Duration,
+    first_ms: Vec<f64>,
     latencies_ms: Vec<f64>,
-    versions: usize,
+    versions: u64,
+    rows_seen: usize,
 }
 
 async fn run(server: &Server, args: &Args, load: &[Vec<Bytes>], subscribers: usize) -> Run {
@@ -203,11 +231,13 @@ async fn run(server: &Server, args: &Args, load: &[Vec<Bytes>], subscribers: usi
     })
     .await
     .expect("create");
+    // Each subscriber learns the last version once the load is flushed.
+    let (last_tx, last_rx) = tokio::sync::watch::channel(u64::MAX);
     let watchers: Vec<_> = (0..subscribers)
         .map(|_| {
-            let (url, dataset) = (url.clone(), dataset.clone());
-            let rows = args.rows;
-            tokio::spawn(async move { subscriber(&url, dataset, rows).await })
+            let (url, dataset, filter) = (url.clone(), dataset.clone(), args.filter.clone());
+            let last = last_rx.clone();
+            tokio::spawn(async move { subscriber(&url, dataset, filter, last).await })
         })
         .collect();
     // Let the subscriptions open before the load starts.
@@ -225,29 +255,52 @@ async fn run(server: &Server, args: &Args, load: &[Vec<Bytes>], subscribers: usi
         p.await.expect("producer");
     }
     let acked = start.elapsed();
-    c.flush(FlushRequest {
-        dataset: dataset.clone(),
-    })
-    .await
-    .expect("flush");
+    let last = c
+        .flush(FlushRequest {
+            dataset: dataset.clone(),
+        })
+        .await
+        .expect("flush")
+        .into_inner()
+        .version;
     let flushed = start.elapsed();
-    let mut latencies_ms = Vec::new();
-    let mut versions = 0;
+    last_tx.send(last).expect("subscribers listen");
+    let (mut first_ms, mut latencies_ms) = (Vec::new(), Vec::new());
+    let mut rows_seen = None;
     for w in watchers {
         let seen = tokio::time::timeout(Duration::from_secs(600), w)
             .await
             .expect("subscribers finish")
             .expect("subscriber");
-        assert_eq!(seen.rows, args.rows, "every row reached every subscriber");
-        versions = versions.max(seen.latencies_ms.len());
+        assert_eq!(
+            seen.latencies_ms.len() as u64,
+            last - 1,
+            "every version, once"
+        );
+        assert!(
+            rows_seen.is_none_or(|r| r == seen.rows),
+            "subscribers saw the same rows"
+        );
+        rows_seen = Some(seen.rows);
+        first_ms.extend(seen.first_ms);
         latencies_ms.extend(seen.latencies_ms);
     }
+    if args.filter.is_empty() && subscribers > 0 {
+        assert_eq!(
+            rows_seen,
+            Some(args.rows),
+            "every row reached every subscriber"
+        );
+    }
+    first_ms.sort_by(f64::total_cmp);
     latencies_ms.sort_by(f64::total_cmp);
     Run {
         acked,
         flushed,
+        first_ms,
         latencies_ms,
-        versions,
+        versions: last - 1,
+        rows_seen: rows_seen.unwrap_or(0),
     }
 }
 
@@ -300,17 +353,26 @@ fn main() {
             rate(with.acked) / rate(without.acked),
             rate(with.flushed) / rate(without.flushed)
         );
-        let l = &with.latencies_ms;
         println!(
-            "commit-to-subscriber latency over {} versions x {} subscribers: p50 {:.1} ms, \
-             p99 {:.1} ms, max {:.1} ms (flush interval {} ms)",
-            with.versions,
-            args.subscribers,
-            pct(l, 0.5),
-            pct(l, 0.99),
-            l.last().copied().unwrap_or(f64::NAN),
-            args.flush_ms
+            "subscribers' filter: {}; each received {} rows",
+            if args.filter.is_empty() { "none (every row)" } else { &args.filter },
+            with.rows_seen
         );
+        for (what, l) in [
+            ("the version's first rows", &with.first_ms),
+            ("the version's end (all its rows)", &with.latencies_ms),
+        ] {
+            println!(
+                "commit to {what}, {} versions x {} subscribers: p50 {:.1} ms, p99 {:.1} ms, \
+                 max {:.1} ms (flush interval {} ms)",
+                with.versions,
+                args.subscribers,
+                pct(l, 0.5),
+                pct(l, 0.99),
+                l.last().copied().unwrap_or(f64::NAN),
+                args.flush_ms
+            );
+        }
         server.shutdown().await.expect("shutdown");
     });
 }

@@ -113,6 +113,8 @@ struct Inner {
     schema: Arc<StrataSchema>,
     state: SessionState,
     cache: Arc<SegmentCache>,
+    /// Recent versions' change rows, shared by subscriptions.
+    recent: Arc<crate::subscribe::RecentChanges>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -172,6 +174,7 @@ impl Engine {
                 schema,
                 state,
                 cache,
+                recent: Arc::default(),
             }),
         })
     }
@@ -281,6 +284,11 @@ impl Engine {
             .runtime
             .clone()
             .unwrap_or_else(tokio::runtime::Handle::current)
+    }
+
+    /// Recent versions' change rows, shared by subscriptions.
+    pub(crate) fn recent_changes(&self) -> &Arc<crate::subscribe::RecentChanges> {
+        &self.inner.recent
     }
 
     /// A session for one statement of the engine's own (a subscription's step).

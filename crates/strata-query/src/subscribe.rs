@@ -135,9 +135,11 @@ impl Engine {
                     changes.timestamp_ms,
                     changes.operation.name(),
                 );
-                let mut rows = self
-                    .continuous(&table_schema, &request, changes.rows)
+                let shared = self
+                    .recent_changes()
+                    .rows(cursor.table().id(), &table_schema, version, changes.rows)
                     .await?;
+                let mut rows = self.continuous(&table_schema, &request, shared).await?;
                 while let Some(batch) = rows.next().await {
                     let batch = batch.map_err(Error::from)?;
                     if batch.num_rows() == 0 {
@@ -214,6 +216,127 @@ impl Engine {
             df = df.select_columns(&columns)?;
         }
         Ok(df.execute_stream().await?)
+    }
+}
+
+/// The change rows of the versions subscriptions read last, so that subscribers
+/// following one dataset read and decode each version once between them, not once each.
+/// Bounded by [`RECENT_CHANGES_BYTES`]; a version larger than that streams to each
+/// subscriber on its own, as it would without the cache.
+#[derive(Debug, Default)]
+pub struct RecentChanges {
+    inner: Mutex<Recent>,
+}
+
+/// What [`RecentChanges`] holds at most, in bytes of Arrow memory.
+pub const RECENT_CHANGES_BYTES: usize = 256 << 20;
+
+/// A version's change rows: (table id, version, the columns they were read with).
+type RecentKey = (String, u64, Vec<String>);
+
+/// `None` in a slot: the version was too large to keep.
+type Slot = Arc<tokio::sync::OnceCell<Option<Arc<Vec<RecordBatch>>>>>;
+
+/// Versions [`RecentChanges`] remembers at most (filled, too large or being read).
+const RECENT_VERSIONS: usize = 1024;
+
+#[derive(Debug, Default)]
+struct Recent {
+    /// Each version's slot and the bytes it holds.
+    slots: std::collections::HashMap<RecentKey, (Slot, usize)>,
+    /// Keys in the order their slots were made.
+    order: std::collections::VecDeque<RecentKey>,
+    used: usize,
+}
+
+impl Recent {
+    /// Drops the oldest slots while over either budget.
+    fn evict(&mut self) {
+        while self.used > RECENT_CHANGES_BYTES || self.order.len() > RECENT_VERSIONS {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, bytes)) = self.slots.remove(&old) {
+                self.used -= bytes;
+            }
+        }
+    }
+}
+
+impl RecentChanges {
+    /// The rows of `version`: from the cache if another subscription read them, else
+    /// from `rows` (kept for the others when they fit).
+    async fn rows(
+        &self,
+        table_id: &str,
+        schema: &SchemaRef,
+        version: u64,
+        rows: BoxStream<'static, strata_table::Result<RecordBatch>>,
+    ) -> Result<BoxStream<'static, strata_table::Result<RecordBatch>>> {
+        let key: RecentKey = (
+            table_id.to_string(),
+            version,
+            schema.fields().iter().map(|f| f.name().clone()).collect(),
+        );
+        let slot = {
+            let mut inner = self.inner.lock().expect("recent changes lock");
+            let slot = match inner.slots.get(&key) {
+                Some((slot, _)) => slot.clone(),
+                None => {
+                    let slot = Slot::default();
+                    inner.slots.insert(key.clone(), (slot.clone(), 0));
+                    inner.order.push_back(key.clone());
+                    inner.evict();
+                    slot
+                }
+            };
+            slot
+        };
+        let mut rows = Some(rows);
+        // The first subscription to get here reads the version; the others wait for it.
+        let kept = slot
+            .get_or_try_init(|| async {
+                let mut stream = rows.take().expect("read once");
+                let (mut batches, mut bytes) = (Vec::new(), 0);
+                while let Some(b) = stream.next().await {
+                    let b = b?;
+                    bytes += b.get_array_memory_size();
+                    batches.push(b);
+                    if bytes > RECENT_CHANGES_BYTES {
+                        // Too large to share: this subscription goes on with the rest.
+                        rows = Some(
+                            futures::stream::iter(batches.into_iter().map(Ok))
+                                .chain(stream)
+                                .boxed(),
+                        );
+                        return Ok::<_, Error>(None);
+                    }
+                }
+                self.insert(key.clone(), bytes);
+                Ok(Some(Arc::new(batches)))
+            })
+            .await?;
+        Ok(match (kept, rows) {
+            (Some(batches), _) => {
+                let batches = batches.clone();
+                futures::stream::iter((0..batches.len()).map(move |i| Ok(batches[i].clone())))
+                    .boxed()
+            }
+            // Too large: this subscription's own stream (read in part above, or not yet).
+            (None, Some(rows)) => rows,
+            (None, None) => unreachable!("a slot without rows is filled by this call"),
+        })
+    }
+
+    /// Counts the bytes of a filled slot (if it was not evicted meanwhile), evicting the
+    /// oldest beyond the budget.
+    fn insert(&self, key: RecentKey, bytes: usize) {
+        let mut inner = self.inner.lock().expect("recent changes lock");
+        if let Some((_, size)) = inner.slots.get_mut(&key) {
+            *size = bytes;
+            inner.used += bytes;
+            inner.evict();
+        }
     }
 }
 

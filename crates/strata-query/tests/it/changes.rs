@@ -298,3 +298,69 @@ async fn the_cost_follows_the_change() {
         "the changes of one small version read {change} bytes, a scan of the table {scan}"
     );
 }
+
+/// Receives events of `sub` until `version` is complete; returns its rows.
+async fn rows_until(sub: &mut strata_query::Subscription, version: u64) -> usize {
+    let mut rows = 0;
+    loop {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(30), sub.events.recv())
+            .await
+            .expect("the version arrives")
+            .expect("the subscription runs")
+            .unwrap();
+        match &event.batch {
+            Some(b) => rows += b.num_rows(),
+            None if event.version == version => return rows,
+            None => {}
+        }
+    }
+}
+
+/// Subscriptions following one dataset read each version's segments once between them:
+/// a version read by five subscribers costs the bytes one reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_share_what_a_version_reads() {
+    let blobs = Arc::new(CountingBlobStore::new(Arc::new(MemoryBlobStore::new())));
+    let meta: Arc<dyn MetaStore> = Arc::new(MemoryMetaStore::new());
+    let catalog = Catalog::new(blobs.clone() as Arc<dyn BlobStore>, meta);
+    let table = catalog.create_table(weather_spec("w")).await.unwrap();
+    let e = engine(&catalog);
+    let subscribe = |filter: &str| {
+        let e = e.clone();
+        let filter = filter.to_string();
+        async move {
+            e.subscribe(strata_query::SubscribeRequest {
+                dataset: "w".into(),
+                from: None,
+                filter: Some(filter),
+                poll: std::time::Duration::from_millis(50),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    // One subscriber: the bytes a version of 1000 rows costs.
+    let mut one = subscribe("temp >= 0").await;
+    blobs.reset();
+    let v = write(&table, batch(0..100, 0.0)).await;
+    assert_eq!(rows_until(&mut one, v).await, 1000);
+    let alone = blobs.snapshot().bytes_read;
+    drop(one);
+    // Five, with different filters, on a version of the same size.
+    let mut five = Vec::new();
+    for i in 0..5 {
+        five.push(subscribe(&format!("temp >= {i}")).await);
+    }
+    blobs.reset();
+    let v = write(&table, batch(100..200, 0.0)).await;
+    for sub in &mut five {
+        assert!(rows_until(sub, v).await > 0);
+    }
+    let together = blobs.snapshot().bytes_read;
+    assert!(alone > 0);
+    assert!(
+        together < alone * 2,
+        "five subscribers read {together} bytes, one read {alone}"
+    );
+}

@@ -445,3 +445,42 @@ async fn flight_error(server: &strata_server::Server, ticket: Vec<u8>) -> Code {
         Err(e) => e.code(),
     }
 }
+
+/// pyarrow's Flight client follows a dataset with the subscription ticket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyarrow_follows_changes_over_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let mut c = client(&server).await;
+    create(&mut c, "events", true).await;
+    let v2 = load(&mut c, "p", 1, 0, 20).await;
+    let url = format!("grpc://{}", server.addr());
+    let python = crate::e2e::run_python(
+        "flight_subscribe.py",
+        vec![
+            url,
+            "events".into(),
+            "1".into(),
+            (v2 + 1).to_string(),
+            "t < 15".into(),
+        ],
+    );
+    // v3 commits while the client follows.
+    let writer = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let out = ingest(&mut c, "events", "p", vec![(2, ipc(&batch(10, 10)))])
+            .await
+            .unwrap();
+        assert!(out.status.is_none());
+        flush(&mut c, "events").await
+    };
+    let (report, v3) = tokio::join!(python, writer);
+    assert_eq!(v3, v2 + 1);
+    assert_eq!(report["completed"], serde_json::json!([1, v2, v3]));
+    assert_eq!(report["rows"][v2.to_string()]["insert"], 15);
+    // v3 wrote t 10..20 again with the values they have (`batch`'s values follow t): a
+    // row rewritten equal is no change, so v3 completes with no rows.
+    assert!(report["rows"].get(v3.to_string()).is_none(), "{report}");
+    assert_eq!(report["columns"][3], "_change_type");
+    server.shutdown().await.unwrap();
+}

@@ -151,12 +151,20 @@ impl ChangeCursor {
     /// wanted; its key columns at least) defaults to that version's schema.
     pub async fn step(&mut self, schema: Option<SchemaRef>) -> Result<Option<VersionChanges>> {
         let v = self.next;
-        let Some(record) = self.table.record(v).await? else {
-            let head = self.table.head_version().await?;
-            if v > head {
-                return Ok(None);
+        let record = match self.table.record(v).await? {
+            Some(record) => record,
+            None => {
+                let head = self.table.head_version().await?;
+                if v > head {
+                    return Ok(None);
+                }
+                // Committed between the two reads, or vacuumed: the log is contiguous up
+                // to the head, so a record still missing now was removed.
+                match self.table.record(v).await? {
+                    Some(record) => record,
+                    None => return Err(self.table.changes_vacuumed(v).await),
+                }
             }
-            return Err(self.table.changes_vacuumed(v).await);
         };
         let cur = if record.base.is_some() {
             self.table.manifest(v).await?
@@ -355,8 +363,16 @@ async fn read_part(
     let skip = all_rows(part.meta.rows) - &part.rows;
     let blobs = table.inner.blobs.clone();
     match read_segment(blobs, &part.meta, schema, columns, Some(&skip)).await {
-        // Vacuum deleted the segment under a reader that fell behind.
-        Err(Error::Storage(e)) if e.is_not_found() => Err(table.changes_vacuumed(version).await),
+        // Vacuum deleted the segment under a reader that fell behind (a segment missing
+        // from a version vacuum kept is another matter, reported as it is).
+        Err(Error::Storage(e)) if e.is_not_found() => {
+            let oldest = table.head().await?.retention.oldest;
+            if version <= oldest {
+                Err(table.changes_vacuumed(version).await)
+            } else {
+                Err(Error::Storage(e))
+            }
+        }
         r => r,
     }
 }
