@@ -280,7 +280,7 @@ impl RecentChanges {
         );
         let slot = {
             let mut inner = self.inner.lock().expect("recent changes lock");
-            let slot = match inner.slots.get(&key) {
+            match inner.slots.get(&key) {
                 Some((slot, _)) => slot.clone(),
                 None => {
                     let slot = Slot::default();
@@ -289,8 +289,7 @@ impl RecentChanges {
                     inner.evict();
                     slot
                 }
-            };
-            slot
+            }
         };
         let mut rows = Some(rows);
         // The first subscription to get here reads the version; the others wait for it.

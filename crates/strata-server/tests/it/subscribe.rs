@@ -23,12 +23,15 @@ use tonic::transport::Channel;
 use crate::e2e::{batch, client, create, flush, ingest, ipc, start};
 use crate::hostile::sql;
 
+/// One change row: (k, t, v, _change_type).
+pub(crate) type ChangeRow = (String, i64, Option<f64>, String);
+
 /// A subscription read message by message: rows per version, versions completed.
 pub(crate) struct Feed {
     stream: tonic::Streaming<SubscribeResponse>,
     schema_ipc: Vec<u8>,
-    /// Change rows of each version: (k, t, v, change type).
-    pub(crate) rows: BTreeMap<u64, Vec<(String, i64, Option<f64>, String)>>,
+    /// Change rows of each version.
+    pub(crate) rows: BTreeMap<u64, Vec<ChangeRow>>,
     /// Completed versions, in the order they completed.
     pub(crate) completed: Vec<u64>,
     pub(crate) operations: BTreeMap<u64, String>,
@@ -90,7 +93,7 @@ impl Feed {
 }
 
 /// (k, t, v, _change_type) of each row; checks `_commit_version`.
-fn change_rows(b: &RecordBatch, version: u64) -> Vec<(String, i64, Option<f64>, String)> {
+fn change_rows(b: &RecordBatch, version: u64) -> Vec<ChangeRow> {
     let col = |name: &str| {
         b.column_by_name(name)
             .unwrap_or_else(|| panic!("column {name}"))
@@ -124,7 +127,7 @@ async fn load(c: &mut StrataClient<Channel>, producer: &str, seq: u64, first: i6
     flush(c, "events").await
 }
 
-fn kinds(rows: &[(String, i64, Option<f64>, String)]) -> BTreeMap<String, usize> {
+fn kinds(rows: &[ChangeRow]) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for r in rows {
         *out.entry(r.3.clone()).or_default() += 1;
