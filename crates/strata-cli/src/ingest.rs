@@ -77,6 +77,11 @@ pub struct IngestArgs {
     /// CSV field delimiter: one ASCII character, or `tab` / `\t`.
     #[arg(long, value_name = "C", default_value = ",", value_parser = parse_delimiter)]
     pub csv_delimiter: u8,
+
+    /// A CSV field that means null, matched whole (repeat for several; replaces the
+    /// default set: the empty field, NA and NULL, as R, pandas and SQL exports write).
+    #[arg(long = "null", value_name = "STRING")]
+    pub csv_nulls: Vec<String>,
 }
 
 /// Checks a producer id the way the server does (1 to 128 characters of [A-Za-z0-9_.:-]).
@@ -221,6 +226,11 @@ pub async fn ingest(
             .map_err(|_| Error::Invalid("--batch-rows is too large".into()))?,
         csv_header: !args.csv_no_header,
         csv_delimiter: args.csv_delimiter,
+        csv_nulls: if args.csv_nulls.is_empty() {
+            crate::read::DEFAULT_CSV_NULLS.map(String::from).to_vec()
+        } else {
+            args.csv_nulls.clone()
+        },
     };
 
     let mut client = client::connect(server).await?;

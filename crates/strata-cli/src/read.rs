@@ -96,7 +96,12 @@ pub struct ReadOptions {
     /// order); without one the columns are the dataset's, in its order.
     pub csv_header: bool,
     pub csv_delimiter: u8,
+    /// CSV fields that mean null (matched whole, case-sensitive), for every column.
+    pub csv_nulls: Vec<String>,
 }
+
+/// What R (`write.csv`), pandas (`to_csv`) and SQL exports write for a missing value.
+pub const DEFAULT_CSV_NULLS: [&str; 3] = ["", "NA", "NULL"];
 
 impl Default for ReadOptions {
     fn default() -> Self {
@@ -104,7 +109,38 @@ impl Default for ReadOptions {
             batch_rows: 8192,
             csv_header: true,
             csv_delimiter: b',',
+            csv_nulls: DEFAULT_CSV_NULLS.map(String::from).to_vec(),
         }
+    }
+}
+
+/// The regular expression matching exactly the null strings.
+fn null_regex(nulls: &[String]) -> Result<regex::Regex, String> {
+    let alternatives: Vec<String> = nulls.iter().map(|n| regex::escape(n)).collect();
+    regex::Regex::new(&format!("^(?:{})$", alternatives.join("|")))
+        .map_err(|e| format!("the null strings do not make a pattern: {e}"))
+}
+
+/// The CSV reader's message with the column named and the line counted as an editor
+/// does (1 = the file's first line, the header included): arrow-csv says "column 5 at
+/// line 5591" with 0-based columns and lines counted from 0.
+fn csv_error_text(message: &str, columns: &Schema) -> String {
+    let re = regex::Regex::new(r"column (\d+) at line (\d+)").expect("a valid pattern");
+    let Some(caps) = re.captures(message) else {
+        return message.to_string();
+    };
+    let (Ok(col), Ok(line)) = (caps[1].parse::<usize>(), caps[2].parse::<usize>()) else {
+        return message.to_string();
+    };
+    let name = columns
+        .fields()
+        .get(col)
+        .map_or_else(|| format!("{}", col + 1), |f| format!("{:?}", f.name()));
+    let named = re.replace(message, format!("column {name} at line {}", line + 1));
+    // "Row data: '[…]'" repeats the whole row: keep the message to the point.
+    match named.split_once(". Row data:") {
+        Some((head, _)) => head.to_string(),
+        None => named.into_owned(),
     }
 }
 
@@ -221,6 +257,8 @@ pub struct FileBatches {
     /// its row count is known without decoding).
     pub skipped_batches: u64,
     pub skipped_rows: u64,
+    /// A CSV file's columns in file order (to name them in errors).
+    csv_columns: Option<SchemaRef>,
     inner: Rechunk,
 }
 
@@ -238,9 +276,12 @@ impl Iterator for FileBatches {
     type Item = Result<RecordBatch>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.inner
-            .next()
-            .map(|r| r.map_err(|m| Error::file(&self.path, m)))
+        self.inner.next().map(|r| {
+            r.map_err(|m| match &self.csv_columns {
+                Some(columns) => Error::file(&self.path, csv_error_text(&m, columns)),
+                None => Error::file(&self.path, m),
+            })
+        })
     }
 }
 
@@ -268,6 +309,7 @@ pub fn open(
         target.metadata().clone(),
     ));
 
+    let mut csv_columns = None;
     let (source, skipped_batches, skipped_rows): (SourceBatches, u64, u64) = match file.format {
         Format::Csv => {
             let file_schema = if opts.csv_header {
@@ -281,9 +323,11 @@ pub fn open(
             } else {
                 loose
             };
+            csv_columns = Some(file_schema.clone());
             let reader = arrow::csv::ReaderBuilder::new(file_schema)
                 .with_header(opts.csv_header)
                 .with_delimiter(opts.csv_delimiter)
+                .with_null_regex(null_regex(&opts.csv_nulls).map_err(|m| in_file(&m))?)
                 .with_batch_size(batch_rows)
                 .build(open_file()?)
                 .map_err(|e| in_file(&e))?;
@@ -317,6 +361,7 @@ pub fn open(
         path: path.clone(),
         skipped_batches,
         skipped_rows,
+        csv_columns,
         inner: Rechunk {
             source,
             target: target.clone(),
@@ -803,6 +848,7 @@ mod tests {
             batch_rows: 10,
             csv_header: false,
             csv_delimiter: b';',
+            ..ReadOptions::default()
         };
         let batches = read_all(&file, &weather(), &o).unwrap();
         assert_eq!(batches.len(), 1);
@@ -811,6 +857,48 @@ mod tests {
             90
         );
         assert!(col::<Float64Array>(&batches[0], "temperature").is_null(1));
+    }
+
+    /// R's and pandas' exports: `NA` (and `NULL`, and the empty field) are nulls by
+    /// default; `--null` replaces the set; a value that does not parse is named by file,
+    /// line (as an editor counts, the header being line 1) and column name.
+    #[test]
+    fn csv_null_strings_and_errors_that_name_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = weather();
+        let file = write(
+            dir.path(),
+            "r.csv",
+            "station,ts,temperature,wind_direction\n\
+             \"s1\",2024-01-01T00:00:00Z,NA,90\n\
+             \"s2\",2024-01-01T00:00:01Z,NULL,NA\n\
+             \"s3\",2024-01-01T00:00:02Z,,\n",
+        );
+        let b = &read_all(&file, &target, &opts(10)).unwrap()[0];
+        assert_eq!(col::<Float64Array>(b, "temperature").null_count(), 3);
+        assert_eq!(col::<Int32Array>(b, "wind_direction").null_count(), 2);
+        // Only "-" is null now: NA is a value, and not a number.
+        let only_dash = ReadOptions {
+            csv_nulls: vec!["-".into()],
+            ..opts(10)
+        };
+        let err = read_all(&file, &target, &only_dash)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("r.csv"), "{err}");
+        assert!(err.contains("'NA'"), "{err}");
+        assert!(err.contains("column \"temperature\" at line 2"), "{err}");
+        assert!(!err.contains("Row data"), "{err}");
+        let dashes = write(
+            dir.path(),
+            "d.csv",
+            "station,ts,temperature\ns1,2024-01-01T00:00:00Z,-\ns2,2024-01-01T00:00:01Z,oops\n",
+        );
+        let err = read_all(&dashes, &target, &only_dash)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'oops'"), "{err}");
+        assert!(err.contains("column \"temperature\" at line 3"), "{err}");
     }
 
     #[test]

@@ -40,6 +40,7 @@ fn args(dataset: &str, files: Vec<std::path::PathBuf>) -> IngestArgs {
         no_progress: true,
         csv_no_header: false,
         csv_delimiter: b',',
+        csv_nulls: vec![],
     }
 }
 

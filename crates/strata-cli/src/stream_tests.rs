@@ -294,6 +294,7 @@ fn args(dataset: &str, files: Vec<PathBuf>, producer: Option<&str>) -> IngestArg
         no_progress: true,
         csv_no_header: false,
         csv_delimiter: b',',
+        csv_nulls: vec![],
     }
 }
 
