@@ -40,9 +40,9 @@ pub struct CreateArgs {
     #[arg(long, value_name = "FILE")]
     pub schema: Option<PathBuf>,
 
-    /// A column, repeatable: `station:utf8`, `ts:timestamp(us, UTC)`,
-    /// `temperature:float64:null`. Columns are non-nullable unless they end in `:null`;
-    /// key columns must stay non-nullable.
+    /// A column, repeatable: `station:varchar`, `ts:timestamp` (or `timestamp(ms, UTC)`),
+    /// `temperature:double`. Type names as in SQL or JSON specs. Columns are nullable
+    /// unless they end in `:not null`; key columns are never null.
     #[arg(
         long = "column",
         value_name = "NAME:TYPE[:null]",
@@ -117,23 +117,28 @@ pub async fn run(server: &str, command: DatasetsCommand) -> Result<()> {
     Ok(())
 }
 
-/// Parses a `--column NAME:TYPE[:null]` flag. The type is Strata's text form (see
-/// [`strata_types::parse_type`]) and comes back normalised (`double` → `float64`).
+/// Parses a `--column NAME:TYPE[:null|:not null]` flag. The type is Strata's text form
+/// (see [`strata_types::parse_type`], which also takes SQL's names) and comes back
+/// normalised (`double` → `float64`). Columns are nullable unless marked `:not null`, as
+/// in SQL and JSON specs; [`build_spec`] makes key columns non-nullable.
 pub fn parse_column(text: &str) -> Result<ColumnDef, String> {
     let (name, rest) = text
         .split_once(':')
-        .ok_or_else(|| format!("expected NAME:TYPE[:null], got {text:?}"))?;
+        .ok_or_else(|| format!("expected NAME:TYPE[:null|:not null], got {text:?}"))?;
     let name = name.trim();
     if name.is_empty() {
         return Err(format!("missing column name in {text:?}"));
     }
     let rest = rest.trim();
     // The type itself may contain ':' (a time zone like "+05:30"), so only a final
-    // ":null" segment is the nullability marker.
+    // ":null" / ":not null" segment is the nullability marker.
     let (type_text, nullable) = match rest.rsplit_once(':') {
-        Some((ty, flag)) if flag.trim().eq_ignore_ascii_case("null") => (ty.trim(), true),
-        Some((ty, flag)) if flag.trim().eq_ignore_ascii_case("nullable") => (ty.trim(), true),
-        _ => (rest, false),
+        Some((ty, flag)) => match flag.trim().to_ascii_lowercase().as_str() {
+            "null" | "nullable" => (ty.trim(), true),
+            "not null" | "notnull" | "not_null" => (ty.trim(), false),
+            _ => (rest, true),
+        },
+        None => (rest, true),
     };
     if type_text.is_empty() {
         return Err(format!("missing column type in {text:?}"));
@@ -167,7 +172,7 @@ pub fn build_spec(args: &CreateArgs) -> Result<ProtoSpec> {
     } else {
         if args.columns.is_empty() {
             return Err(Error::Invalid(
-                "give the columns with --column NAME:TYPE[:null] (repeatable), \
+                "give the columns with --column NAME:TYPE[:not null] (repeatable), \
                  or a JSON spec with --schema FILE"
                     .into(),
             ));
@@ -190,6 +195,14 @@ pub fn build_spec(args: &CreateArgs) -> Result<ProtoSpec> {
     }
     if let Some(cols) = keys(&args.row_key) {
         def.row_key = cols;
+    }
+    if args.schema.is_none() {
+        // Key columns are never null: no need to say so on the command line.
+        for c in &mut def.columns {
+            if def.partition_key.contains(&c.name) || def.row_key.contains(&c.name) {
+                c.nullable = false;
+            }
+        }
     }
     if let Some(shards) = args.shards {
         if shards == 0 {
@@ -303,29 +316,43 @@ mod tests {
 
     #[test]
     fn column_flags() {
+        // Nullable unless marked, as in SQL and JSON specs; SQL's type names work.
         assert_eq!(
             parse_column("station:utf8").unwrap(),
+            col("station", "utf8", true)
+        );
+        assert_eq!(
+            parse_column("station:VARCHAR:not null").unwrap(),
             col("station", "utf8", false)
         );
         assert_eq!(
+            parse_column("t:timestamp").unwrap(),
+            col("t", "timestamp(us)", true)
+        );
+        assert_eq!(
+            parse_column("t:TIMESTAMPTZ").unwrap(),
+            col("t", "timestamp(us, UTC)", true)
+        );
+        assert_eq!(parse_column("n:bigint").unwrap(), col("n", "int64", true));
+        assert_eq!(
             parse_column("ts:timestamp(us, UTC)").unwrap(),
-            col("ts", "timestamp(us, UTC)", false)
+            col("ts", "timestamp(us, UTC)", true)
         );
         assert_eq!(
             parse_column("temperature:double:null").unwrap(),
             col("temperature", "float64", true)
         );
         assert_eq!(
-            parse_column("t:timestamp(ms, +05:30):NULL").unwrap(),
-            col("t", "timestamp(ms, +05:30)", true)
-        );
-        assert_eq!(
-            parse_column("t:timestamp(ms, +05:30)").unwrap(),
+            parse_column("t:timestamp(ms, +05:30):NOT NULL").unwrap(),
             col("t", "timestamp(ms, +05:30)", false)
         );
         assert_eq!(
+            parse_column("t:timestamp(ms, +05:30)").unwrap(),
+            col("t", "timestamp(ms, +05:30)", true)
+        );
+        assert_eq!(
             parse_column("price:decimal128(10, 2)").unwrap(),
-            col("price", "decimal128(10, 2)", false)
+            col("price", "decimal128(10, 2)", true)
         );
         assert!(parse_column("station").unwrap_err().contains("NAME:TYPE"));
         assert!(parse_column(":utf8").unwrap_err().contains("name"));
@@ -336,6 +363,22 @@ mod tests {
                 .unwrap_err()
                 .contains("unsupported")
         );
+    }
+
+    /// Key columns given without a marker become non-nullable.
+    #[test]
+    fn key_columns_are_not_null_without_saying_so() {
+        let mut a = args("weather");
+        a.columns = vec![
+            parse_column("station:varchar").unwrap(),
+            parse_column("ts:timestamp").unwrap(),
+            parse_column("temperature:double").unwrap(),
+        ];
+        a.partition_key = Some(vec!["station".into()]);
+        a.row_key = Some(vec!["ts".into()]);
+        let spec = build_spec(&a).unwrap();
+        let nullable: Vec<bool> = spec.columns.iter().map(|c| c.nullable).collect();
+        assert_eq!(nullable, [false, false, true]);
     }
 
     #[test]
@@ -360,10 +403,9 @@ mod tests {
         a.shards = Some(3);
         assert_eq!(build_spec(&a).unwrap().shards, 3);
 
-        // A nullable key column is refused locally.
+        // Key columns are made non-nullable.
         a.columns[0].nullable = true;
-        let err = build_spec(&a).unwrap_err().to_string();
-        assert!(err.contains("non-nullable"), "{err}");
+        assert!(!build_spec(&a).unwrap().columns[0].nullable);
         a.columns[0].nullable = false;
 
         a.partition_key = None;

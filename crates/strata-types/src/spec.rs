@@ -200,7 +200,10 @@ pub fn schema_to_defs(schema: &Schema) -> Vec<ColumnDef> {
 
 /// Parses a type string: `boolean`, `int8`..`int64`, `uint8`..`uint64`, `float32`,
 /// `float64`, `utf8`, `binary`, `date32`, `timestamp(ms|us|ns[, TZ])`,
-/// `decimal128(P, S)`. Case-insensitive; `string`, `bool`, `double` and friends are aliases.
+/// `decimal128(P, S)`. Case-insensitive; `string`, `bool`, `double` and friends are aliases,
+/// and the SQL names `CREATE TABLE` takes mean the same here (`timestamp` is
+/// `timestamp(us)`, `timestamptz` `timestamp(us, UTC)`, `varchar`, `bigint`, `bytea`, …;
+/// `int8` stays Arrow's 8-bit integer).
 pub fn parse_type(text: &str) -> Result<DataType> {
     let t = text.trim().to_ascii_lowercase();
     let bad = || Error::InvalidSchema(format!("unsupported column type {text:?}"));
@@ -215,10 +218,21 @@ pub fn parse_type(text: &str) -> Result<DataType> {
         "uint32" => Some(DataType::UInt32),
         "uint64" => Some(DataType::UInt64),
         "float32" | "float" | "real" => Some(DataType::Float32),
-        "float64" | "double" => Some(DataType::Float64),
-        "utf8" | "string" | "text" | "varchar" => Some(DataType::Utf8),
-        "binary" | "bytes" | "blob" => Some(DataType::Binary),
+        "float64" | "double" | "double precision" | "float8" => Some(DataType::Float64),
+        "float4" => Some(DataType::Float32),
+        "utf8" | "string" | "text" | "varchar" | "char" | "character varying" => {
+            Some(DataType::Utf8)
+        }
+        "binary" | "bytes" | "blob" | "bytea" | "varbinary" => Some(DataType::Binary),
         "date32" | "date" => Some(DataType::Date32),
+        // As SQL's CREATE TABLE reads them: microseconds, UTC when zoned.
+        "timestamp" | "datetime" | "timestamp without time zone" => {
+            Some(DataType::Timestamp(TimeUnit::Microsecond, None))
+        }
+        "timestamptz" | "timestamp with time zone" => Some(DataType::Timestamp(
+            TimeUnit::Microsecond,
+            Some("UTC".into()),
+        )),
         _ => None,
     };
     if let Some(dt) = simple {
