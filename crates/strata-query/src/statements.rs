@@ -5,6 +5,8 @@
 //!     station VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, temperature DOUBLE,
 //!     PRIMARY KEY ((station), ts)          -- (partition key), then the row key
 //! ) [WITH (shards = 8)];
+//! CREATE TABLE weather (station VARCHAR, ts TIMESTAMP, temperature DOUBLE)
+//!     [WITH (shards = 8)] PRIMARY KEY ((station), ts);   -- the key after the columns
 //! DROP TABLE [IF EXISTS] weather;
 //! ALTER TABLE weather ADD [COLUMN] [IF NOT EXISTS] humidity DOUBLE;
 //! DELETE FROM weather [WHERE …];
@@ -485,7 +487,10 @@ fn column_def(c: &ast::ColumnDef) -> Result<(ColumnDef, bool)> {
 
 /// `PRIMARY KEY ((a, b), c, d)`: partition key `a, b`, row key `c, d`. Without inner
 /// parentheses the first column is the partition key (`PRIMARY KEY (a, c)`), as in CQL.
-fn primary_key(columns: &[ast::IndexColumn]) -> Result<(Vec<String>, Vec<String>)> {
+/// `parts` are the parenthesised list's elements.
+fn primary_key<'a>(
+    parts: impl IntoIterator<Item = &'a ast::Expr>,
+) -> Result<(Vec<String>, Vec<String>)> {
     let names = |e: &ast::Expr| -> Result<Vec<String>> {
         match e {
             ast::Expr::Identifier(i) => Ok(vec![ident(i)]),
@@ -503,7 +508,7 @@ fn primary_key(columns: &[ast::IndexColumn]) -> Result<(Vec<String>, Vec<String>
             other => Err(Error::plan(format!("invalid primary key column {other}"))),
         }
     };
-    let mut parts = columns.iter().map(|c| names(&c.column.expr));
+    let mut parts = parts.into_iter().map(names);
     let partition = parts
         .next()
         .ok_or_else(|| Error::plan("PRIMARY KEY needs at least one column"))??;
@@ -544,9 +549,24 @@ fn create_table(c: &ast::CreateTable, default_shards: u32) -> Result<Command> {
     let mut key = None;
     for constraint in &c.constraints {
         match constraint {
-            TableConstraint::PrimaryKey(pk) => key = Some(primary_key(&pk.columns)?),
+            TableConstraint::PrimaryKey(pk) => {
+                key = Some(primary_key(pk.columns.iter().map(|c| &c.column.expr))?)
+            }
             other => return Err(Error::Unsupported(format!("table constraint {other}"))),
         }
+    }
+    // The key clause after the column list: `CREATE TABLE t (…) PRIMARY KEY ((a), b)`.
+    if let Some(expr) = &c.primary_key {
+        if key.is_some() {
+            return Err(Error::plan(
+                "give PRIMARY KEY once: inside the column list or after it",
+            ));
+        }
+        key = Some(match expr.as_ref() {
+            ast::Expr::Tuple(items) => primary_key(items)?,
+            ast::Expr::Nested(inner) => primary_key([inner.as_ref()])?,
+            other => primary_key([other])?,
+        });
     }
     let (partition_key, row_key) = match (key, inline_pk.as_slice()) {
         (Some(_), [_, ..]) => {
@@ -905,6 +925,34 @@ mod tests {
         };
         assert_eq!(spec.partition_key, vec!["a"]);
         assert!(spec.row_key.is_empty());
+    }
+
+    /// The key clause may follow the column list, as in ClickHouse.
+    #[test]
+    fn primary_key_after_the_column_list() {
+        let key = |sql: &str| match parse(sql) {
+            Some(Command::CreateTable { spec, .. }) => {
+                (spec.partition_key, spec.row_key, spec.shards)
+            }
+            other => panic!("{sql}: {other:?}"),
+        };
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            key("CREATE TABLE t (a INT, b TEXT, c BIGINT) PRIMARY KEY ((a, b), c)"),
+            (s(&["a", "b"]), s(&["c"]), DEFAULT_SHARDS)
+        );
+        assert_eq!(
+            key("CREATE TABLE t (a INT, c BIGINT) WITH (shards = 2) PRIMARY KEY (a, c)"),
+            (s(&["a"]), s(&["c"]), 2)
+        );
+        assert_eq!(
+            key("CREATE TABLE t (a INT, v TEXT) PRIMARY KEY a"),
+            (s(&["a"]), vec![], DEFAULT_SHARDS)
+        );
+        assert_eq!(
+            key("CREATE TABLE t (a INT, v TEXT) PRIMARY KEY (a)"),
+            (s(&["a"]), vec![], DEFAULT_SHARDS)
+        );
     }
 
     #[test]
