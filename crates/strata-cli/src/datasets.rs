@@ -82,7 +82,7 @@ pub async fn run(server: &str, command: DatasetsCommand) -> Result<()> {
                 .map_err(|s| Error::status(format!("creating dataset {name}"), &s))?
                 .into_inner();
             println!("created dataset {name}");
-            print_info(&info);
+            write_info(&mut std::io::stdout(), &info).map_err(crate::query::output_error)?;
         }
         DatasetsCommand::List => {
             let names = client
@@ -104,7 +104,7 @@ pub async fn run(server: &str, command: DatasetsCommand) -> Result<()> {
                 .await
                 .map_err(|s| Error::status(format!("describing dataset {name}"), &s))?
                 .into_inner();
-            print_info(&info);
+            write_info(&mut std::io::stdout(), &info).map_err(crate::query::output_error)?;
         }
         DatasetsCommand::Drop { name } => {
             client
@@ -242,8 +242,8 @@ pub fn spec_to_proto(def: DatasetSpecDef) -> ProtoSpec {
     }
 }
 
-/// Prints a dataset's description, aligned for reading.
-pub fn print_info(info: &DatasetInfo) {
+/// Writes a dataset's description, aligned for reading.
+pub fn write_info(out: &mut dyn std::io::Write, info: &DatasetInfo) -> std::io::Result<()> {
     let spec = info.spec.clone().unwrap_or_default();
     let name_width = spec.columns.iter().map(|c| c.name.len()).max().unwrap_or(0);
     let type_width = spec
@@ -259,36 +259,51 @@ pub fn print_info(info: &DatasetInfo) {
             cols.join(", ")
         }
     };
+    let key_of = |name: &String| {
+        if spec.partition_key.contains(name) {
+            "  partition key"
+        } else if spec.row_key.contains(name) {
+            "  row key"
+        } else {
+            ""
+        }
+    };
 
-    println!("dataset        {}", spec.name);
-    println!("columns");
+    writeln!(out, "dataset        {}", spec.name)?;
+    writeln!(out, "columns")?;
     for c in &spec.columns {
         let null = if c.nullable { "null" } else { "not null" };
-        println!("  {:name_width$}  {:type_width$}  {null}", c.name, c.r#type);
+        let key = key_of(&c.name);
+        writeln!(
+            out,
+            "  {:name_width$}  {:type_width$}  {null:8}{key}",
+            c.name, c.r#type
+        )?;
     }
-    println!("partition key  {}", keys(&spec.partition_key));
+    writeln!(out, "partition key  {}", keys(&spec.partition_key))?;
     let row_key = if spec.row_key.is_empty() {
         "(none: append-only)".to_string()
     } else {
         keys(&spec.row_key)
     };
-    println!("row key        {row_key}");
-    println!("shards         {}", spec.shards);
-    println!("head version   {}", info.head_version);
-    println!("live rows      {}", group(info.live_rows));
-    println!("segments       {}", group(info.segments));
-    println!("unflushed rows {}", group(info.unflushed_rows));
+    writeln!(out, "row key        {row_key}")?;
+    writeln!(out, "shards         {}", spec.shards)?;
+    writeln!(out, "head version   {}", info.head_version)?;
+    writeln!(out, "live rows      {}", group(info.live_rows))?;
+    writeln!(out, "segments       {}", group(info.segments))?;
+    writeln!(out, "unflushed rows {}", group(info.unflushed_rows))?;
     if info.producers.is_empty() {
-        println!("producers      (none)");
+        writeln!(out, "producers      (none)")?;
     } else {
-        println!("producers");
+        writeln!(out, "producers")?;
         let mut producers: Vec<_> = info.producers.iter().collect();
         producers.sort();
         let width = producers.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
         for (producer, sequence) in producers {
-            println!("  {producer:width$}  last sequence {sequence}");
+            writeln!(out, "  {producer:width$}  last sequence {sequence}")?;
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use arrow::array::RecordBatch;
 use arrow::buffer::Buffer;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::StreamDecoder;
-use arrow::util::pretty::pretty_format_batches_with_schema;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use arrow::util::pretty::{pretty_format_batches_with_options, pretty_format_batches_with_schema};
 use strata_proto::v1::QueryRequest;
 
 use crate::client::Client;
@@ -129,21 +130,69 @@ pub async fn collect(
     Ok((outcome, sink.batches))
 }
 
-/// Runs `sql` and writes its result to `out` in `format`. A failed call is an
-/// [`Error::Status`] whose context is `context`.
+/// How the table format shows a result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Display {
+    /// Rows shown at most; the rest are counted, not kept (0: all).
+    pub max_rows: usize,
+    /// One `column | value` block per row (psql's `\x`).
+    pub expanded: bool,
+    /// The elapsed time after the row count.
+    pub timing: bool,
+}
+
+/// Rows the table format shows unless told otherwise.
+pub const DEFAULT_MAX_ROWS: usize = 1000;
+
+impl Default for Display {
+    fn default() -> Self {
+        Self {
+            max_rows: DEFAULT_MAX_ROWS,
+            expanded: false,
+            timing: true,
+        }
+    }
+}
+
+/// Runs `sql` and writes its result to `out` in `format` (the table format as `display`
+/// says). A failed call is an [`Error::Status`] whose context is `context`.
 pub async fn run(
     client: &mut Client,
     sql: &str,
     context: &str,
     format: OutputFormat,
+    display: &Display,
     out: &mut dyn Write,
 ) -> Result<Outcome> {
     let outcome = match format {
         OutputFormat::Table => {
-            let mut sink = Collect::default();
+            let mut sink = Limited {
+                max_rows: display.max_rows,
+                ..Limited::default()
+            };
             let outcome = run_into(client, sql, context, &mut sink).await?;
-            write_table(out, &outcome.schema, &sink.batches)?;
-            writeln!(out, "{}", summary_line(&outcome)).map_err(output_error)?;
+            if display.expanded {
+                write_expanded(out, &outcome.schema, &sink.batches)?;
+            } else {
+                write_table(out, &outcome.schema, &sink.batches)?;
+            }
+            let mut summary = if (sink.kept as u64) < outcome.rows {
+                format!(
+                    "{} of {} rows shown (--max-rows N shows more, 0 all)",
+                    group(sink.kept as u64),
+                    group(outcome.rows)
+                )
+            } else {
+                format!(
+                    "{} row{}",
+                    group(outcome.rows),
+                    if outcome.rows == 1 { "" } else { "s" }
+                )
+            };
+            if display.timing {
+                summary.push_str(&format!(" in {:.3} s", outcome.elapsed.as_secs_f64()));
+            }
+            writeln!(out, "{summary}").map_err(output_error)?;
             outcome
         }
         OutputFormat::Csv => run_into(client, sql, context, &mut CsvSink::new(out)).await?,
@@ -167,10 +216,98 @@ pub fn summary_line(outcome: &Outcome) -> String {
     )
 }
 
+/// How a null is shown (an empty string shows as nothing).
+const NULL_TEXT: &str = "NULL";
+
 /// Writes `batches` as an aligned table with a header (also when there are no rows).
 pub fn write_table(out: &mut dyn Write, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<()> {
-    let table = pretty_format_batches_with_schema(schema.clone(), batches)?;
+    let table = if batches.is_empty() {
+        pretty_format_batches_with_schema(schema.clone(), batches)?.to_string()
+    } else {
+        let options = FormatOptions::default().with_null(NULL_TEXT);
+        pretty_format_batches_with_options(batches, &options)?.to_string()
+    };
     writeln!(out, "{table}").map_err(output_error)
+}
+
+/// Writes `batches` one row at a time: a `-[ RECORD n ]-` line, then `column | value`.
+pub fn write_expanded(
+    out: &mut dyn Write,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<()> {
+    let width = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().len())
+        .max()
+        .unwrap_or(0);
+    let options = FormatOptions::default().with_null(NULL_TEXT);
+    let mut n = 0;
+    for batch in batches {
+        let values = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        for row in 0..batch.num_rows() {
+            n += 1;
+            writeln!(
+                out,
+                "-[ RECORD {n} ]{}",
+                "-".repeat(width.saturating_sub(4))
+            )
+            .map_err(output_error)?;
+            for (field, value) in schema.fields().iter().zip(&values) {
+                writeln!(out, "{:width$} | {}", field.name(), value.value(row))
+                    .map_err(output_error)?;
+            }
+        }
+    }
+    if n == 0 {
+        writeln!(out, "(no rows)").map_err(output_error)?;
+    }
+    Ok(())
+}
+
+/// Keeps the first `max_rows` rows (all when 0) and counts the rest without keeping them.
+#[derive(Default)]
+struct Limited {
+    max_rows: usize,
+    batches: Vec<RecordBatch>,
+    kept: usize,
+}
+
+impl Sink for Limited {
+    fn batch(&mut self, _: &SchemaRef, batch: RecordBatch) -> Result<()> {
+        let room = if self.max_rows == 0 {
+            usize::MAX
+        } else {
+            self.max_rows - self.kept
+        };
+        if room == 0 || batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let keep = batch.num_rows().min(room);
+        self.kept += keep;
+        self.batches.push(if keep < batch.num_rows() {
+            // A copy, so the batch's whole buffers are not held for a few rows.
+            let part = batch.slice(0, keep);
+            let columns = part
+                .columns()
+                .iter()
+                .map(|c| arrow::compute::concat(&[c.as_ref()]))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            RecordBatch::try_new(part.schema(), columns)?
+        } else {
+            batch
+        });
+        Ok(())
+    }
+
+    fn finish(&mut self, _: &SchemaRef, _: &Outcome) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Default)]

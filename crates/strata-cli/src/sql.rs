@@ -3,6 +3,8 @@
 //!
 //! ```text
 //!  strata sql 'SELECT …; SELECT …'   each statement in order; the first error stops
+//!  strata sql -c 'SELECT …'          the same (as psql and DuckDB)
+//!  strata sql -f script.sql          statements from a file; the first error stops
 //!  strata sql - / … | strata sql     statements from stdin, split at `;`; the first
 //!                                    error stops (exit status 1)
 //!  strata sql (stdin a terminal)     the shell: line editing, history in
@@ -10,8 +12,13 @@
 //!                                    end at `;` and may span lines; an error is printed
 //!                                    and the shell goes on; \q, exit or Ctrl-D quits;
 //!                                    Ctrl-C clears the statement being typed or cancels
-//!                                    the running one
+//!                                    the running one; \dt lists datasets,
+//!                                    \d NAME describes one, \x toggles expanded rows,
+//!                                    \timing toggles the elapsed time
 //! ```
+//!
+//! The table format shows at most `--max-rows` rows (1000; the rest are counted, not
+//! kept) and NULL as `NULL` (an empty string as nothing).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -27,12 +34,29 @@ use crate::split::Splitter;
 pub struct SqlArgs {
     /// Statements to run, separated by `;`. `-` reads them from stdin; without QUERY,
     /// stdin is read when it is not a terminal, else the interactive shell starts.
-    #[arg(value_name = "QUERY")]
+    #[arg(value_name = "QUERY", conflicts_with_all = ["command", "file"])]
     pub query: Option<String>,
 
+    /// Statements to run (as QUERY; psql's and DuckDB's -c).
+    #[arg(
+        short = 'c',
+        long = "command",
+        value_name = "SQL",
+        conflicts_with = "file"
+    )]
+    pub command: Option<String>,
+
+    /// Run the statements of FILE (psql's and DuckDB's -f); the first error stops.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
     /// Output format.
-    #[arg(long, short, value_enum, default_value_t)]
+    #[arg(long, value_enum, default_value_t)]
     pub format: OutputFormat,
+
+    /// Rows the table format shows at most (the rest are counted); 0 shows all.
+    #[arg(long, value_name = "N", default_value_t = query::DEFAULT_MAX_ROWS)]
+    pub max_rows: usize,
 
     /// The shell's history file [default: $HOME/.strata_history].
     #[arg(long, env = "STRATA_HISTORY", value_name = "FILE")]
@@ -48,26 +72,48 @@ pub async fn run(server: &str, args: SqlArgs) -> Result<()> {
             "--format arrow writes binary Arrow IPC: redirect stdout to a file or a pipe".into(),
         ));
     }
+    let display = query::Display {
+        max_rows: args.max_rows,
+        ..query::Display::default()
+    };
+    // Read the script before connecting: a missing file is said first.
+    let script = match &args.file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?),
+        None => None,
+    };
+    let interactive = interactive && args.command.is_none() && script.is_none();
     let mut client = client::connect(server).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout());
-    match args.query.as_deref() {
+    let text = args.command.as_deref().or(args.query.as_deref());
+    if let Some(script) = script {
+        return run_script(
+            &mut client,
+            script.as_bytes(),
+            args.format,
+            &display,
+            &mut out,
+        )
+        .await;
+    }
+    match text {
         Some("-") | None if !interactive => {
-            run_script(&mut client, stdin.lock(), args.format, &mut out).await
+            run_script(&mut client, stdin.lock(), args.format, &display, &mut out).await
         }
         Some(text) => {
             let statements = crate::split::split(text);
             if statements.is_empty() {
                 return Err(Error::Invalid("no statement given".into()));
             }
-            run_statements(&mut client, statements, args.format, &mut out).await
+            run_statements(&mut client, statements, args.format, &display, &mut out).await
         }
         None => {
             let history = args.history.or_else(default_history);
             one_stream_only(args.format)?;
             let mut editor = Editor::new(history)?;
             let mut stderr = std::io::stderr();
-            let shell = Shell {
+            let mut shell = Shell {
                 format: args.format,
+                display,
                 cancel_on_ctrl_c: true,
             };
             shell
@@ -108,6 +154,7 @@ pub async fn run_statements(
     client: &mut Client,
     statements: Vec<String>,
     format: OutputFormat,
+    display: &query::Display,
     out: &mut dyn Write,
 ) -> Result<()> {
     let n = statements.len();
@@ -115,7 +162,7 @@ pub async fn run_statements(
         one_stream_only(format)?;
     }
     for (i, sql) in statements.iter().enumerate() {
-        query::run(client, sql, &context(i, Some(n)), format, out).await?;
+        query::run(client, sql, &context(i, Some(n)), format, display, out).await?;
     }
     Ok(())
 }
@@ -126,6 +173,7 @@ pub async fn run_script(
     client: &mut Client,
     mut input: impl BufRead,
     format: OutputFormat,
+    display: &query::Display,
     out: &mut dyn Write,
 ) -> Result<()> {
     let mut splitter = Splitter::new();
@@ -145,7 +193,7 @@ pub async fn run_script(
             if i > 0 {
                 one_stream_only(format)?;
             }
-            query::run(client, &sql, &context(i, None), format, out).await?;
+            query::run(client, &sql, &context(i, None), format, display, out).await?;
             i += 1;
         }
         if read == 0 {
@@ -254,13 +302,17 @@ Statements end with `;` and may span lines. Examples:
   SELECT * FROM strata_versions('weather');
   RESTORE TABLE weather TO VERSION AS OF 3;
   ALTER TABLE weather CREATE TAG good [AS OF VERSION 3];
-Shell commands: \\q (or exit, quit, Ctrl-D) quits; \\? (or help) shows this.
+Shell commands: \\dt lists the datasets, \\d NAME describes one (columns, keys,
+shards, head version), \\x toggles one-row-per-block display, \\timing toggles the
+elapsed time, \\q (or exit, quit, Ctrl-D) quits, \\? (or help) shows this.
 Ctrl-C clears the statement being typed, or cancels the running one.";
 
 /// The interactive shell.
 #[derive(Clone, Debug)]
 pub struct Shell {
     pub format: OutputFormat,
+    /// How the table format shows results (`\x` and `\timing` change it).
+    pub display: query::Display,
     /// Ctrl-C (SIGINT) while a statement runs cancels it. Off in tests.
     pub cancel_on_ctrl_c: bool,
 }
@@ -270,7 +322,7 @@ impl Shell {
     /// statements are written to `err` with their gRPC code and the shell goes on; only
     /// failing to read the input or to write the output ends it with an error.
     pub async fn run(
-        &self,
+        &mut self,
         client: &mut Client,
         input: &mut dyn LineSource,
         out: &mut dyn Write,
@@ -308,6 +360,11 @@ impl Shell {
                         writeln!(err, "{HELP}").map_err(output_error)?;
                         continue;
                     }
+                    meta if meta.starts_with('\\') => {
+                        input.remember(line.trim());
+                        self.meta(client, meta, out, err).await?;
+                        continue;
+                    }
                     _ => {}
                 }
             }
@@ -327,6 +384,61 @@ impl Shell {
         Ok(())
     }
 
+    /// A backslash command other than \q and \?.
+    async fn meta(
+        &mut self,
+        client: &mut Client,
+        command: &str,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<()> {
+        let (name, arg) = match command.split_once(char::is_whitespace) {
+            Some((name, arg)) => (name, arg.trim()),
+            None => (command, ""),
+        };
+        let on_off = |on: bool| if on { "on" } else { "off" };
+        match (name, arg) {
+            ("\\x", "") => {
+                self.display.expanded = !self.display.expanded;
+                writeln!(err, "expanded display is {}", on_off(self.display.expanded))
+            }
+            ("\\timing", "") => {
+                self.display.timing = !self.display.timing;
+                writeln!(err, "timing is {}", on_off(self.display.timing))
+            }
+            ("\\dt", "") => {
+                let names = client
+                    .list_datasets(strata_proto::v1::ListDatasetsRequest {})
+                    .await;
+                match names {
+                    Ok(r) if r.get_ref().names.is_empty() => writeln!(err, "no datasets"),
+                    Ok(r) => {
+                        for name in &r.get_ref().names {
+                            writeln!(out, "{name}").map_err(output_error)?;
+                        }
+                        Ok(())
+                    }
+                    Err(s) => writeln!(err, "error: {}: {}", code_name(s.code()), s.message()),
+                }
+            }
+            ("\\d", name) if !name.is_empty() => {
+                let info = client
+                    .describe_dataset(strata_proto::v1::DescribeDatasetRequest {
+                        name: name.trim_matches('"').to_string(),
+                    })
+                    .await;
+                match info {
+                    Ok(info) => crate::datasets::write_info(out, info.get_ref()),
+                    Err(s) => writeln!(err, "error: {}: {}", code_name(s.code()), s.message()),
+                }
+            }
+            ("\\d", "") => writeln!(err, "usage: \\d NAME (\\dt lists the datasets)"),
+            _ => writeln!(err, "unknown command {command}; \\? lists them"),
+        }
+        .map_err(output_error)?;
+        out.flush().map_err(output_error)
+    }
+
     async fn run_one(
         &self,
         client: &mut Client,
@@ -336,11 +448,11 @@ impl Shell {
     ) -> Result<()> {
         let result = if self.cancel_on_ctrl_c {
             tokio::select! {
-                r = query::run(client, sql, "query failed", self.format, out) => Some(r),
+                r = query::run(client, sql, "query failed", self.format, &self.display, out) => Some(r),
                 _ = tokio::signal::ctrl_c() => None,
             }
         } else {
-            Some(query::run(client, sql, "query failed", self.format, out).await)
+            Some(query::run(client, sql, "query failed", self.format, &self.display, out).await)
         };
         match result {
             Some(Ok(_)) => Ok(()),

@@ -83,7 +83,16 @@ impl Fixture {
 
     async fn output(&mut self, sql: &str, format: OutputFormat) -> Result<Vec<u8>, Error> {
         let mut out = Vec::new();
-        query::run(&mut self.client, sql, "query failed", format, &mut out).await?;
+        let display = query::Display::default();
+        query::run(
+            &mut self.client,
+            sql,
+            "query failed",
+            format,
+            &display,
+            &mut out,
+        )
+        .await?;
         Ok(out)
     }
 
@@ -203,10 +212,16 @@ async fn bad_sql_fails_with_the_status_and_the_parser_message() {
     // Statements run in order and the first error stops the rest.
     let mut out = Vec::new();
     let statements = crate::split::split("SELECT 1 AS a; SELEC 2; SELECT 3 AS c");
-    let err = sql::run_statements(&mut f.client, statements, OutputFormat::Csv, &mut out)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = sql::run_statements(
+        &mut f.client,
+        statements,
+        OutputFormat::Csv,
+        &query::Display::default(),
+        &mut out,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(
         err.starts_with("statement 2 of 3 failed: INVALID_ARGUMENT"),
         "{err}"
@@ -224,6 +239,7 @@ async fn a_script_on_stdin_runs_statement_by_statement() {
         &mut f.client,
         Cursor::new(script),
         OutputFormat::Csv,
+        &query::Display::default(),
         &mut out,
     )
     .await
@@ -235,6 +251,7 @@ async fn a_script_on_stdin_runs_statement_by_statement() {
         &mut f.client,
         Cursor::new("SELECT 1 AS a;\nSELECT nope FROM weather;\nSELECT 3;"),
         OutputFormat::Csv,
+        &query::Display::default(),
         &mut out,
     )
     .await
@@ -252,6 +269,7 @@ async fn a_script_on_stdin_runs_statement_by_statement() {
         &mut f.client,
         Cursor::new("SELECT 1 AS a; SELECT 2 AS b;"),
         OutputFormat::Arrow,
+        &query::Display::default(),
         &mut Vec::new(),
     )
     .await
@@ -299,8 +317,9 @@ impl LineSource for Script {
 async fn the_shell_runs_multiline_statements_and_survives_errors() {
     let mut f = Fixture::start().await;
     f.load(0, 30).await;
-    let shell = Shell {
+    let mut shell = Shell {
         format: OutputFormat::Table,
+        display: query::Display::default(),
         cancel_on_ctrl_c: false,
     };
     let mut input = Script::new(&[
@@ -611,4 +630,66 @@ async fn the_demo_runs_end_to_end() {
     let first_day = format!("| {} | 2026-01-01T00:00:00Z |", station_name(0));
     assert!(text.contains(&first_day), "{text}");
     assert!(text.contains("5 rows in"), "the top five: {text}");
+}
+
+/// The shell's backslash commands, the row limit of the table format, and NULL shown
+/// apart from an empty string.
+#[tokio::test]
+async fn the_shell_lists_describes_and_limits_what_it_shows() {
+    let mut f = Fixture::start().await;
+    f.load(0, 30).await;
+    let mut shell = Shell {
+        format: OutputFormat::Table,
+        display: query::Display {
+            max_rows: 5,
+            ..query::Display::default()
+        },
+        cancel_on_ctrl_c: false,
+    };
+    let mut input = Script::new(&[
+        "\\dt",
+        "\\d weather",
+        "\\d nope",
+        "SELECT station FROM weather ORDER BY station;",
+        "SELECT NULL AS n, '' AS e;",
+        "\\x",
+        "\\timing",
+        "SELECT 1 AS one, 'x' AS two;",
+        "\\bogus",
+        "\\q",
+    ]);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    shell
+        .run(&mut f.client, &mut input, &mut out, &mut err)
+        .await
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    );
+    // \dt and \d: the dataset, its columns with keys, shards and head version.
+    assert!(
+        out.starts_with("weather\ndataset        weather\n"),
+        "{out}"
+    );
+    assert!(out.contains("partition key  station"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("station") && l.ends_with("partition key")),
+        "{out}"
+    );
+    assert!(out.contains("shards         2"), "{out}");
+    assert!(out.contains("head version   2"), "{out}");
+    assert!(err.contains("error: NOT_FOUND"), "{err}");
+    // 30 rows, 5 shown, the total counted.
+    assert!(out.contains("5 of 30 rows shown"), "{out}");
+    // NULL is NULL, '' is nothing.
+    assert!(out.contains("| NULL |   |"), "{out}");
+    // Expanded, without timing.
+    assert!(err.contains("expanded display is on"), "{err}");
+    assert!(err.contains("timing is off"), "{err}");
+    assert!(out.contains("-[ RECORD 1 ]"), "{out}");
+    assert!(out.contains("one | 1\ntwo | x\n1 row\n"), "{out}");
+    assert!(err.contains("unknown command \\bogus"), "{err}");
+    f.server.shutdown().await.unwrap();
 }
