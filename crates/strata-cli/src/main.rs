@@ -9,7 +9,10 @@ use strata_cli::{client, datasets, demo, ingest, serve, sql, versions, watch};
 
 /// Strata, a versioned columnar analytics database: command-line client.
 #[derive(Debug, Parser)]
-#[command(name = "strata", version)]
+#[command(
+    name = "strata",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("STRATA_COMMIT"), ")")
+)]
 struct Cli {
     /// The Strata server's gRPC address.
     #[arg(
