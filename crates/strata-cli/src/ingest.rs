@@ -78,6 +78,12 @@ pub struct IngestArgs {
     #[arg(long, value_name = "C", default_value = ",", value_parser = parse_delimiter)]
     pub csv_delimiter: u8,
 
+    /// Return once the rows are durable (acknowledged), without committing them: they
+    /// become queryable at the server's next flush (within its flush interval, 1 s by
+    /// default). Without it, ingest commits them and prints the version that holds them.
+    #[arg(long)]
+    pub no_wait: bool,
+
     /// A CSV field that means null, matched whole (repeat for several; replaces the
     /// default set: the empty field, NA and NULL, as R, pandas and SQL exports write).
     #[arg(long = "null", value_name = "STRING")]
@@ -195,6 +201,14 @@ pub async fn run(server: &str, args: IngestArgs) -> Result<()> {
     let progress = !args.no_progress && std::io::stderr().is_terminal();
     let (summary, outcome) = ingest(server, &args, progress).await?;
     summary.print(outcome.is_ok());
+    if outcome.is_ok() {
+        if args.no_wait {
+            println!("  visible        at the server's next flush (--no-wait: not committed yet)");
+        } else {
+            let version = commit(server, &args.dataset).await?;
+            println!("  visible        in version {version} (committed: queryable now)");
+        }
+    }
     if let (Some(total), Some(_)) = (summary.input_batches, &summary.producer)
         && summary.opened_sequence > total
     {
@@ -532,17 +546,22 @@ impl std::fmt::Debug for Progress {
     }
 }
 
-/// `strata flush`: commits the dataset's unflushed rows and prints the version.
-pub async fn flush(server: &str, dataset: &str) -> Result<()> {
+/// Commits the dataset's unflushed rows now; the version that holds them.
+async fn commit(server: &str, dataset: &str) -> Result<u64> {
     let mut client = client::connect(server).await?;
-    let version = client
+    Ok(client
         .flush(FlushRequest {
             dataset: dataset.to_string(),
         })
         .await
         .map_err(|s| Error::status(format!("flushing dataset {dataset}"), &s))?
         .into_inner()
-        .version;
+        .version)
+}
+
+/// `strata flush`: commits the dataset's unflushed rows and prints the version.
+pub async fn flush(server: &str, dataset: &str) -> Result<()> {
+    let version = commit(server, dataset).await?;
     println!("flushed {dataset}: version {version}");
     Ok(())
 }

@@ -41,6 +41,7 @@ fn args(dataset: &str, files: Vec<std::path::PathBuf>) -> IngestArgs {
         csv_no_header: false,
         csv_delimiter: b',',
         csv_nulls: vec![],
+        no_wait: false,
     }
 }
 
@@ -214,5 +215,52 @@ async fn watch_prints_changes_as_versions_commit() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("filter"), "{err}");
+    server.shutdown().await.unwrap();
+}
+
+async fn count(c: &mut crate::client::Client) -> String {
+    let (_, batches) = crate::query::collect(c, "SELECT count(*) FROM weather", "count")
+        .await
+        .unwrap();
+    crate::query::scalar_text(&batches).unwrap()
+}
+
+/// `strata ingest` returns once its rows are queryable (the flush interval is an hour
+/// here, so only its own commit makes them so); `--no-wait` leaves them to the flush.
+#[tokio::test]
+async fn ingest_finishes_when_its_rows_are_queryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral(dir.path().join("data"));
+    config.ingest.flush_interval_ms = 3_600_000;
+    let server = Server::start(config).await.unwrap();
+    let url = server.url();
+    let schema =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/weather.json");
+    datasets::run(
+        &url,
+        DatasetsCommand::Create(CreateArgs {
+            name: "weather".into(),
+            schema: Some(schema),
+            columns: vec![],
+            partition_key: None,
+            row_key: None,
+            shards: Some(2),
+        }),
+    )
+    .await
+    .unwrap();
+    let (a, b) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
+    weather_csv(&a, 0, 700);
+    weather_csv(&b, 700, 300);
+    let mut c = crate::client::connect(&url).await.unwrap();
+    ingest::run(&url, args("weather", vec![a])).await.unwrap();
+    assert_eq!(count(&mut c).await, "700");
+    let mut later = args("weather", vec![b]);
+    later.producer = Some("loader-2".into());
+    later.no_wait = true;
+    ingest::run(&url, later).await.unwrap();
+    assert_eq!(count(&mut c).await, "700", "not committed yet");
+    ingest::flush(&url, "weather").await.unwrap();
+    assert_eq!(count(&mut c).await, "1000");
     server.shutdown().await.unwrap();
 }

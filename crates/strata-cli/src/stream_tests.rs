@@ -295,6 +295,7 @@ fn args(dataset: &str, files: Vec<PathBuf>, producer: Option<&str>) -> IngestArg
         csv_no_header: false,
         csv_delimiter: b',',
         csv_nulls: vec![],
+        no_wait: false,
     }
 }
 

@@ -12,7 +12,7 @@ use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use strata_table::{Catalog, Error as TableError, Table, WriteOutcome};
+use strata_table::{Catalog, Error as TableError, Table, VacuumPolicy, WriteOutcome};
 use strata_types::DatasetSpec;
 use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{debug, info, warn};
@@ -59,6 +59,25 @@ pub struct IngestConfig {
     pub compaction_interval: Duration,
     /// ... and compacts a dataset once one of its shards has this many small segments.
     pub compaction_trigger: usize,
+    /// Old versions removed in the background (vacuum), per dataset or by default.
+    pub retention: RetentionConfig,
+}
+
+/// What background vacuum keeps: a policy per dataset, else the default; a dataset with
+/// neither is left alone. Tagged versions and the head are always kept.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RetentionConfig {
+    pub default: Option<VacuumPolicy>,
+    pub datasets: HashMap<String, VacuumPolicy>,
+    /// How often the policies are applied.
+    pub interval: Duration,
+}
+
+impl RetentionConfig {
+    /// The policy of dataset `name`, if any.
+    pub fn policy(&self, name: &str) -> Option<&VacuumPolicy> {
+        self.datasets.get(name).or(self.default.as_ref())
+    }
 }
 
 impl IngestConfig {
@@ -75,6 +94,10 @@ impl IngestConfig {
             flush_interval: Duration::from_secs(1),
             compaction_interval: Duration::from_secs(5),
             compaction_trigger: 8,
+            retention: RetentionConfig {
+                interval: Duration::from_secs(300),
+                ..RetentionConfig::default()
+            },
         }
     }
 }
@@ -888,10 +911,18 @@ impl Ingester {
     /// dropped datasets once their grace period is over.
     async fn compactor(self, mut closing: watch::Receiver<bool>) {
         let mut purged_at = Instant::now();
+        let mut retained_at = Instant::now();
         while !*closing.borrow() {
             tokio::select! {
                 _ = tokio::time::sleep(self.inner.config.compaction_interval) => {}
                 _ = closing.changed() => return,
+            }
+            let retention = &self.inner.config.retention;
+            if (retention.default.is_some() || !retention.datasets.is_empty())
+                && retained_at.elapsed() >= retention.interval
+            {
+                retained_at = Instant::now();
+                self.apply_retention().await;
             }
             if purged_at.elapsed() >= PURGE_INTERVAL {
                 purged_at = Instant::now();
@@ -915,6 +946,42 @@ impl Ingester {
                     }
                     Err(e) => warn!(dataset = state.table.name(), error = %e, "compaction failed"),
                 }
+            }
+        }
+    }
+
+    /// Vacuums every dataset that has a retention policy (see [`RetentionConfig`]).
+    async fn apply_retention(&self) {
+        let names = match self.inner.catalog.list_tables().await {
+            Ok(names) => names,
+            Err(e) => {
+                warn!(error = %e, "listing datasets for retention failed; retried later");
+                return;
+            }
+        };
+        for name in names {
+            let Some(policy) = self.inner.config.retention.policy(&name) else {
+                continue;
+            };
+            let report = match self.inner.catalog.open_table(&name).await {
+                Ok(table) => table.vacuum(policy).await,
+                Err(e) => Err(e),
+            };
+            match report {
+                Ok(r) if r.versions_removed > 0 || r.blobs_removed > 0 => info!(
+                    dataset = name,
+                    oldest_retained = r.oldest_retained,
+                    versions_removed = r.versions_removed,
+                    blobs_removed = r.blobs_removed,
+                    bytes_removed = r.bytes_removed,
+                    "retention applied"
+                ),
+                Ok(_) => {}
+                Err(e) if e.is_conflict() => {
+                    debug!(dataset = name, error = %e, "retention lost a race; later")
+                }
+                Err(strata_table::Error::DatasetNotFound(_)) => {}
+                Err(e) => warn!(dataset = name, error = %e, "retention failed; retried later"),
             }
         }
     }

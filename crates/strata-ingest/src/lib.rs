@@ -38,6 +38,6 @@ pub mod wal;
 pub use error::{Error, Result};
 pub use ingester::{
     Ack, DatasetStatus, IngestConfig, IngestStats, IngestStream, Ingester, MAX_SEQUENCE,
-    PendingAck, WAL_MARK, batch_bytes, decode_ipc, validate_producer,
+    PendingAck, RetentionConfig, WAL_MARK, batch_bytes, decode_ipc, validate_producer,
 };
 pub use ipc::{IpcGuard, IpcRefusal};

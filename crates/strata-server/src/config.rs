@@ -40,6 +40,14 @@
 //! compaction_trigger = 8           # small segments per shard before compaction
 //! wal_file_mb = 64
 //!
+//! [retention]                      # old versions vacuumed in the background (tags and
+//!                                  # the head always kept); none by default
+//! keep_versions = 0                # keep at least the newest N versions (0: no count rule)
+//! keep_hours = 0                   # keep versions committed within N hours (0: no age rule)
+//! interval_s = 300                 # how often the policies are applied
+//! [retention.dataset.weather]      # a dataset's own policy, instead of the default
+//! keep_versions = 100
+//!
 //! [query]
 //! memory_limit_mb = 1024           # all running queries together; sorts, joins and
 //!                                  # aggregations spill to disk beyond it
@@ -83,6 +91,48 @@ pub struct ServerConfig {
     pub auth: crate::auth::AuthSettings,
     pub ingest: IngestSettings,
     pub query: QuerySettings,
+    pub retention: RetentionSettings,
+}
+
+/// A retention policy: versions kept by count and/or age (0: that rule is off; both 0:
+/// no policy).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionPolicy {
+    pub keep_versions: u64,
+    pub keep_hours: u64,
+}
+
+impl RetentionPolicy {
+    fn vacuum_policy(&self) -> Option<strata_table::VacuumPolicy> {
+        (self.keep_versions > 0 || self.keep_hours > 0).then(|| strata_table::VacuumPolicy {
+            keep_last: (self.keep_versions > 0).then_some(self.keep_versions),
+            keep_within_ms: (self.keep_hours > 0).then(|| {
+                i64::try_from(self.keep_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX)
+            }),
+        })
+    }
+}
+
+/// Background vacuum: the default policy, per-dataset ones, and how often.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    pub keep_versions: u64,
+    pub keep_hours: u64,
+    pub interval_s: u64,
+    pub dataset: std::collections::BTreeMap<String, RetentionPolicy>,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            keep_versions: 0,
+            keep_hours: 0,
+            interval_s: 300,
+            dataset: Default::default(),
+        }
+    }
 }
 
 /// TLS for every service on the port.
@@ -170,6 +220,7 @@ impl Default for ServerConfig {
             auth: crate::auth::AuthSettings::default(),
             ingest: IngestSettings::default(),
             query: QuerySettings::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -336,6 +387,20 @@ impl ServerConfig {
         c.compaction_interval = Duration::from_millis(i.compaction_interval_ms.max(1));
         c.compaction_trigger = i.compaction_trigger.max(2);
         c.wal_file_bytes = i.wal_file_mb.max(1) << 20;
+        let r = &self.retention;
+        c.retention = strata_ingest::RetentionConfig {
+            default: RetentionPolicy {
+                keep_versions: r.keep_versions,
+                keep_hours: r.keep_hours,
+            }
+            .vacuum_policy(),
+            datasets: r
+                .dataset
+                .iter()
+                .filter_map(|(name, p)| Some((name.clone(), p.vacuum_policy()?)))
+                .collect(),
+            interval: Duration::from_secs(r.interval_s.max(1)),
+        };
         c
     }
 }
