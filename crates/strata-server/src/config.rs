@@ -409,6 +409,21 @@ impl ServerConfig {
 mod tests {
     use super::*;
 
+    /// docs/configuration.md's example holds only keys the server reads, and every
+    /// section of the configuration.
+    #[test]
+    fn the_documented_configuration_is_valid() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let start = doc.find("```toml").expect("a toml block") + "```toml".len();
+        let end = start + doc[start..].find("```").expect("its end");
+        let text = doc[start..end].replace('…', "0000");
+        let c = ServerConfig::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.retention.dataset["weather"].keep_versions, 100);
+        for section in ["[tls]", "[auth]", "[ingest]", "[retention]", "[query]"] {
+            assert!(text.contains(section), "{section} documented");
+        }
+    }
+
     #[test]
     fn toml_overrides_defaults_and_rejects_unknown_keys() {
         let c = ServerConfig::from_toml(
