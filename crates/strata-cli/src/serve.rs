@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Flush memtables at least this often, in milliseconds [default: 1000].
     #[arg(long, env = "STRATA_FLUSH_INTERVAL_MS")]
     pub flush_interval_ms: Option<u64>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g. 127.0.0.1:9464.
+    #[arg(long, env = "STRATA_METRICS_LISTEN", value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
     /// The server's TLS certificate chain (PEM); with --tls-key, every service on the
     /// port speaks TLS only.
     #[arg(
@@ -99,6 +102,9 @@ impl ServeArgs {
         if let Some(v) = self.flush_interval_ms {
             c.ingest.flush_interval_ms = v;
         }
+        if let Some(v) = &self.metrics_listen {
+            c.metrics_listen = Some(v.clone());
+        }
         if let Some(v) = &self.tls_cert {
             c.tls.cert = Some(v.clone());
         }
@@ -144,6 +150,7 @@ mod tests {
             max_batch_mb: None,
             cache_mb: None,
             flush_interval_ms: None,
+            metrics_listen: None,
             tls_cert: None,
             tls_key: None,
             tokens_file: None,

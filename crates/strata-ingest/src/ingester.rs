@@ -13,6 +13,8 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use strata_table::{Catalog, Error as TableError, Table, VacuumPolicy, WriteOutcome};
+
+use crate::metrics::{Histogram, HistogramSnapshot};
 use strata_types::DatasetSpec;
 use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{debug, info, warn};
@@ -123,13 +125,24 @@ pub struct DatasetStatus {
 }
 
 /// Figures for monitoring and benchmarks.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct IngestStats {
     pub memory_used_bytes: usize,
     pub memory_peak_bytes: usize,
     pub flushes: u64,
     pub compactions: u64,
     pub rows_flushed: u64,
+    /// Batches, rows and Arrow IPC bytes acknowledged (duplicates not counted).
+    pub acked_batches: u64,
+    pub acked_rows: u64,
+    pub acked_bytes: u64,
+    /// From a batch's arrival to its acknowledgement (durable in the log).
+    pub ack_latency: HistogramSnapshot,
+    /// The log's `fdatasync` calls.
+    pub wal_syncs: HistogramSnapshot,
+    /// Commits of flushed rows, and compactions.
+    pub flush_durations: HistogramSnapshot,
+    pub compaction_durations: HistogramSnapshot,
 }
 
 /// One logged batch waiting in memory to be committed.
@@ -236,6 +249,12 @@ struct Inner {
     flushes: AtomicU64,
     compactions: AtomicU64,
     rows_flushed: AtomicU64,
+    acked_batches: AtomicU64,
+    acked_rows: AtomicU64,
+    acked_bytes: AtomicU64,
+    ack_latency: Histogram,
+    flush_durations: Histogram,
+    compaction_durations: Histogram,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -364,6 +383,12 @@ impl Ingester {
             flushes: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
             rows_flushed: AtomicU64::new(0),
+            acked_batches: AtomicU64::new(0),
+            acked_rows: AtomicU64::new(0),
+            acked_bytes: AtomicU64::new(0),
+            ack_latency: Histogram::default(),
+            flush_durations: Histogram::default(),
+            compaction_durations: Histogram::default(),
             tasks: Mutex::new(Vec::new()),
         });
         let ingester = Ingester { inner };
@@ -410,6 +435,13 @@ impl Ingester {
             flushes: self.inner.flushes.load(Ordering::Relaxed),
             compactions: self.inner.compactions.load(Ordering::Relaxed),
             rows_flushed: self.inner.rows_flushed.load(Ordering::Relaxed),
+            acked_batches: self.inner.acked_batches.load(Ordering::Relaxed),
+            acked_rows: self.inner.acked_rows.load(Ordering::Relaxed),
+            acked_bytes: self.inner.acked_bytes.load(Ordering::Relaxed),
+            ack_latency: self.inner.ack_latency.snapshot(),
+            wal_syncs: self.inner.wal.syncs(),
+            flush_durations: self.inner.flush_durations.snapshot(),
+            compaction_durations: self.inner.compaction_durations.snapshot(),
         }
     }
 
@@ -780,7 +812,9 @@ impl Ingester {
             state
                 .flushing_rows
                 .store(chunk.rows as u64, Ordering::SeqCst);
+            let started = Instant::now();
             let result = self.commit_chunk(state, &chunk).await;
+            self.inner.flush_durations.record(started.elapsed());
             state.flushing_rows.store(0, Ordering::SeqCst);
             self.release(chunk.bytes);
             version = Some(result?);
@@ -935,7 +969,12 @@ impl Ingester {
                 if *closing.borrow() {
                     return;
                 }
-                match self.compact_if_needed(&state).await {
+                let started = Instant::now();
+                let compacted = self.compact_if_needed(&state).await;
+                if matches!(compacted, Ok(Some(_))) {
+                    self.inner.compaction_durations.record(started.elapsed());
+                }
+                match compacted {
                     Ok(Some(v)) => {
                         self.inner.compactions.fetch_add(1, Ordering::Relaxed);
                         debug!(dataset = state.table.name(), version = v, "compacted");
@@ -1061,6 +1100,8 @@ impl IngestStream {
     /// its way to the log (after waiting for memory if the server is full); the
     /// returned future resolves when it is durable. A bad batch changes nothing.
     pub async fn submit(&mut self, sequence: u64, payload: Bytes) -> Result<PendingAck> {
+        let arrived = Instant::now();
+        let payload_bytes = payload.len() as u64;
         let ingester = &self.ingester;
         let inner = &ingester.inner;
         if *inner.closing.borrow() {
@@ -1138,15 +1179,24 @@ impl IngestStream {
         };
         self.previous = Some(sequence);
         match durable {
-            Some(durable) => Ok(async move {
-                wait_durable(durable).await?;
-                Ok(Ack {
-                    sequence,
-                    duplicate: false,
-                    rows: rows as u64,
-                })
+            Some(durable) => {
+                let inner = inner.clone();
+                Ok(async move {
+                    wait_durable(durable).await?;
+                    inner.ack_latency.record(arrived.elapsed());
+                    inner.acked_batches.fetch_add(1, Ordering::Relaxed);
+                    inner.acked_rows.fetch_add(rows as u64, Ordering::Relaxed);
+                    inner
+                        .acked_bytes
+                        .fetch_add(payload_bytes, Ordering::Relaxed);
+                    Ok(Ack {
+                        sequence,
+                        duplicate: false,
+                        rows: rows as u64,
+                    })
+                }
+                .boxed())
             }
-            .boxed()),
             None => {
                 ingester.release(bytes);
                 if state.dropped.load(Ordering::SeqCst) {

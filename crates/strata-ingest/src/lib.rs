@@ -33,6 +33,7 @@
 pub mod error;
 pub mod ingester;
 pub mod ipc;
+pub mod metrics;
 pub mod wal;
 
 pub use error::{Error, Result};

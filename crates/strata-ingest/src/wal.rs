@@ -87,6 +87,8 @@ pub struct Wal {
     next_lsn: AtomicU64,
     /// Held until the log is closed: one writer per directory.
     lock: Mutex<Option<DirLock>>,
+    /// Durations of the writer's `fdatasync` calls.
+    syncs: std::sync::Arc<crate::metrics::Histogram>,
 }
 
 /// The contents of the log found at open, in log order.
@@ -100,6 +102,11 @@ pub struct Replay {
 }
 
 impl Wal {
+    /// The durations of the log's `fdatasync` calls so far.
+    pub fn syncs(&self) -> crate::metrics::HistogramSnapshot {
+        self.syncs.snapshot()
+    }
+
     /// Opens (creating if needed) the log in `dir`, reads every entry in it and starts
     /// the writer on a new file. Files roll over at about `file_bytes`.
     pub fn open(dir: &Path, file_bytes: u64) -> Result<(Wal, Replay)> {
@@ -139,7 +146,8 @@ impl Wal {
             old_files.insert(*n, (path, tables));
         }
         let next_file = numbers.last().map_or(1, |n| n + 1);
-        let writer = Writer::start(dir, next_file, file_bytes, old_files)?;
+        let syncs = std::sync::Arc::new(crate::metrics::Histogram::default());
+        let writer = Writer::start(dir, next_file, file_bytes, old_files, syncs.clone())?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("strata-wal".into())
@@ -156,6 +164,7 @@ impl Wal {
         }
         Ok((
             Wal {
+                syncs,
                 dir: dir.to_path_buf(),
                 tx: Mutex::new(Some(tx)),
                 thread: Mutex::new(Some(thread)),
@@ -436,6 +445,8 @@ struct Writer {
     poisoned: Option<String>,
     /// The last attempt to start a new file failed (warned once per streak).
     roll_failing: bool,
+    /// Durations of the group commits' `fdatasync`.
+    syncs: std::sync::Arc<crate::metrics::Histogram>,
 }
 
 impl Writer {
@@ -444,6 +455,7 @@ impl Writer {
         file_no: u64,
         file_bytes: u64,
         closed: BTreeMap<u64, (PathBuf, HashMap<String, u64>)>,
+        syncs: std::sync::Arc<crate::metrics::Histogram>,
     ) -> Result<Self> {
         let file = create_file(dir, file_no)?;
         Ok(Self {
@@ -457,6 +469,7 @@ impl Writer {
             flushed: HashMap::new(),
             poisoned: None,
             roll_failing: false,
+            syncs,
         })
     }
 
@@ -514,11 +527,13 @@ impl Writer {
                     Cmd::Close(done) => close = Some(done),
                 }
             }
-            if wrote
-                && self.poisoned.is_none()
-                && let Err(e) = self.file.sync_data()
-            {
-                self.poison(format!("fdatasync failed: {e}"));
+            if wrote && self.poisoned.is_none() {
+                let started = std::time::Instant::now();
+                let synced = self.file.sync_data();
+                self.syncs.record(started.elapsed());
+                if let Err(e) = synced {
+                    self.poison(format!("fdatasync failed: {e}"));
+                }
             }
             // A new file that cannot be made yet (out of file descriptors, say) loses
             // nothing: the current one is whole and synced, so it grows past its size

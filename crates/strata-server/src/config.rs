@@ -15,6 +15,7 @@
 //! handshake_timeout_s = 10         # a connection must start a request within this
 //! max_prepared_per_session = 1000  # open Flight SQL prepared statements per connection
 //! max_subscriptions = 256          # change feeds (Subscribe, Flight DoGet) running at once
+//! metrics_listen = "127.0.0.1:9464" # Prometheus /metrics on this address (unset: off)
 //! subscription_poll_ms = 200       # how often a subscription looks for commits made
 //!                                  # through other servers (this one's wake it at once)
 //!
@@ -87,6 +88,8 @@ pub struct ServerConfig {
     pub max_prepared_per_session: usize,
     pub max_subscriptions: usize,
     pub subscription_poll_ms: u64,
+    /// Where Prometheus metrics are served (`GET /metrics`); `None`: nowhere.
+    pub metrics_listen: Option<String>,
     pub tls: TlsSettings,
     pub auth: crate::auth::AuthSettings,
     pub ingest: IngestSettings,
@@ -216,6 +219,7 @@ impl Default for ServerConfig {
             max_prepared_per_session: 1000,
             max_subscriptions: 256,
             subscription_poll_ms: 200,
+            metrics_listen: None,
             tls: TlsSettings::default(),
             auth: crate::auth::AuthSettings::default(),
             ingest: IngestSettings::default(),

@@ -24,6 +24,7 @@ pub mod error;
 pub mod flight;
 pub mod flight_actions;
 pub mod flight_sql;
+pub mod metrics;
 pub mod prepared;
 pub mod service;
 pub mod sql;
@@ -63,6 +64,8 @@ pub struct Server {
     tls: bool,
     stop: Option<oneshot::Sender<()>>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The metrics endpoint's address and task, when `metrics_listen` is set.
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
     /// Where queries execute; stopped with the server.
     _queries: QueryRuntime,
     /// The data directory's lock, held while the server runs.
@@ -208,6 +211,7 @@ impl Server {
             source,
         })?;
         let max_message = config.max_message_mb << 20;
+        let requests = Arc::new(metrics::RequestMetrics::default());
         let subscriptions = subscribe::Subscriptions::new(
             engine.clone(),
             config.max_subscriptions,
@@ -227,7 +231,7 @@ impl Server {
             config.ingest.max_batch_mb << 20,
             config.max_prepared_per_session,
             auth.clone(),
-            subscriptions,
+            subscriptions.clone(),
         );
         let prepared = flight_service.prepared_statements();
         let flight = FlightServiceServer::new(flight_service)
@@ -258,6 +262,7 @@ impl Server {
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .max_concurrent_streams(Some(config.max_streams_per_connection))
             .layer(conn::TrackRequests)
+            .layer(metrics::RequestMetricsLayer::new(requests.clone()))
             .layer(auth::AuthLayer::new(auth.clone()))
             .add_service(health)
             .add_service(reflection)
@@ -267,6 +272,36 @@ impl Server {
         let limits = conn::ConnLimits {
             max_connections: fd_budget(limits.max_connections),
             ..limits
+        };
+        let metrics = match &config.metrics_listen {
+            Some(listen) => {
+                let metrics_listener =
+                    TcpListener::bind(listen)
+                        .await
+                        .map_err(|source| Error::Listen {
+                            addr: listen.clone(),
+                            source,
+                        })?;
+                let metrics_addr =
+                    metrics_listener
+                        .local_addr()
+                        .map_err(|source| Error::Listen {
+                            addr: listen.clone(),
+                            source,
+                        })?;
+                let sources = metrics::Sources {
+                    requests,
+                    ingester: ingester.clone(),
+                    engine: engine.clone(),
+                    subscriptions: subscriptions.clone(),
+                };
+                info!(addr = %metrics_addr, "metrics at /metrics");
+                Some((
+                    metrics_addr,
+                    tokio::spawn(metrics::serve(metrics_listener, sources)),
+                ))
+            }
+            None => None,
         };
         let incoming = conn::incoming(listener, limits);
         let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
@@ -287,6 +322,7 @@ impl Server {
             tls,
             stop: Some(stop),
             serving,
+            metrics,
             _queries: queries,
             _lock: lock,
         })
@@ -304,6 +340,11 @@ impl Server {
 
     pub fn ingester(&self) -> &Ingester {
         &self.ingester
+    }
+
+    /// The metrics endpoint's address, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
     }
 
     /// Tasks alive on the query runtime: the statements being planned or run and the
@@ -326,6 +367,9 @@ impl Server {
     /// closes the WAL.
     pub async fn shutdown(mut self) -> Result<()> {
         info!("strata shutting down");
+        if let Some((_, task)) = self.metrics.take() {
+            task.abort();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -351,6 +395,9 @@ impl Server {
     /// acknowledged rows stay only in the WAL, and the next start replays them. For
     /// recovery tests.
     pub async fn abort(mut self) -> Result<()> {
+        if let Some((_, task)) = self.metrics.take() {
+            task.abort();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

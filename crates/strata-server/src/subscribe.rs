@@ -56,6 +56,11 @@ impl Subscriptions {
         }
     }
 
+    /// Subscriptions running now.
+    pub fn running(&self) -> usize {
+        self.max - self.slots.available_permits()
+    }
+
     pub async fn start(&self, request: PbSubscribeRequest) -> Result<Running, Status> {
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(

@@ -854,3 +854,76 @@ async fn retention_vacuums_old_versions_in_the_background() {
     assert_eq!(oldest(&mut c, "kept").await, 1);
     server.shutdown().await.unwrap();
 }
+
+/// One scrape of the metrics endpoint: the HTTP status line and the body.
+async fn scrape(addr: std::net::SocketAddr, request: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// Prometheus metrics on their own port, scraped while a dataset is loaded: acks and
+/// their latency, WAL syncs, flushes, requests by method and code, per-dataset figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_scraped_during_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| {
+        c.metrics_listen = Some("127.0.0.1:0".into())
+    })
+    .await;
+    let addr = server.metrics_addr().expect("metrics are served");
+    let mut c = client(&server).await;
+    create(&mut c, "events", true).await;
+    let get = "GET /metrics HTTP/1.1\r\nHost: strata\r\n\r\n";
+    for i in 0..5 {
+        let out = ingest(
+            &mut c,
+            "events",
+            "p",
+            vec![(i + 1, ipc(&batch(i as i64 * 10, 10)))],
+        )
+        .await
+        .unwrap();
+        assert!(out.status.is_none());
+        let (status, body) = scrape(addr, get).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(
+            body.contains(&format!("strata_ingest_acked_batches_total {}\n", i + 1)),
+            "{body}"
+        );
+    }
+    flush(&mut c, "events").await;
+    let _ = crate::hostile::sql(&mut c, "SELEC nope").await;
+    crate::hostile::sql(&mut c, "SELECT count(*) FROM events")
+        .await
+        .unwrap();
+    let (_, body) = scrape(addr, get).await;
+    for line in [
+        "strata_ingest_acked_rows_total 50\n",
+        "strata_ingest_ack_latency_seconds_count 5\n",
+        "strata_flushes_total 1\n",
+        "strata_flush_duration_seconds_count 1\n",
+        "strata_grpc_requests_total{method=\"/strata.v1.Strata/Query\",code=\"INVALID_ARGUMENT\"} 1\n",
+        "strata_grpc_requests_total{method=\"/strata.v1.Strata/Query\",code=\"OK\"} 1\n",
+        "strata_dataset_live_rows{dataset=\"events\"} 50\n",
+        "strata_dataset_unflushed_rows{dataset=\"events\"} 0\n",
+        "# TYPE strata_wal_sync_seconds histogram\n",
+        "strata_subscriptions 0\n",
+    ] {
+        assert!(body.contains(line), "{line:?} missing from:\n{body}");
+    }
+    assert!(
+        !body.contains("strata_wal_sync_seconds_count 0\n"),
+        "the log was synced: {body}"
+    );
+    // Anything but GET /metrics.
+    let (status, _) = scrape(addr, "GET / HTTP/1.1\r\n\r\n").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, _) = scrape(addr, "POST /metrics HTTP/1.1\r\n\r\n").await;
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    server.shutdown().await.unwrap();
+}
