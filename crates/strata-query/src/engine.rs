@@ -39,7 +39,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 use futures::{Stream, StreamExt, TryStreamExt};
 use strata_table::{Catalog, Table, VersionSpec};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::cache::SegmentCache;
 use crate::cancel::{self, CancelToken};
@@ -64,6 +64,9 @@ pub struct QueryConfig {
     pub memory_limit: Option<usize>,
     /// Longest a statement may run, planning included. `None`: no limit.
     pub timeout: Option<Duration>,
+    /// Queries running at least this long (to the end of their results) are logged at
+    /// `info`; `None`: [`DEFAULT_SLOW_QUERY`].
+    pub slow_query: Option<Duration>,
     /// Partitions a scan is split into; 0 means one per core.
     pub target_partitions: usize,
     /// Shards of a table made by `CREATE TABLE` without `WITH (shards = N)`; 0 means
@@ -297,6 +300,7 @@ impl Engine {
     }
 
     async fn prepare_inner(&self, sql: &str) -> Result<Prepared> {
+        let text: Arc<str> = sql.into();
         // Read before planning: a change made while planning makes the plan stale.
         let changes = self.inner.catalog.changes();
         // The list of dataset names serves `information_schema`, `SHOW TABLES` and DDL's
@@ -346,6 +350,7 @@ impl Engine {
                 plan,
                 state: Box::new(state),
                 log,
+                sql: text,
             },
         })
     }
@@ -514,6 +519,13 @@ impl Engine {
                 (report.version, Some(report.versions_removed))
             }
         };
+        info!(
+            operation = cmd.operation(),
+            dataset = name,
+            version,
+            rows,
+            "statement committed"
+        );
         cmd.result(version, rows)
     }
 
@@ -855,6 +867,8 @@ enum Body {
         plan: LogicalPlan,
         state: Box<SessionState>,
         log: Arc<ScanLog>,
+        /// The statement as given, for the slow-query log.
+        sql: Arc<str>,
     },
     Command(Command),
 }
@@ -955,6 +969,7 @@ impl Prepared {
         let timeout = shorter(config.timeout, deadline);
         // Background cache fills wait while this query runs (until its stream is dropped).
         let running = engine.inner.cache.running();
+        let sql_text: Arc<str>;
         let (plan, state, log) = match &self.body {
             Body::Command(cmd) => {
                 let (engine2, cmd) = (engine.clone(), cmd.clone());
@@ -962,7 +977,15 @@ impl Prepared {
                 let batch = within(timeout, run).await?;
                 return Ok(one_batch(batch));
             }
-            Body::Query { plan, state, log } => (plan.clone(), state.as_ref().clone(), log.clone()),
+            Body::Query {
+                plan,
+                state,
+                log,
+                sql,
+            } => {
+                sql_text = sql.clone();
+                (plan.clone(), state.as_ref().clone(), log.clone())
+            }
         };
         let runtime = config.runtime.clone();
         let token = CancelToken::new(timeout);
@@ -973,10 +996,22 @@ impl Prepared {
         let start = tokio::time::Instant::now();
         let runtime = runtime.unwrap_or_else(tokio::runtime::Handle::current);
         let stream = within(timeout, spawn_query(&runtime, run, token)).await?;
+        let slow = config.slow_query.unwrap_or(DEFAULT_SLOW_QUERY);
+        let mut timing = QueryTiming {
+            sql: sql_text,
+            started: std::time::Instant::now(),
+            rows: 0,
+            slow,
+        };
         let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
             stream.schema(),
-            stream.inspect(move |_| {
+            stream.inspect(move |batch| {
                 let _ = &running;
+                // The whole of `timing` lives in the closure: it logs when the stream goes.
+                let timing = &mut timing;
+                if let Ok(b) = batch {
+                    timing.rows += b.num_rows() as u64;
+                }
             }),
         ));
         Ok(match timeout {
@@ -989,6 +1024,32 @@ impl Prepared {
             }),
             None => stream,
         })
+    }
+}
+
+/// A query's statement taking at least this long is logged at `info` (the rest at
+/// `debug`), unless [`QueryConfig::slow_query`] says otherwise.
+pub const DEFAULT_SLOW_QUERY: Duration = Duration::from_secs(1);
+
+/// Logs a query when its result stream is dropped (finished, failed or cancelled).
+struct QueryTiming {
+    sql: Arc<str>,
+    started: std::time::Instant,
+    rows: u64,
+    slow: Duration,
+}
+
+impl Drop for QueryTiming {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        // Long statements are cut: the log is for finding them, not storing them.
+        let sql: String = self.sql.chars().take(1000).collect();
+        let elapsed_ms = elapsed.as_millis() as u64;
+        if elapsed >= self.slow {
+            info!(sql, rows = self.rows, elapsed_ms, "slow query");
+        } else {
+            debug!(sql, rows = self.rows, elapsed_ms, "query done");
+        }
     }
 }
 

@@ -60,6 +60,8 @@
 //!                                  # queries (0: none); see strata_cache()
 //! max_statement_kb = 1024          # longer statements are refused
 //! max_expression_depth = 1000      # deeper nesting (a + b + …, UNION chains) refused
+//! slow_query_ms = 1000             # queries taking this long are logged at info
+//!                                  # (statement, rows, time); the others at debug
 //! ```
 
 use std::net::SocketAddr;
@@ -175,6 +177,7 @@ pub struct QuerySettings {
     pub cache_mb: usize,
     pub max_statement_kb: usize,
     pub max_expression_depth: usize,
+    pub slow_query_ms: u64,
 }
 
 impl Default for QuerySettings {
@@ -187,6 +190,7 @@ impl Default for QuerySettings {
             cache_mb: 1024,
             max_statement_kb: strata_query::limits::DEFAULT_MAX_STATEMENT_BYTES >> 10,
             max_expression_depth: strata_query::limits::DEFAULT_MAX_DEPTH,
+            slow_query_ms: 1000,
         }
     }
 }
@@ -363,6 +367,7 @@ impl ServerConfig {
         strata_query::QueryConfig {
             memory_limit: Some(q.memory_limit_mb << 20),
             timeout: (q.timeout_ms > 0).then(|| Duration::from_millis(q.timeout_ms)),
+            slow_query: Some(Duration::from_millis(q.slow_query_ms)),
             target_partitions: q.target_partitions,
             default_shards: self.default_shards,
             runtime: Some(runtime),

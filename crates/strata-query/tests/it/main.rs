@@ -3,5 +3,6 @@
 mod cache;
 mod changes;
 mod common;
+mod logs;
 mod object_store;
 mod sql;
