@@ -37,8 +37,14 @@ pub struct CreateArgs {
     pub name: String,
 
     /// A JSON dataset spec, like schemas/weather.json.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "from")]
     pub schema: Option<PathBuf>,
+
+    /// Take the columns from a data file (CSV with a header, Parquet, NDJSON): names
+    /// and types inferred from it (CSV and NDJSON: from the first 10,000 rows), all
+    /// nullable but the key columns. The spec made is printed.
+    #[arg(long, value_name = "FILE", conflicts_with = "columns")]
+    pub from: Option<PathBuf>,
 
     /// A column, repeatable: `station:varchar`, `ts:timestamp` (or `timestamp(ms, UTC)`),
     /// `temperature:double`. Type names as in SQL or JSON specs. Columns are nullable
@@ -82,6 +88,23 @@ pub async fn run(server: &str, command: DatasetsCommand) -> Result<()> {
                 .map_err(|s| Error::status(format!("creating dataset {name}"), &s))?
                 .into_inner();
             println!("created dataset {name}");
+            if let DatasetsCommand::Create(CreateArgs { from: Some(_), .. }) = &command {
+                // The spec made from the file, as a spec file (for --schema next time).
+                let made = info.spec.clone().unwrap_or_default();
+                let spec = serde_json::json!({
+                    "name": made.name,
+                    "columns": made.columns.iter().map(|c| serde_json::json!({
+                        "name": c.name, "type": c.r#type, "nullable": c.nullable,
+                    })).collect::<Vec<_>>(),
+                    "partition_key": made.partition_key,
+                    "row_key": made.row_key,
+                    "shards": made.shards,
+                });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&spec).unwrap_or_default()
+                );
+            }
             write_info(&mut std::io::stdout(), &info).map_err(crate::query::output_error)?;
         }
         DatasetsCommand::List => {
@@ -170,7 +193,15 @@ pub fn build_spec(args: &CreateArgs) -> Result<ProtoSpec> {
         def.name.clone_from(&args.name);
         def
     } else {
-        if args.columns.is_empty() {
+        let inferred;
+        let columns = match &args.from {
+            Some(path) => {
+                inferred = crate::read::infer_columns(path)?;
+                &inferred
+            }
+            None => &args.columns,
+        };
+        if columns.is_empty() {
             return Err(Error::Invalid(
                 "give the columns with --column NAME:TYPE[:not null] (repeatable), \
                  or a JSON spec with --schema FILE"
@@ -184,7 +215,7 @@ pub fn build_spec(args: &CreateArgs) -> Result<ProtoSpec> {
         }
         DatasetSpecDef {
             name: args.name.clone(),
-            columns: args.columns.clone(),
+            columns: columns.clone(),
             partition_key: Vec::new(),
             row_key: Vec::new(),
             shards: 0,
@@ -322,6 +353,7 @@ mod tests {
         CreateArgs {
             name: name.into(),
             schema: None,
+            from: None,
             columns: Vec::new(),
             partition_key: None,
             row_key: None,

@@ -114,6 +114,67 @@ impl Default for ReadOptions {
     }
 }
 
+/// Rows a CSV or NDJSON file's column types are inferred from.
+pub const INFER_ROWS: usize = 10_000;
+
+/// The columns of a data file, for a dataset made from it: names and types as the file
+/// has them (CSV and NDJSON: inferred from the first [`INFER_ROWS`] rows, with the
+/// default null strings), mapped to types Strata stores, all nullable.
+pub fn infer_columns(path: &Path) -> Result<Vec<strata_types::ColumnDef>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let in_file = |e: &dyn std::fmt::Display| Error::file(path, e);
+    let schema: Schema = match Format::detect(path)? {
+        Format::Csv => {
+            let nulls: Vec<String> = DEFAULT_CSV_NULLS.map(String::from).to_vec();
+            arrow::csv::reader::Format::default()
+                .with_header(true)
+                .with_null_regex(null_regex(&nulls).map_err(|m| in_file(&m))?)
+                .infer_schema(file, Some(INFER_ROWS))
+                .map_err(|e| in_file(&e))?
+                .0
+        }
+        Format::Json => {
+            arrow::json::reader::infer_json_schema(BufReader::new(file), Some(INFER_ROWS))
+                .map_err(|e| in_file(&e))?
+                .0
+        }
+        Format::Parquet => ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| in_file(&e))?
+            .schema()
+            .as_ref()
+            .clone(),
+    };
+    fn storable(dt: &DataType) -> DataType {
+        match dt {
+            // A column with no value in the rows looked at: text takes anything.
+            DataType::Null | DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+            DataType::LargeBinary | DataType::BinaryView => DataType::Binary,
+            DataType::Float16 => DataType::Float32,
+            DataType::Date64 => DataType::Timestamp(TimeUnit::Millisecond, None),
+            DataType::Dictionary(_, values) => storable(values),
+            other => other.clone(),
+        }
+    }
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let data_type = strata_types::spec::format_type(&storable(f.data_type())).map_err(|_| {
+                in_file(&format!(
+                    "column {:?} has type {}, which a dataset cannot hold; give the columns with --column",
+                    f.name(),
+                    f.data_type()
+                ))
+            })?;
+            Ok(strata_types::ColumnDef {
+                name: f.name().clone(),
+                data_type,
+                nullable: true,
+            })
+        })
+        .collect()
+}
+
 /// The regular expression matching exactly the null strings.
 fn null_regex(nulls: &[String]) -> Result<regex::Regex, String> {
     let alternatives: Vec<String> = nulls.iter().map(|n| regex::escape(n)).collect();

@@ -59,6 +59,7 @@ async fn ingest_resumes_without_duplicates_against_a_real_server() {
         DatasetsCommand::Create(CreateArgs {
             name: "weather".into(),
             schema: Some(schema),
+            from: None,
             columns: vec![],
             partition_key: None,
             row_key: None,
@@ -241,6 +242,7 @@ async fn ingest_finishes_when_its_rows_are_queryable() {
         DatasetsCommand::Create(CreateArgs {
             name: "weather".into(),
             schema: Some(schema),
+            from: None,
             columns: vec![],
             partition_key: None,
             row_key: None,
@@ -262,5 +264,85 @@ async fn ingest_finishes_when_its_rows_are_queryable() {
     assert_eq!(count(&mut c).await, "700", "not committed yet");
     ingest::flush(&url, "weather").await.unwrap();
     assert_eq!(count(&mut c).await, "1000");
+    server.shutdown().await.unwrap();
+}
+
+/// A CSV as R and pandas export nycflights13's weather: `NA` for missing values, ISO
+/// times with `Z`. The dataset is made from the file itself (`datasets create --from`),
+/// then the file loads whole, with its NAs as nulls.
+#[tokio::test]
+async fn a_dataset_is_made_from_a_csv_as_r_writes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerConfig::ephemeral(dir.path().join("data")))
+        .await
+        .unwrap();
+    let url = server.url();
+    let csv = dir.path().join("weather.csv");
+    let mut text = String::from("\"origin\",\"year\",\"temp\",\"wind_dir\",\"time_hour\"\n");
+    for i in 0..48 {
+        let wind = if i % 5 == 0 {
+            "NA".to_string()
+        } else {
+            format!("{}", i * 10)
+        };
+        let temp = if i % 7 == 0 {
+            "NA".to_string()
+        } else {
+            format!("{}.5", 30 + i)
+        };
+        text.push_str(&format!(
+            "\"{}\",2013,{temp},{wind},2013-01-{:02}T{:02}:00:00Z\n",
+            ["EWR", "JFK", "LGA"][i % 3],
+            1 + i / 24,
+            i % 24
+        ));
+    }
+    std::fs::write(&csv, text).unwrap();
+    datasets::run(
+        &url,
+        DatasetsCommand::Create(CreateArgs {
+            name: "weather".into(),
+            schema: None,
+            from: Some(csv.clone()),
+            columns: vec![],
+            partition_key: Some(vec!["origin".into()]),
+            row_key: Some(vec!["time_hour".into()]),
+            shards: Some(2),
+        }),
+    )
+    .await
+    .unwrap();
+    let mut c = crate::client::connect(&url).await.unwrap();
+    let info = c
+        .describe_dataset(DescribeDatasetRequest {
+            name: "weather".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let spec = info.spec.unwrap();
+    let types: Vec<(&str, &str, bool)> = spec
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.r#type.as_str(), c.nullable))
+        .collect();
+    assert_eq!(types[0], ("origin", "utf8", false));
+    assert_eq!(types[1], ("year", "int64", true));
+    assert_eq!(types[2], ("temp", "float64", true));
+    assert_eq!(types[3], ("wind_dir", "int64", true));
+    assert!(types[4].1.starts_with("timestamp("), "{types:?}");
+    assert!(!types[4].2, "a key column is not null");
+    ingest::run(&url, args("weather", vec![csv])).await.unwrap();
+    assert_eq!(count(&mut c).await, "48");
+    let (_, batches) = crate::query::collect(
+        &mut c,
+        "SELECT count(*) - count(wind_dir), count(*) - count(temp) FROM weather",
+        "nulls",
+    )
+    .await
+    .unwrap();
+    let b = &batches[0];
+    let n = |i: usize| arrow::util::display::array_value_to_string(b.column(i), 0).unwrap();
+    assert_eq!((n(0), n(1)), ("10".to_string(), "7".to_string()));
     server.shutdown().await.unwrap();
 }

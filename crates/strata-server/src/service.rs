@@ -353,7 +353,14 @@ impl Strata for StrataService {
             .await
             .map_err(|_| Status::cancelled("client went away"))?;
         let closing = self.ingester.closing();
-        tokio::spawn(pump(stream, inbound, tx, closing));
+        tokio::spawn(pump(
+            stream,
+            inbound,
+            tx,
+            closing,
+            open.dataset,
+            open.producer,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -515,7 +522,14 @@ async fn pump(
     inbound: Streaming<IngestRequest>,
     tx: mpsc::Sender<Result<IngestResponse, Status>>,
     closing: tokio::sync::watch::Receiver<bool>,
+    dataset: String,
+    producer: String,
 ) {
+    let started = std::time::Instant::now();
+    let acked = std::sync::Arc::new([
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+    ]);
     let batches = inbound.map(|msg| match msg {
         Ok(IngestRequest {
             kind: Some(ingest_request::Kind::Batch(b)),
@@ -527,9 +541,21 @@ async fn pump(
     });
     let send = |r: Result<Ack, Status>| {
         let tx = tx.clone();
+        if let Ok(a) = &r {
+            acked[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            acked[1].fetch_add(a.rows, std::sync::atomic::Ordering::Relaxed);
+        }
         async move { tx.send(r.map(ack_message)).await.is_ok() }
     };
     drive(&mut stream, batches, send, closing).await;
+    info!(
+        dataset,
+        producer,
+        batches = acked[0].load(std::sync::atomic::Ordering::Relaxed),
+        rows = acked[1].load(std::sync::atomic::Ordering::Relaxed),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ingest stream closed"
+    );
 }
 
 /// The submit/ack loop shared by `Ingest` and Flight `DoPut`: reads `batches`, submits
