@@ -89,11 +89,41 @@ async fn sql_and_version_commands_from_the_binary() {
     );
     let out = strata(
         &url,
-        &["sql", "-f", "csv", "SELECT k FROM t ORDER BY k"],
+        &["sql", "--format", "csv", "SELECT k FROM t ORDER BY k"],
         "",
     )
     .await;
     assert_eq!(text(&out.stdout), "k\na\nb\n");
+    // -c SQL and -f FILE, as psql and DuckDB take them.
+    let out = strata(
+        &url,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            "SELECT k FROM t WHERE k = 'a'",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(text(&out.stdout), "k\na\n", "{}", text(&out.stderr));
+    let file = dir.path().join("script.sql");
+    std::fs::write(&file, "SELECT 1 AS x;\nSELECT 'y' AS y;\n").unwrap();
+    let out = strata(
+        &url,
+        &["sql", "--format", "csv", "-f", file.to_str().unwrap()],
+        "",
+    )
+    .await;
+    assert_eq!(text(&out.stdout), "x\n1\ny\ny\n", "{}", text(&out.stderr));
+    let out = strata(&url, &["sql", "-f", "/nonexistent/script.sql"], "").await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/script.sql"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = strata(&url, &["versions", "t"], "").await;
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -222,5 +252,91 @@ async fn tls_and_a_token_from_the_binary() {
     )
     .await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    server.shutdown().await.unwrap();
+}
+
+/// The interactive shell in a pseudo-terminal (so stdin is a terminal, as a user's is):
+/// lines typed one by one, what the screen shows read back. Driven by Python's `pty`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_in_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerConfig::ephemeral(dir.path().join("data")))
+        .await
+        .unwrap();
+    let url = server.url();
+    let out = strata(
+        &url,
+        &["sql", "-c", "CREATE TABLE readings (sensor VARCHAR, v DOUBLE, PRIMARY KEY (sensor)); INSERT INTO readings VALUES ('a', NULL), ('b', 2.5)"],
+        "",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    const DRIVER: &str = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+screen = b""
+def read(seconds):
+    global screen
+    end = time.time() + seconds
+    while time.time() < end:
+        ready, _, _ = select.select([fd], [], [], 0.05)
+        if ready:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            screen += data
+read(2.0)
+for line in sys.stdin.read().splitlines():
+    os.write(fd, line.encode() + b"\r")
+    read(1.5)
+read(1.0)
+os.waitpid(pid, 0)
+sys.stdout.buffer.write(screen)
+"#;
+    let typed = "\\dt\n\\d readings\n\\x\nSELECT * FROM readings ORDER BY sensor;\n\\q\n";
+    let bin = env!("CARGO_BIN_EXE_strata").to_string();
+    let screen = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("python3")
+            .args(["-c", DRIVER, &bin, "--server", &url, "sql"])
+            .env("HOME", "/nonexistent")
+            .env("TERM", "dumb")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(typed.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(screen.status.success(), "{}", text(&screen.stderr));
+    let screen = text(&screen.stdout).replace("\r\n", "\n");
+    assert!(screen.contains("Strata SQL shell"), "{screen}");
+    assert!(
+        screen.contains("\nreadings\n"),
+        "\\dt lists the dataset: {screen}"
+    );
+    assert!(
+        screen.contains("partition key  sensor"),
+        "\\d describes it: {screen}"
+    );
+    assert!(screen.contains("expanded display is on"), "{screen}");
+    assert!(screen.contains("-[ RECORD 1 ]"), "{screen}");
+    assert!(
+        screen.contains("v      | NULL"),
+        "NULL shown as NULL: {screen}"
+    );
+    assert!(screen.contains("v      | 2.5"), "{screen}");
     server.shutdown().await.unwrap();
 }
