@@ -278,7 +278,7 @@ mod tests {
             panic!("expected sql")
         };
         assert_eq!(args.query.as_deref(), Some("SELECT 1"));
-        assert_eq!(args.format, strata_cli::query::OutputFormat::Csv);
+        assert_eq!(args.format, Some(strata_cli::query::OutputFormat::Csv));
 
         let cli = Cli::try_parse_from(["strata", "rollback", "weather", "tag:good"]).unwrap();
         let Command::Rollback(args) = cli.command else {

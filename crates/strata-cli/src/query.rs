@@ -40,6 +40,118 @@ pub enum OutputFormat {
     Ndjson,
     /// The raw Arrow IPC stream (binary; redirect stdout to a file or a pipe).
     Arrow,
+    /// A Parquet file (zstd): with --output FILE only.
+    Parquet,
+}
+
+impl OutputFormat {
+    /// The format a file's extension names: .parquet/.pq, .csv, .json, .ndjson/.jsonl,
+    /// .arrow/.arrows (else none).
+    pub fn of_path(path: &std::path::Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        Some(match ext.as_str() {
+            "parquet" | "pq" => Self::Parquet,
+            "csv" => Self::Csv,
+            "json" => Self::Json,
+            "ndjson" | "jsonl" => Self::Ndjson,
+            "arrow" | "arrows" | "ipc" => Self::Arrow,
+            "txt" => Self::Table,
+            _ => return None,
+        })
+    }
+}
+
+/// Runs `sql` and writes its whole result to the file `path` in `format` (on this
+/// machine: the server never writes where a client says). The file appears only once
+/// complete: the result goes to a temporary file beside it, renamed at the end.
+pub async fn export(
+    client: &mut Client,
+    sql: &str,
+    context: &str,
+    format: OutputFormat,
+    path: &std::path::Path,
+) -> Result<Outcome> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?;
+    let partial = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
+    let file = std::fs::File::create(&partial).map_err(|e| Error::io(&partial, e))?;
+    let written = async {
+        match format {
+            OutputFormat::Parquet => {
+                let mut sink = ParquetSink {
+                    file: Some(file),
+                    writer: None,
+                };
+                run_into(client, sql, context, &mut sink).await
+            }
+            other => {
+                let mut out = std::io::BufWriter::new(file);
+                let all = Display {
+                    max_rows: 0,
+                    ..Display::default()
+                };
+                let outcome = run(client, sql, context, other, &all, &mut out).await?;
+                out.flush().map_err(output_error)?;
+                Ok(outcome)
+            }
+        }
+    }
+    .await;
+    match written {
+        Ok(outcome) => {
+            std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))?;
+            Ok(outcome)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e)
+        }
+    }
+}
+
+/// Writes a Parquet file (zstd), made when the first batch (or the end) gives the schema.
+struct ParquetSink {
+    file: Option<std::fs::File>,
+    writer: Option<parquet::arrow::ArrowWriter<std::fs::File>>,
+}
+
+impl ParquetSink {
+    fn writer(
+        &mut self,
+        schema: &SchemaRef,
+    ) -> Result<&mut parquet::arrow::ArrowWriter<std::fs::File>> {
+        if self.writer.is_none() {
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+                .build();
+            let file = self
+                .file
+                .take()
+                .expect("the file, until the writer takes it");
+            let writer = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props))
+                .map_err(|e| Error::Protocol(format!("cannot write Parquet: {e}")))?;
+            self.writer = Some(writer);
+        }
+        Ok(self.writer.as_mut().expect("made above"))
+    }
+}
+
+impl Sink for ParquetSink {
+    fn batch(&mut self, schema: &SchemaRef, batch: RecordBatch) -> Result<()> {
+        self.writer(schema)?
+            .write(&batch)
+            .map_err(|e| Error::Protocol(format!("cannot write Parquet: {e}")))
+    }
+
+    fn finish(&mut self, schema: &SchemaRef, _: &Outcome) -> Result<()> {
+        self.writer(schema)?;
+        let writer = self.writer.take().expect("made above");
+        writer
+            .close()
+            .map_err(|e| Error::Protocol(format!("cannot write Parquet: {e}")))?;
+        Ok(())
+    }
 }
 
 /// What a statement returned.
@@ -201,6 +313,11 @@ pub async fn run(
             run_into(client, sql, context, &mut JsonSink::new(out, false)).await?
         }
         OutputFormat::Arrow => run_into(client, sql, context, &mut RawSink::new(out)).await?,
+        OutputFormat::Parquet => {
+            return Err(Error::Invalid(
+                "Parquet is written to a file: give --output FILE (or COPY (…) TO 'file')".into(),
+            ));
+        }
     };
     out.flush().map_err(output_error)?;
     Ok(outcome)

@@ -50,9 +50,16 @@ pub struct SqlArgs {
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
 
-    /// Output format.
-    #[arg(long, value_enum, default_value_t)]
-    pub format: OutputFormat,
+    /// Output format [default: table; with --output, from the file's extension].
+    #[arg(long, value_enum)]
+    pub format: Option<OutputFormat>,
+
+    /// Write the result to FILE (on this machine) instead of stdout, in the format its
+    /// extension names (.parquet, .csv, .json, .ndjson, .arrow) unless --format says.
+    /// One statement. `COPY (query) TO 'file' [(FORMAT parquet|csv|json)]` does the
+    /// same from the shell or a script.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
 
     /// Rows the table format shows at most (the rest are counted); 0 shows all.
     #[arg(long, value_name = "N", default_value_t = query::DEFAULT_MAX_ROWS)]
@@ -65,9 +72,10 @@ pub struct SqlArgs {
 
 /// `strata sql`.
 pub async fn run(server: &str, args: SqlArgs) -> Result<()> {
+    let format = args.format.unwrap_or_default();
     let stdin = std::io::stdin();
     let interactive = args.query.is_none() && stdin.is_terminal();
-    if args.format == OutputFormat::Arrow && std::io::stdout().is_terminal() {
+    if format == OutputFormat::Arrow && args.output.is_none() && std::io::stdout().is_terminal() {
         return Err(Error::Invalid(
             "--format arrow writes binary Arrow IPC: redirect stdout to a file or a pipe".into(),
         ));
@@ -85,34 +93,54 @@ pub async fn run(server: &str, args: SqlArgs) -> Result<()> {
     let mut client = client::connect(server).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout());
     let text = args.command.as_deref().or(args.query.as_deref());
+    if let Some(path) = &args.output {
+        let statements = match (&script, text) {
+            (Some(script), _) => crate::split::split(script),
+            (None, Some(text)) if text != "-" => crate::split::split(text),
+            _ => {
+                let mut all = String::new();
+                std::io::Read::read_to_string(&mut stdin.lock(), &mut all)
+                    .map_err(|e| Error::io("<stdin>", e))?;
+                crate::split::split(&all)
+            }
+        };
+        let [sql] = statements.as_slice() else {
+            return Err(Error::Invalid("--output takes one statement".into()));
+        };
+        let format = args
+            .format
+            .or_else(|| OutputFormat::of_path(path))
+            .unwrap_or_default();
+        let outcome = query::export(&mut client, sql, "query failed", format, path).await?;
+        eprintln!(
+            "wrote {} row{} to {}",
+            crate::output::group(outcome.rows),
+            if outcome.rows == 1 { "" } else { "s" },
+            path.display()
+        );
+        return Ok(());
+    }
     if let Some(script) = script {
-        return run_script(
-            &mut client,
-            script.as_bytes(),
-            args.format,
-            &display,
-            &mut out,
-        )
-        .await;
+        return run_script(&mut client, script.as_bytes(), format, &display, &mut out).await;
     }
     match text {
         Some("-") | None if !interactive => {
-            run_script(&mut client, stdin.lock(), args.format, &display, &mut out).await
+            run_script(&mut client, stdin.lock(), format, &display, &mut out).await
         }
         Some(text) => {
             let statements = crate::split::split(text);
             if statements.is_empty() {
                 return Err(Error::Invalid("no statement given".into()));
             }
-            run_statements(&mut client, statements, args.format, &display, &mut out).await
+            run_statements(&mut client, statements, format, &display, &mut out).await
         }
         None => {
             let history = args.history.or_else(default_history);
-            one_stream_only(args.format)?;
+            one_stream_only(format)?;
             let mut editor = Editor::new(history)?;
             let mut stderr = std::io::stderr();
             let mut shell = Shell {
-                format: args.format,
+                format: format,
                 display,
                 cancel_on_ctrl_c: true,
             };
@@ -139,6 +167,131 @@ fn context(i: usize, n: Option<usize>) -> String {
     }
 }
 
+/// `COPY (query) TO 'file' [[WITH] (FORMAT name)]` (or `COPY table TO …`), run by the
+/// client: the query's result is written to `file` on this machine. `None` for any other
+/// statement.
+pub fn parse_copy(sql: &str) -> Option<Result<(String, PathBuf, Option<OutputFormat>)>> {
+    let text = sql.trim().trim_end_matches(';').trim();
+    let rest = text
+        .get(..4)
+        .filter(|w| w.eq_ignore_ascii_case("COPY"))
+        .and_then(|_| text.get(4..))?;
+    if !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let rest = rest.trim_start();
+    let bad = |why: &str| {
+        Some(Err(Error::Invalid(format!(
+            "COPY: {why}; write COPY (query) TO 'file' [(FORMAT parquet|csv|json|ndjson|arrow)]"
+        ))))
+    };
+    // The query in parentheses (quotes may hold parentheses), or a table name.
+    let (query, after) = if rest.starts_with('(') {
+        let (mut depth, mut quote, mut end) = (0usize, None::<char>, None);
+        for (i, c) in rest.char_indices() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '(') => depth += 1,
+                (None, ')') => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = Some(i);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(end) = end else {
+            return bad("unbalanced parentheses");
+        };
+        (rest[1..end].trim().to_string(), &rest[end + 1..])
+    } else {
+        let name_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        (
+            format!("SELECT * FROM {}", &rest[..name_end]),
+            &rest[name_end..],
+        )
+    };
+    let after = after.trim_start();
+    let Some(after) = after
+        .get(..2)
+        .filter(|w| w.eq_ignore_ascii_case("TO"))
+        .and_then(|_| after.get(2..))
+    else {
+        return bad("expected TO after the query");
+    };
+    let after = after.trim_start();
+    let Some(quoted) = after.strip_prefix('\'') else {
+        return bad("expected the file name in single quotes");
+    };
+    let Some(close) = quoted.find('\'') else {
+        return bad("unterminated file name");
+    };
+    let path = PathBuf::from(&quoted[..close]);
+    let options = quoted[close + 1..].trim();
+    let options = options
+        .get(..4)
+        .filter(|w| w.eq_ignore_ascii_case("WITH"))
+        .map_or(options, |_| options[4..].trim_start());
+    let format = if options.is_empty() {
+        None
+    } else {
+        let inner = options
+            .strip_prefix('(')
+            .and_then(|o| o.strip_suffix(')'))
+            .map(str::trim);
+        let name = inner.and_then(|i| {
+            let (key, value) = i.split_once(char::is_whitespace)?;
+            key.eq_ignore_ascii_case("FORMAT")
+                .then(|| value.trim().trim_matches('\'').to_ascii_lowercase())
+        });
+        match name.as_deref() {
+            Some("parquet") => Some(OutputFormat::Parquet),
+            Some("csv") => Some(OutputFormat::Csv),
+            Some("json") => Some(OutputFormat::Json),
+            Some("ndjson") => Some(OutputFormat::Ndjson),
+            Some("arrow") => Some(OutputFormat::Arrow),
+            _ => return bad("unknown options"),
+        }
+    };
+    Some(Ok((query, path, format)))
+}
+
+/// Runs `sql`: a client-side COPY to a file (printing what it wrote to `out`), or a
+/// statement whose result goes to `out`.
+async fn run_one_statement(
+    client: &mut Client,
+    sql: &str,
+    context: &str,
+    format: OutputFormat,
+    display: &query::Display,
+    out: &mut dyn Write,
+) -> Result<()> {
+    match parse_copy(sql) {
+        Some(copy) => {
+            let (query, path, copy_format) = copy?;
+            let format = copy_format
+                .or_else(|| OutputFormat::of_path(&path))
+                .unwrap_or(OutputFormat::Csv);
+            let outcome = query::export(client, &query, context, format, &path).await?;
+            writeln!(
+                out,
+                "COPY {}: wrote {} to {}",
+                crate::output::group(outcome.rows),
+                if outcome.rows == 1 { "row" } else { "rows" },
+                path.display()
+            )
+            .map_err(output_error)
+        }
+        None => query::run(client, sql, context, format, display, out)
+            .await
+            .map(|_| ()),
+    }
+}
+
 /// `--format arrow` writes one Arrow IPC stream, so it takes one statement.
 fn one_stream_only(format: OutputFormat) -> Result<()> {
     if format == OutputFormat::Arrow {
@@ -162,7 +315,7 @@ pub async fn run_statements(
         one_stream_only(format)?;
     }
     for (i, sql) in statements.iter().enumerate() {
-        query::run(client, sql, &context(i, Some(n)), format, display, out).await?;
+        run_one_statement(client, sql, &context(i, Some(n)), format, display, out).await?;
     }
     Ok(())
 }
@@ -193,7 +346,7 @@ pub async fn run_script(
             if i > 0 {
                 one_stream_only(format)?;
             }
-            query::run(client, &sql, &context(i, None), format, display, out).await?;
+            run_one_statement(client, &sql, &context(i, None), format, display, out).await?;
             i += 1;
         }
         if read == 0 {
@@ -448,11 +601,14 @@ impl Shell {
     ) -> Result<()> {
         let result = if self.cancel_on_ctrl_c {
             tokio::select! {
-                r = query::run(client, sql, "query failed", self.format, &self.display, out) => Some(r),
+                r = run_one_statement(client, sql, "query failed", self.format, &self.display, out) => Some(r),
                 _ = tokio::signal::ctrl_c() => None,
             }
         } else {
-            Some(query::run(client, sql, "query failed", self.format, &self.display, out).await)
+            Some(
+                run_one_statement(client, sql, "query failed", self.format, &self.display, out)
+                    .await,
+            )
         };
         match result {
             Some(Ok(_)) => Ok(()),

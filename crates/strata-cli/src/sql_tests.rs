@@ -693,3 +693,96 @@ async fn the_shell_lists_describes_and_limits_what_it_shows() {
     assert!(err.contains("unknown command \\bogus"), "{err}");
     f.server.shutdown().await.unwrap();
 }
+
+#[test]
+fn copy_statements_are_recognised() {
+    use std::path::PathBuf;
+    let parse = |s: &str| sql::parse_copy(s).map(|r| r.map_err(|e| e.to_string()));
+    assert_eq!(
+        parse("COPY (SELECT a FROM t WHERE b = ')') TO '/tmp/x.parquet';").unwrap(),
+        Ok((
+            "SELECT a FROM t WHERE b = ')'".to_string(),
+            PathBuf::from("/tmp/x.parquet"),
+            None
+        ))
+    );
+    assert_eq!(
+        parse("copy weather to 'w.out' WITH (FORMAT csv)").unwrap(),
+        Ok((
+            "SELECT * FROM weather".to_string(),
+            PathBuf::from("w.out"),
+            Some(OutputFormat::Csv)
+        ))
+    );
+    assert_eq!(
+        parse("COPY (SELECT 1) TO 'a' (FORMAT 'parquet')")
+            .unwrap()
+            .unwrap()
+            .2,
+        Some(OutputFormat::Parquet)
+    );
+    assert!(parse("SELECT 1").is_none());
+    assert!(parse("COPYRIGHT").is_none());
+    assert!(parse("COPY (SELECT 1 TO 'x'").unwrap().is_err());
+    assert!(parse("COPY (SELECT 1) TO x").unwrap().is_err());
+    assert!(
+        parse("COPY (SELECT 1) TO 'x' (FORMAT xml)")
+            .unwrap()
+            .is_err()
+    );
+}
+
+/// `COPY (query) TO 'file'` in a script writes the file on the client, whole, in the
+/// format its options or extension name.
+#[tokio::test]
+async fn copy_writes_results_to_files_on_the_client() {
+    let mut f = Fixture::start().await;
+    f.load(0, 30).await;
+    let dir = tempfile::tempdir().unwrap();
+    let parquet = dir.path().join("w.parquet");
+    let csv = dir.path().join("w.txt");
+    let script = format!(
+        "COPY (SELECT station, temperature FROM weather ORDER BY ts) TO '{}';\n\
+         COPY weather TO '{}' (FORMAT csv);\n",
+        parquet.display(),
+        csv.display()
+    );
+    let mut out = Vec::new();
+    sql::run_script(
+        &mut f.client,
+        Cursor::new(script),
+        OutputFormat::Table,
+        &query::Display::default(),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let said = String::from_utf8(out).unwrap();
+    assert!(said.contains("COPY 30: wrote rows to"), "{said}");
+    let file = std::fs::File::open(&parquet).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 30);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().count(), 31, "a header and 30 rows");
+    // A failing COPY leaves no file behind.
+    let bad = dir.path().join("bad.parquet");
+    let err = sql::run_script(
+        &mut f.client,
+        Cursor::new(format!(
+            "COPY (SELECT nope FROM weather) TO '{}'",
+            bad.display()
+        )),
+        OutputFormat::Table,
+        &query::Display::default(),
+        &mut Vec::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    f.server.shutdown().await.unwrap();
+}

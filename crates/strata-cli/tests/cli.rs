@@ -117,6 +117,27 @@ async fn sql_and_version_commands_from_the_binary() {
     )
     .await;
     assert_eq!(text(&out.stdout), "x\n1\ny\ny\n", "{}", text(&out.stderr));
+    // --output FILE: the result written on this machine, in its extension's format.
+    let parquet = dir.path().join("t.parquet");
+    let out = strata(
+        &url,
+        &[
+            "sql",
+            "-o",
+            parquet.to_str().unwrap(),
+            "-c",
+            "SELECT k FROM t",
+        ],
+        "",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("wrote 2 rows to"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(&std::fs::read(&parquet).unwrap()[..4], b"PAR1");
     let out = strata(&url, &["sql", "-f", "/nonexistent/script.sql"], "").await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
