@@ -140,7 +140,7 @@ pub async fn run(server: &str, args: SqlArgs) -> Result<()> {
             let mut editor = Editor::new(history)?;
             let mut stderr = std::io::stderr();
             let mut shell = Shell {
-                format: format,
+                format,
                 display,
                 cancel_on_ctrl_c: true,
             };
