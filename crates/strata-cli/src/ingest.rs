@@ -78,6 +78,12 @@ pub struct IngestArgs {
     #[arg(long, value_name = "C", default_value = ",", value_parser = parse_delimiter)]
     pub csv_delimiter: u8,
 
+    /// Write rows of CSV or Parquet files that lack some of the dataset's columns: on a
+    /// dataset with a row key such a row replaces the existing one, the missing columns
+    /// with nulls. Without it, those files are refused.
+    #[arg(long)]
+    pub missing_as_null: bool,
+
     /// Return once the rows are durable (acknowledged), without committing them: they
     /// become queryable at the server's next flush (within its flush interval, 1 s by
     /// default). Without it, ingest commits them and prints the version that holds them.
@@ -245,6 +251,7 @@ pub async fn ingest(
         } else {
             args.csv_nulls.clone()
         },
+        refuse_missing: false,
     };
 
     let mut client = client::connect(server).await?;
@@ -256,6 +263,14 @@ pub async fn ingest(
         .map_err(|s| Error::status(format!("looking up dataset {}", args.dataset), &s))?
         .into_inner();
     let schema = dataset_schema(&info)?;
+    let keyed = info
+        .spec
+        .as_ref()
+        .is_some_and(|spec| !spec.row_key.is_empty());
+    let opts = ReadOptions {
+        refuse_missing: keyed && !args.missing_as_null,
+        ..opts
+    };
     read::check_files(&files, &schema, &opts)?;
 
     let mut summary = Summary {

@@ -98,6 +98,9 @@ pub struct ReadOptions {
     pub csv_delimiter: u8,
     /// CSV fields that mean null (matched whole, case-sensitive), for every column.
     pub csv_nulls: Vec<String>,
+    /// Refuse CSV and Parquet files that lack some of the dataset's columns: on a dataset
+    /// with a row key their rows would replace existing rows, those columns with nulls.
+    pub refuse_missing: bool,
 }
 
 /// What R (`write.csv`), pandas (`to_csv`) and SQL exports write for a missing value.
@@ -110,7 +113,30 @@ impl Default for ReadOptions {
             csv_header: true,
             csv_delimiter: b',',
             csv_nulls: DEFAULT_CSV_NULLS.map(String::from).to_vec(),
+            refuse_missing: false,
         }
+    }
+}
+
+/// With `refuse`, the first of `target`'s columns `source` lacks, as an error.
+fn check_complete(source: &Schema, target: &Schema, refuse: bool) -> Result<(), String> {
+    if !refuse {
+        return Ok(());
+    }
+    match target
+        .fields()
+        .iter()
+        .find(|t| find_field(source, t.name()).is_none())
+    {
+        Some(missing) => Err(format!(
+            "column {:?} is missing: the dataset has a row key, so each row replaces the row \
+             with its key, and {:?} would become null in rows that had a value (an upsert \
+             replaces whole rows). Add the column, use SQL UPDATE to change some columns, or \
+             pass --missing-as-null",
+            missing.name(),
+            missing.name()
+        )),
+        None => Ok(()),
     }
 }
 
@@ -380,6 +406,7 @@ pub fn open(
                 let (header, _) = format
                     .infer_schema(open_file()?, Some(0))
                     .map_err(|e| in_file(&e))?;
+                check_complete(&header, target, opts.refuse_missing).map_err(|m| in_file(&m))?;
                 header_schema(&header, target).map_err(|m| in_file(&m))?
             } else {
                 loose
@@ -406,6 +433,8 @@ pub fn open(
             let builder =
                 ParquetRecordBatchReaderBuilder::try_new(open_file()?).map_err(|e| in_file(&e))?;
             check_columns(builder.schema(), target).map_err(|m| in_file(&m))?;
+            check_complete(builder.schema(), target, opts.refuse_missing)
+                .map_err(|m| in_file(&m))?;
             let rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
             let batches_in_file = rows.div_ceil(batch_rows as u64);
             let skip = skip_batches.min(batches_in_file);

@@ -42,6 +42,7 @@ fn args(dataset: &str, files: Vec<std::path::PathBuf>) -> IngestArgs {
         csv_delimiter: b',',
         csv_nulls: vec![],
         no_wait: false,
+        missing_as_null: false,
     }
 }
 
@@ -344,5 +345,23 @@ async fn a_dataset_is_made_from_a_csv_as_r_writes_it() {
     let b = &batches[0];
     let n = |i: usize| arrow::util::display::array_value_to_string(b.column(i), 0).unwrap();
     assert_eq!((n(0), n(1)), ("10".to_string(), "7".to_string()));
+    // A file without `temp` would blank the temperature of the rows it replaces:
+    // refused, unless asked for.
+    let partial = dir.path().join("partial.csv");
+    std::fs::write(
+        &partial,
+        "origin,year,wind_dir,time_hour\nEWR,2013,5,2013-01-01T00:00:00Z\n",
+    )
+    .unwrap();
+    let mut load = args("weather", vec![partial.clone()]);
+    load.producer = Some("partial".into());
+    let err = ingest::run(&url, load).await.unwrap_err().to_string();
+    assert!(err.contains("\"temp\" is missing"), "{err}");
+    assert!(err.contains("--missing-as-null"), "{err}");
+    let mut load = args("weather", vec![partial]);
+    load.producer = Some("partial".into());
+    load.missing_as_null = true;
+    ingest::run(&url, load).await.unwrap();
+    assert_eq!(count(&mut c).await, "48");
     server.shutdown().await.unwrap();
 }

@@ -296,6 +296,7 @@ fn args(dataset: &str, files: Vec<PathBuf>, producer: Option<&str>) -> IngestArg
         csv_delimiter: b',',
         csv_nulls: vec![],
         no_wait: false,
+        missing_as_null: false,
     }
 }
 

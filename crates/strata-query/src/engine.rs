@@ -472,6 +472,21 @@ impl Engine {
                     (Some(info.version), None)
                 }
             }
+            Command::Update {
+                assignments,
+                selection,
+                ..
+            } => {
+                let table = open().await?;
+                hooks.before_commit(name).await.map_err(Error::Hook)?;
+                match self
+                    .update(&table, assignments, selection.as_deref())
+                    .await?
+                {
+                    Some((info, rows)) => (Some(info.version), Some(rows)),
+                    None => (None, Some(0)),
+                }
+            }
             Command::Delete { selection, .. } => {
                 let table = open().await?;
                 hooks.before_commit(name).await.map_err(Error::Hook)?;
@@ -605,6 +620,113 @@ impl Engine {
 /// Times a `DELETE` that finds its keys with a query looks again when commits keep
 /// coming in between.
 const DELETE_ATTEMPTS: usize = 10;
+
+impl Engine {
+    /// `UPDATE table SET … [WHERE …]` as one commit: the matching rows are read at the
+    /// head with their new values computed, and written back as upserts on top of that
+    /// very version; when another commit came in between, they are read again. `None`
+    /// when no row matches (nothing is committed). Key columns cannot be set (a row's key
+    /// is its identity: DELETE and INSERT it instead), and a dataset without a row key
+    /// has no identity to replace rows by.
+    async fn update(
+        &self,
+        table: &Table,
+        assignments: &[(String, String)],
+        selection: Option<&str>,
+    ) -> Result<Option<(strata_table::VersionInfo, u64)>> {
+        let spec = table.spec();
+        if !spec.has_row_key() {
+            return Err(Error::Unsupported(format!(
+                "UPDATE on {:?}: a dataset without a row key has no row identity; DELETE and INSERT instead",
+                table.name()
+            )));
+        }
+        let keys: Vec<&str> = spec.primary_key().collect();
+        let quoted = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+        let mut head = table.head_version().await?;
+        let mut attempt = 0;
+        loop {
+            let schema = table.snapshot(&VersionSpec::Version(head)).await?.schema();
+            for (column, _) in assignments {
+                if schema.field_with_name(column).is_err() {
+                    return Err(Error::plan(format!(
+                        "UPDATE: {:?} has no column {column:?}",
+                        table.name()
+                    )));
+                }
+                if keys.contains(&column.as_str()) {
+                    return Err(Error::plan(format!(
+                        "UPDATE cannot set the key column {column:?}: a row's key is its identity (DELETE and INSERT the row instead)"
+                    )));
+                }
+            }
+            let columns: Vec<String> = schema
+                .fields()
+                .iter()
+                .map(|f| match assignments.iter().find(|(c, _)| c == f.name()) {
+                    Some((c, expr)) => format!("({expr}) AS {}", quoted(c)),
+                    None => quoted(f.name()),
+                })
+                .collect();
+            let at = VersionedName {
+                dataset: table.name().to_string(),
+                version: VersionSpec::Version(head),
+            };
+            let mut sql = format!(
+                "SELECT {} FROM {}",
+                columns.join(", "),
+                quoted(&at.to_table_name())
+            );
+            if let Some(selection) = selection {
+                sql.push_str(&format!(" WHERE {selection}"));
+            }
+            let (state, _) = self.session();
+            let plan = state.create_logical_plan(&sql).await?;
+            let batches = DataFrame::new(state, plan).collect().await?;
+            // The new values in the columns' own types: an overflow or a bad conversion
+            // is an error, not a silent null.
+            let exact = arrow::compute::CastOptions {
+                safe: false,
+                ..Default::default()
+            };
+            let mut rows = Vec::with_capacity(batches.len());
+            for b in &batches {
+                let b = views::plain_batch(b)?;
+                let columns = schema
+                    .fields()
+                    .iter()
+                    .zip(b.columns())
+                    .map(|(f, c)| {
+                        arrow::compute::cast_with_options(c, f.data_type(), &exact).map_err(|e| {
+                            Error::plan(format!("UPDATE: the new values of {:?}: {e}", f.name()))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                rows.push(RecordBatch::try_new(schema.clone(), columns)?);
+            }
+            let n: u64 = rows.iter().map(|b| b.num_rows() as u64).sum();
+            if n == 0 {
+                return Ok(None);
+            }
+            match table
+                .write_at(&rows, std::collections::BTreeMap::new(), Some(head))
+                .await
+            {
+                Ok(strata_table::WriteOutcome::Committed(info)) => return Ok(Some((info, n))),
+                Ok(strata_table::WriteOutcome::Duplicate { .. }) => {
+                    return Err(Error::Execution(
+                        "UPDATE: a write without producer marks was taken for a duplicate".into(),
+                    ));
+                }
+                Err(e) if e.is_conflict() && attempt < DELETE_ATTEMPTS => {
+                    attempt += 1;
+                    head = table.head_version().await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
 
 /// Refuses plans Strata does not run: DataFusion's in-memory DDL (tables, views,
 /// schemas that would vanish after the statement) and writes to files.
@@ -908,7 +1030,9 @@ impl Prepared {
             } => Access::Write,
             Body::Query { .. } => Access::Read,
             Body::Command(c) => match c {
-                Command::Delete { .. } | Command::Optimize { .. } => Access::Write,
+                Command::Delete { .. } | Command::Update { .. } | Command::Optimize { .. } => {
+                    Access::Write
+                }
                 Command::CreateTable { .. }
                 | Command::DropTable { .. }
                 | Command::AddColumn { .. }

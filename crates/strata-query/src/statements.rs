@@ -62,6 +62,12 @@ pub enum Command {
         table: String,
         selection: Option<String>,
     },
+    /// `UPDATE t SET col = expr, … [WHERE …]`: (column, expression SQL) pairs.
+    Update {
+        table: String,
+        assignments: Vec<(String, String)>,
+        selection: Option<String>,
+    },
     Restore {
         table: String,
         to: VersionAt,
@@ -100,6 +106,7 @@ impl Command {
             Command::DropTable { .. } => "DROP TABLE",
             Command::AddColumn { .. } => "ALTER TABLE ADD COLUMN",
             Command::Delete { .. } => "DELETE",
+            Command::Update { .. } => "UPDATE",
             Command::Restore { .. } => "RESTORE",
             Command::CreateTag { .. } => "CREATE TAG",
             Command::DropTag { .. } => "DROP TAG",
@@ -114,6 +121,7 @@ impl Command {
             Command::DropTable { name, .. } => name,
             Command::AddColumn { table, .. }
             | Command::Delete { table, .. }
+            | Command::Update { table, .. }
             | Command::Restore { table, .. }
             | Command::CreateTag { table, .. }
             | Command::DropTag { table, .. }
@@ -705,10 +713,45 @@ pub fn from_statement(s: &ast::Statement, default_shards: u32) -> Result<Option<
                 selection: d.selection.as_ref().map(|e| e.to_string()),
             }
         }
-        S::Update(_) => {
-            return Err(Error::Unsupported(
-                "UPDATE: INSERT the new rows instead; a row with an existing primary key replaces the old one".into(),
-            ));
+        S::Update(u) => {
+            if u.from.is_some()
+                || u.returning.is_some()
+                || !u.order_by.is_empty()
+                || u.limit.is_some()
+                || u.or.is_some()
+                || u.output.is_some()
+            {
+                return Err(Error::Unsupported(
+                    "UPDATE with FROM, RETURNING, ORDER BY, LIMIT or OR".into(),
+                ));
+            }
+            let ast::TableFactor::Table { name, version, .. } = &u.table.relation else {
+                return Err(Error::plan("UPDATE needs a table name"));
+            };
+            if version.is_some() || !u.table.joins.is_empty() {
+                return Err(Error::plan(
+                    "UPDATE applies to the head of one table (no joins, no VERSION AS OF)",
+                ));
+            }
+            let mut assignments = Vec::with_capacity(u.assignments.len());
+            for a in &u.assignments {
+                let ast::AssignmentTarget::ColumnName(column) = &a.target else {
+                    return Err(Error::Unsupported("UPDATE … SET (a, b) = …".into()));
+                };
+                let column = match column.0.last() {
+                    Some(ast::ObjectNamePart::Identifier(i)) => ident(i),
+                    _ => return Err(Error::plan(format!("invalid column {column}"))),
+                };
+                if assignments.iter().any(|(c, _)| *c == column) {
+                    return Err(Error::plan(format!("UPDATE sets {column:?} twice")));
+                }
+                assignments.push((column, a.value.to_string()));
+            }
+            Command::Update {
+                table: object_name(name)?,
+                assignments,
+                selection: u.selection.as_ref().map(|e| e.to_string()),
+            }
         }
         S::CreateView(_) => {
             return Err(Error::Unsupported("CREATE VIEW".into()));

@@ -359,7 +359,7 @@ async fn errors_are_the_clients_when_they_should_be() {
         "SELECT nope FROM weather",
         "SELECT * FROM weather VERSION AS OF 1.5",
         "CREATE TABLE t (a INT)",
-        "UPDATE weather SET temp = 1",
+        "UPDATE weather SET station = 'x'",
         "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/tmp'",
         "SELECT 1; SELECT 2",
         "",
@@ -770,4 +770,75 @@ async fn integer_overflow_is_an_error_not_a_wrapped_value() {
     );
     assert_eq!(int64s(&b, 0), [Some(1)]);
     assert_eq!(int64s(&b, 2), [Some(n)]);
+}
+
+/// `UPDATE … SET … WHERE …`: one version, the other columns kept, keys refused, the new
+/// values in the columns' types, nothing committed when nothing matches, and an update
+/// on an append-only dataset refused; the change feed sees updates.
+#[tokio::test]
+async fn update_statements() {
+    let catalog = crate::common::memory_catalog();
+    let e = engine(&catalog);
+    for sql in [
+        "CREATE TABLE r (k VARCHAR, t BIGINT, v DOUBLE, n INT, note VARCHAR, PRIMARY KEY ((k), t))",
+        "INSERT INTO r VALUES ('a', 1, 1.0, 10, 'x'), ('a', 2, 2.0, 20, 'y'), ('b', 1, 3.0, 30, 'z')",
+    ] {
+        e.collect(sql).await.unwrap();
+    }
+    let before = count(&e, "SELECT max(version) FROM strata_versions('r')").await;
+    let result = rows(
+        &e,
+        "UPDATE r SET v = v * 10, note = upper(note) WHERE k = 'a'",
+    )
+    .await;
+    assert_eq!(strings(&result, "operation"), ["UPDATE"]);
+    assert_eq!(strings(&result, "rows"), ["2"]);
+    let after = count(&e, "SELECT max(version) FROM strata_versions('r')").await;
+    assert_eq!(after, before + 1, "one version");
+    let b = rows(&e, "SELECT k, t, v, n, note FROM r ORDER BY k, t").await;
+    assert_eq!(strings(&b, "v"), ["10.0", "20.0", "3.0"]);
+    assert_eq!(
+        strings(&b, "n"),
+        ["10", "20", "30"],
+        "columns not set are kept"
+    );
+    assert_eq!(strings(&b, "note"), ["X", "Y", "z"]);
+    // The feed shows the update as before/after pairs.
+    let changes = rows(
+        &e,
+        &format!("SELECT _change_type, count(*) AS n FROM table_changes('r', {after}) GROUP BY 1 ORDER BY 1"),
+    )
+    .await;
+    assert_eq!(
+        strings(&changes, "_change_type"),
+        ["update_after", "update_before"]
+    );
+    // Without WHERE: every row; a literal of another integer type fits the column.
+    let result = rows(&e, "UPDATE r SET n = 7").await;
+    assert_eq!(strings(&result, "rows"), ["3"]);
+    assert_eq!(count(&e, "SELECT sum(n) FROM r").await, 21);
+    // Nothing matches: nothing committed.
+    let head = count(&e, "SELECT max(version) FROM strata_versions('r')").await;
+    let result = rows(&e, "UPDATE r SET n = 1 WHERE k = 'nope'").await;
+    assert_eq!(strings(&result, "rows"), ["0"]);
+    assert_eq!(
+        count(&e, "SELECT max(version) FROM strata_versions('r')").await,
+        head
+    );
+    // Refusals, with their reasons.
+    for (sql, wanted) in [
+        ("UPDATE r SET k = 'c'", "key column"),
+        ("UPDATE r SET nope = 1", "no column"),
+        ("UPDATE r SET n = 99999999999", "new values of \"n\""),
+        ("UPDATE r SET n = 1, n = 2", "twice"),
+        ("UPDATE nope SET n = 1", "nope"),
+    ] {
+        let msg = err(&e, sql).await.to_string();
+        assert!(msg.contains(wanted), "{sql}: {msg}");
+    }
+    e.collect("CREATE TABLE log (k VARCHAR, v DOUBLE, PRIMARY KEY (k))")
+        .await
+        .unwrap();
+    let msg = err(&e, "UPDATE log SET v = 1").await.to_string();
+    assert!(msg.contains("without a row key"), "{msg}");
 }

@@ -148,6 +148,18 @@ impl Table {
         batches: &[RecordBatch],
         producers: BTreeMap<String, u64>,
     ) -> Result<WriteOutcome> {
+        self.write_at(batches, producers, None).await
+    }
+
+    /// [`Table::write`], committed only on top of `base_version` when given: a conflict
+    /// if another commit came first (for writes computed from that version's rows, such
+    /// as `UPDATE`, which must look again).
+    pub async fn write_at(
+        &self,
+        batches: &[RecordBatch],
+        producers: BTreeMap<String, u64>,
+        base_version: Option<u64>,
+    ) -> Result<WriteOutcome> {
         let head = self.head().await?;
         if is_duplicate(&head, &producers) {
             return Ok(WriteOutcome::Duplicate { head: head.version });
@@ -175,6 +187,17 @@ impl Table {
                 let schema = &schema;
                 let duplicate_head = &duplicate_head;
                 async move {
+                    if let Some(expected) = base_version
+                        && base.version != expected
+                    {
+                        return Err(Error::Conflict {
+                            dataset: self.name().to_string(),
+                            reason: format!(
+                                "the rows were computed at version {expected}, the head is now {}",
+                                base.version
+                            ),
+                        });
+                    }
                     if is_duplicate(&base, producers) {
                         duplicate_head
                             .store(base.version + 1, std::sync::atomic::Ordering::Relaxed);
