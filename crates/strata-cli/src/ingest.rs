@@ -78,6 +78,29 @@ pub struct IngestArgs {
     #[arg(long, value_name = "C", default_value = ",", value_parser = parse_delimiter)]
     pub csv_delimiter: u8,
 
+    /// Create the dataset first if it does not exist, with the columns of the first file
+    /// (as `datasets create --from`); needs --partition-key.
+    #[arg(long, requires = "partition_key")]
+    pub create: bool,
+
+    /// With --create: the partition key columns (comma-separated).
+    #[arg(
+        long,
+        value_name = "COL,...",
+        value_delimiter = ',',
+        requires = "create"
+    )]
+    pub partition_key: Option<Vec<String>>,
+
+    /// With --create: the row key columns (comma-separated; none: append-only).
+    #[arg(
+        long,
+        value_name = "COL,...",
+        value_delimiter = ',',
+        requires = "create"
+    )]
+    pub row_key: Option<Vec<String>>,
+
     /// Write rows of CSV or Parquet files that lack some of the dataset's columns: on a
     /// dataset with a row key such a row replaces the existing one, the missing columns
     /// with nulls. Without it, those files are refused.
@@ -204,6 +227,9 @@ impl Summary {
 /// `strata ingest`: streams the files into the dataset and prints a summary (also when
 /// the stream fails part-way).
 pub async fn run(server: &str, args: IngestArgs) -> Result<()> {
+    if args.create {
+        create_if_missing(server, &args).await?;
+    }
     let progress = !args.no_progress && std::io::stderr().is_terminal();
     let (summary, outcome) = ingest(server, &args, progress).await?;
     summary.print(outcome.is_ok());
@@ -559,6 +585,43 @@ impl std::fmt::Debug for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Progress").finish_non_exhaustive()
     }
+}
+
+/// `--create`: makes the dataset from the first file's columns unless it exists.
+async fn create_if_missing(server: &str, args: &IngestArgs) -> Result<()> {
+    let mut client = client::connect(server).await?;
+    match client
+        .describe_dataset(DescribeDatasetRequest {
+            name: args.dataset.clone(),
+        })
+        .await
+    {
+        Ok(_) => return Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => {}
+        Err(s) => {
+            return Err(Error::status(
+                format!("looking up dataset {}", args.dataset),
+                &s,
+            ));
+        }
+    }
+    let first = args
+        .files
+        .first()
+        .ok_or_else(|| Error::Invalid("--create needs a file to take the columns from".into()))?;
+    crate::datasets::run(
+        server,
+        crate::datasets::DatasetsCommand::Create(crate::datasets::CreateArgs {
+            name: args.dataset.clone(),
+            schema: None,
+            from: Some(first.clone()),
+            columns: vec![],
+            partition_key: args.partition_key.clone(),
+            row_key: args.row_key.clone(),
+            shards: None,
+        }),
+    )
+    .await
 }
 
 /// Commits the dataset's unflushed rows now; the version that holds them.

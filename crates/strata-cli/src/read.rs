@@ -51,21 +51,46 @@ impl Format {
     /// The format a file's extension names: `.csv`, `.parquet`/`.pq`,
     /// `.json`/`.ndjson`/`.jsonl` (case-insensitive).
     pub fn detect(path: &Path) -> Result<Self> {
-        let ext = path
+        // `data.csv.gz`: the format of `data.csv`, read through gzip.
+        let inner = if is_gzip(path) {
+            path.file_stem().map(Path::new).unwrap_or(path)
+        } else {
+            path
+        };
+        let ext = inner
             .extension()
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase);
         match ext.as_deref() {
             Some("csv") => Ok(Self::Csv),
-            Some("parquet" | "pq") => Ok(Self::Parquet),
+            Some("parquet" | "pq") if !is_gzip(path) => Ok(Self::Parquet),
             Some("json" | "ndjson" | "jsonl") => Ok(Self::Json),
             _ => Err(Error::file(
                 path,
                 "cannot tell the format from the file name \
-                 (expected .csv, .parquet, .json, .ndjson or .jsonl); pass --format",
+                 (expected .csv, .parquet, .json, .ndjson or .jsonl, the text ones \
+                 optionally .gz); pass --format",
             )),
         }
     }
+}
+
+/// True for a gzip-compressed file (`.gz`), read through a decoder.
+pub fn is_gzip(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
+}
+
+/// The bytes of a text file (CSV, NDJSON), decompressed when it is `.gz`.
+fn open_text(path: &Path) -> Result<Box<dyn std::io::Read + Send>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = BufReader::with_capacity(1 << 20, file);
+    Ok(if is_gzip(path) {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    })
 }
 
 /// One file to read, with its format.
@@ -147,10 +172,10 @@ pub const INFER_ROWS: usize = 10_000;
 /// has them (CSV and NDJSON: inferred from the first [`INFER_ROWS`] rows, with the
 /// default null strings), mapped to types Strata stores, all nullable.
 pub fn infer_columns(path: &Path) -> Result<Vec<strata_types::ColumnDef>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let in_file = |e: &dyn std::fmt::Display| Error::file(path, e);
     let schema: Schema = match Format::detect(path)? {
         Format::Csv => {
+            let file = open_text(path)?;
             let nulls: Vec<String> = DEFAULT_CSV_NULLS.map(String::from).to_vec();
             arrow::csv::reader::Format::default()
                 .with_header(true)
@@ -160,15 +185,18 @@ pub fn infer_columns(path: &Path) -> Result<Vec<strata_types::ColumnDef>> {
                 .0
         }
         Format::Json => {
+            let file = open_text(path)?;
             arrow::json::reader::infer_json_schema(BufReader::new(file), Some(INFER_ROWS))
                 .map_err(|e| in_file(&e))?
                 .0
         }
-        Format::Parquet => ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| in_file(&e))?
-            .schema()
-            .as_ref()
-            .clone(),
+        Format::Parquet => ParquetRecordBatchReaderBuilder::try_new(
+            File::open(path).map_err(|e| Error::io(path, e))?,
+        )
+        .map_err(|e| in_file(&e))?
+        .schema()
+        .as_ref()
+        .clone(),
     };
     fn storable(dt: &DataType) -> DataType {
         match dt {
@@ -404,7 +432,7 @@ pub fn open(
                     .with_header(true)
                     .with_delimiter(opts.csv_delimiter);
                 let (header, _) = format
-                    .infer_schema(open_file()?, Some(0))
+                    .infer_schema(open_text(path)?, Some(0))
                     .map_err(|e| in_file(&e))?;
                 check_complete(&header, target, opts.refuse_missing).map_err(|m| in_file(&m))?;
                 header_schema(&header, target).map_err(|m| in_file(&m))?
@@ -417,7 +445,7 @@ pub fn open(
                 .with_delimiter(opts.csv_delimiter)
                 .with_null_regex(null_regex(&opts.csv_nulls).map_err(|m| in_file(&m))?)
                 .with_batch_size(batch_rows)
-                .build(open_file()?)
+                .build(open_text(path)?)
                 .map_err(|e| in_file(&e))?;
             (Box::new(reader), 0, 0)
         }
@@ -425,7 +453,7 @@ pub fn open(
             let reader = arrow::json::ReaderBuilder::new(loose)
                 .with_batch_size(batch_rows)
                 .with_strict_mode(true)
-                .build(BufReader::with_capacity(1 << 20, open_file()?))
+                .build(BufReader::new(open_text(path)?))
                 .map_err(|e| in_file(&e))?;
             (Box::new(reader), 0, 0)
         }
@@ -872,6 +900,9 @@ mod tests {
         assert_eq!(f("x.ndjson").unwrap(), Format::Json);
         assert_eq!(f("x.JSONL").unwrap(), Format::Json);
         assert!(f("x.txt").unwrap_err().to_string().contains("--format"));
+        assert_eq!(f("a/b.csv.gz").unwrap(), Format::Csv);
+        assert_eq!(f("b.NDJSON.GZ").unwrap(), Format::Json);
+        assert!(f("x.parquet.gz").is_err(), "Parquet compresses itself");
         assert!(f("noext").is_err());
         let forced = InputFile::new("data.txt", Some(Format::Csv)).unwrap();
         assert_eq!(forced.format, Format::Csv);

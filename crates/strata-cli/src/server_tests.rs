@@ -43,6 +43,9 @@ fn args(dataset: &str, files: Vec<std::path::PathBuf>) -> IngestArgs {
         csv_nulls: vec![],
         no_wait: false,
         missing_as_null: false,
+        create: false,
+        partition_key: None,
+        row_key: None,
     }
 }
 
@@ -363,5 +366,54 @@ async fn a_dataset_is_made_from_a_csv_as_r_writes_it() {
     load.missing_as_null = true;
     ingest::run(&url, load).await.unwrap();
     assert_eq!(count(&mut c).await, "48");
+    server.shutdown().await.unwrap();
+}
+
+/// `strata ingest --create` makes the dataset from a gzip-compressed CSV's own columns,
+/// then loads it.
+#[tokio::test]
+async fn ingest_creates_the_dataset_from_a_gzipped_csv() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerConfig::ephemeral(dir.path().join("data")))
+        .await
+        .unwrap();
+    let url = server.url();
+    let path = dir.path().join("readings.csv.gz");
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&path).unwrap(),
+        flate2::Compression::default(),
+    );
+    writeln!(gz, "sensor,t,value").unwrap();
+    for i in 0..100 {
+        writeln!(
+            gz,
+            "s{},{i},{}",
+            i % 4,
+            if i % 10 == 0 {
+                "NA".into()
+            } else {
+                format!("{i}.25")
+            }
+        )
+        .unwrap();
+    }
+    gz.finish().unwrap();
+    let mut load = args("readings", vec![path]);
+    load.create = true;
+    load.partition_key = Some(vec!["sensor".into()]);
+    load.row_key = Some(vec!["t".into()]);
+    ingest::run(&url, load).await.unwrap();
+    let mut c = crate::client::connect(&url).await.unwrap();
+    let (_, batches) = crate::query::collect(
+        &mut c,
+        "SELECT count(*), count(value), max(t) FROM readings",
+        "check",
+    )
+    .await
+    .unwrap();
+    let b = &batches[0];
+    let n = |i: usize| arrow::util::display::array_value_to_string(b.column(i), 0).unwrap();
+    assert_eq!((n(0), n(1), n(2)), ("100".into(), "90".into(), "99".into()));
     server.shutdown().await.unwrap();
 }

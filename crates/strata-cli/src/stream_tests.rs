@@ -297,6 +297,9 @@ fn args(dataset: &str, files: Vec<PathBuf>, producer: Option<&str>) -> IngestArg
         csv_nulls: vec![],
         no_wait: false,
         missing_as_null: false,
+        create: false,
+        partition_key: None,
+        row_key: None,
     }
 }
 
