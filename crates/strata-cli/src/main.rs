@@ -14,7 +14,8 @@ use strata_cli::{client, datasets, demo, ingest, serve, sql, versions, watch};
     version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("STRATA_COMMIT"), ")")
 )]
 struct Cli {
-    /// The Strata server's gRPC address.
+    /// The Strata server's address, HOST:PORT or a URL, for the client commands
+    /// (`serve` listens with --listen).
     #[arg(
         long,
         global = true,
@@ -89,6 +90,12 @@ enum Command {
     /// Make certificates for trying TLS.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Print a completion script for a shell: `strata completions bash > /etc/bash_completion.d/strata`
+    /// (or `source <(strata completions bash)`; zsh, fish, elvish, powershell alike).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,7 +128,12 @@ enum TokenCommand {
     },
 }
 
-async fn run(cli: Cli) -> strata_cli::Result<()> {
+async fn run(cli: Cli, server_given: bool) -> strata_cli::Result<()> {
+    if server_given && matches!(cli.command, Command::Serve(_)) {
+        return Err(strata_cli::Error::Usage(
+            "--server names the server a client command talks to; `serve` listens with --listen HOST:PORT".into(),
+        ));
+    }
     client::configure(client::Security {
         token: cli.token.clone(),
         ca: cli.tls_ca.clone(),
@@ -163,6 +175,12 @@ async fn run(cli: Cli) -> strata_cli::Result<()> {
             watch::run(&mut client::connect(server).await?, &args, &mut out).await
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "strata", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Tls(TlsCommand::SelfSigned { out, hosts }) => {
             let files = strata_server::tls::write_self_signed(&out, &hosts)
                 .map_err(|e| strata_cli::Error::Usage(e.to_string()))?;
@@ -199,8 +217,15 @@ async fn run(cli: Cli) -> strata_cli::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match Box::pin(run(cli)).await {
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    // Given on the command line (not the default, not STRATA_SERVER from the environment).
+    let server_given =
+        matches.value_source("server") == Some(clap::parser::ValueSource::CommandLine);
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match Box::pin(run(cli, server_given)).await {
         Ok(()) => ExitCode::SUCCESS,
         // The reader of the output went away (`strata sql … | head`): nothing to say.
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,

@@ -361,3 +361,30 @@ sys.stdout.buffer.write(screen)
     assert!(screen.contains("v      | 2.5"), "{screen}");
     server.shutdown().await.unwrap();
 }
+
+/// `strata completions SHELL` prints a completion script; `--server` on `serve` is
+/// refused with the flag it meant.
+#[tokio::test]
+async fn completions_and_a_misplaced_server_flag() {
+    let out = strata("http://127.0.0.1:1", &["completions", "bash"], "").await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let script = text(&out.stdout);
+    assert!(script.contains("_strata()") && script.contains("watch"), "{script}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = strata(
+        "http://127.0.0.1:1",
+        &[
+            "serve",
+            "--server",
+            "127.0.0.1:7777",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--listen"), "{}", text(&out.stderr));
+    let out = strata("http://127.0.0.1:1", &["--version"], "").await;
+    assert!(text(&out.stdout).contains("(commit "), "{}", text(&out.stdout));
+}
