@@ -119,6 +119,28 @@ pub struct IngestArgs {
     pub csv_nulls: Vec<String>,
 }
 
+impl IngestArgs {
+    /// `strata ingest DATASET FILES…` with every option at its default.
+    pub fn new(dataset: impl Into<String>, files: Vec<PathBuf>) -> Self {
+        Self {
+            dataset: dataset.into(),
+            files,
+            producer: None,
+            batch_rows: 8192,
+            format: None,
+            no_progress: false,
+            csv_no_header: false,
+            csv_delimiter: b',',
+            csv_nulls: vec![],
+            no_wait: false,
+            missing_as_null: false,
+            create: false,
+            partition_key: None,
+            row_key: None,
+        }
+    }
+}
+
 /// Checks a producer id the way the server does (1 to 128 characters of [A-Za-z0-9_.:-]).
 pub fn parse_producer(id: &str) -> Result<String, String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || "_.:-".contains(c);

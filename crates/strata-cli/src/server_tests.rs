@@ -32,34 +32,19 @@ fn weather_csv(path: &std::path::Path, first: usize, n: usize) {
 
 fn args(dataset: &str, files: Vec<std::path::PathBuf>) -> IngestArgs {
     IngestArgs {
-        dataset: dataset.into(),
-        files,
         producer: Some("loader-1".into()),
         batch_rows: 1000,
-        format: None,
         no_progress: true,
-        csv_no_header: false,
-        csv_delimiter: b',',
-        csv_nulls: vec![],
-        no_wait: false,
-        missing_as_null: false,
-        create: false,
-        partition_key: None,
-        row_key: None,
+        ..IngestArgs::new(dataset, files)
     }
 }
 
-#[tokio::test]
-async fn ingest_resumes_without_duplicates_against_a_real_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(ServerConfig::ephemeral(dir.path().join("data")))
-        .await
-        .unwrap();
-    let url = server.url();
+/// `strata datasets create weather --schema schemas/weather.json --shards 2`.
+async fn create_weather(url: &str) {
     let schema =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/weather.json");
     datasets::run(
-        &url,
+        url,
         DatasetsCommand::Create(CreateArgs {
             name: "weather".into(),
             schema: Some(schema),
@@ -72,6 +57,16 @@ async fn ingest_resumes_without_duplicates_against_a_real_server() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn ingest_resumes_without_duplicates_against_a_real_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerConfig::ephemeral(dir.path().join("data")))
+        .await
+        .unwrap();
+    let url = server.url();
+    create_weather(&url).await;
     let (a, b) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
     weather_csv(&a, 0, 5000);
     weather_csv(&b, 5000, 2500);
@@ -239,22 +234,7 @@ async fn ingest_finishes_when_its_rows_are_queryable() {
     config.ingest.flush_interval_ms = 3_600_000;
     let server = Server::start(config).await.unwrap();
     let url = server.url();
-    let schema =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/weather.json");
-    datasets::run(
-        &url,
-        DatasetsCommand::Create(CreateArgs {
-            name: "weather".into(),
-            schema: Some(schema),
-            from: None,
-            columns: vec![],
-            partition_key: None,
-            row_key: None,
-            shards: Some(2),
-        }),
-    )
-    .await
-    .unwrap();
+    create_weather(&url).await;
     let (a, b) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
     weather_csv(&a, 0, 700);
     weather_csv(&b, 700, 300);

@@ -313,6 +313,16 @@ impl LineSource for Script {
     }
 }
 
+/// Runs the shell over `input`; what it wrote to stdout and to stderr.
+async fn run_shell(shell: &mut Shell, client: &mut Client, input: &mut Script) -> (String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    shell.run(client, input, &mut out, &mut err).await.unwrap();
+    (
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn the_shell_runs_multiline_statements_and_survives_errors() {
     let mut f = Fixture::start().await;
@@ -335,15 +345,7 @@ async fn the_shell_runs_multiline_statements_and_survives_errors() {
         "\\q",
         "SELECT 'after quit' AS never;",
     ]);
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    shell
-        .run(&mut f.client, &mut input, &mut out, &mut err)
-        .await
-        .unwrap();
-    let (out, err) = (
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-    );
+    let (out, err) = run_shell(&mut shell, &mut f.client, &mut input).await;
     assert!(
         out.contains("| readings |") && out.contains("| 30       |"),
         "{out}"
@@ -381,12 +383,8 @@ async fn the_shell_runs_multiline_statements_and_survives_errors() {
 
     // Ctrl-D (end of input) quits too.
     let mut input = Script::new(&["SELECT 1 AS one;"]);
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    shell
-        .run(&mut f.client, &mut input, &mut out, &mut err)
-        .await
-        .unwrap();
-    assert!(String::from_utf8(out).unwrap().contains("| one |"));
+    let (out, _) = run_shell(&mut shell, &mut f.client, &mut input).await;
+    assert!(out.contains("| one |"));
     f.server.shutdown().await.unwrap();
 }
 
@@ -658,15 +656,7 @@ async fn the_shell_lists_describes_and_limits_what_it_shows() {
         "\\bogus",
         "\\q",
     ]);
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    shell
-        .run(&mut f.client, &mut input, &mut out, &mut err)
-        .await
-        .unwrap();
-    let (out, err) = (
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-    );
+    let (out, err) = run_shell(&mut shell, &mut f.client, &mut input).await;
     // \dt and \d: the dataset, its columns with keys, shards and head version.
     assert!(
         out.starts_with("weather\ndataset        weather\n"),

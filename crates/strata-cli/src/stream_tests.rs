@@ -286,20 +286,10 @@ fn csv(dir: &Path, name: &str, n: usize, bad: Option<usize>) -> PathBuf {
 
 fn args(dataset: &str, files: Vec<PathBuf>, producer: Option<&str>) -> IngestArgs {
     IngestArgs {
-        dataset: dataset.into(),
-        files,
         producer: producer.map(Into::into),
         batch_rows: 3,
-        format: None,
         no_progress: true,
-        csv_no_header: false,
-        csv_delimiter: b',',
-        csv_nulls: vec![],
-        no_wait: false,
-        missing_as_null: false,
-        create: false,
-        partition_key: None,
-        row_key: None,
+        ..IngestArgs::new(dataset, files)
     }
 }
 

@@ -369,7 +369,10 @@ async fn completions_and_a_misplaced_server_flag() {
     let out = strata("http://127.0.0.1:1", &["completions", "bash"], "").await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let script = text(&out.stdout);
-    assert!(script.contains("_strata()") && script.contains("watch"), "{script}");
+    assert!(
+        script.contains("_strata()") && script.contains("watch"),
+        "{script}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = strata(
         "http://127.0.0.1:1",
@@ -384,7 +387,15 @@ async fn completions_and_a_misplaced_server_flag() {
     )
     .await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("--listen"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--listen"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = strata("http://127.0.0.1:1", &["--version"], "").await;
-    assert!(text(&out.stdout).contains("(commit "), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("(commit "),
+        "{}",
+        text(&out.stdout)
+    );
 }
