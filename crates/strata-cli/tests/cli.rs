@@ -6,23 +6,17 @@ use std::process::{Command, Output, Stdio};
 
 use strata_server::{Server, ServerConfig};
 
-/// Runs `strata ARGS` against `url` with `stdin` piped in (never a terminal).
-async fn strata(url: &str, args: &[&str], stdin: &str) -> Output {
-    let (url, args, stdin) = (
-        url.to_string(),
-        args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        stdin.to_string(),
-    );
+/// Runs `command` (without a home directory) with `stdin` piped in; its output.
+async fn run(mut command: Command, stdin: &str) -> Output {
+    let stdin = stdin.to_string();
     tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
-            .args(&args)
-            .env("STRATA_SERVER", &url)
+        let mut child = command
             .env("HOME", "/nonexistent")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{command:?}: {e}"));
         child
             .stdin
             .take()
@@ -33,6 +27,13 @@ async fn strata(url: &str, args: &[&str], stdin: &str) -> Output {
     })
     .await
     .unwrap()
+}
+
+/// Runs `strata ARGS` against `url` with `stdin` piped in (never a terminal).
+async fn strata(url: &str, args: &[&str], stdin: &str) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+    command.args(args).env("STRATA_SERVER", url);
+    run(command, stdin).await
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -320,27 +321,18 @@ os.waitpid(pid, 0)
 sys.stdout.buffer.write(screen)
 "#;
     let typed = "\\dt\n\\d readings\n\\x\nSELECT * FROM readings ORDER BY sensor;\n\\q\n";
-    let bin = env!("CARGO_BIN_EXE_strata").to_string();
-    let screen = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new("python3")
-            .args(["-c", DRIVER, &bin, "--server", &url, "sql"])
-            .env("HOME", "/nonexistent")
-            .env("TERM", "dumb")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(typed.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
+    let mut python = Command::new("python3");
+    python
+        .args([
+            "-c",
+            DRIVER,
+            env!("CARGO_BIN_EXE_strata"),
+            "--server",
+            &url,
+            "sql",
+        ])
+        .env("TERM", "dumb");
+    let screen = run(python, typed).await;
     assert!(screen.status.success(), "{}", text(&screen.stderr));
     let screen = text(&screen.stdout).replace("\r\n", "\n");
     assert!(screen.contains("Strata SQL shell"), "{screen}");

@@ -315,16 +315,21 @@ impl RecentChanges {
                 Ok(Some(Arc::new(batches)))
             })
             .await?;
-        Ok(match (kept, rows) {
+        match (kept, rows) {
             (Some(batches), _) => {
                 let batches = batches.clone();
-                futures::stream::iter((0..batches.len()).map(move |i| Ok(batches[i].clone())))
-                    .boxed()
+                Ok(
+                    futures::stream::iter((0..batches.len()).map(move |i| Ok(batches[i].clone())))
+                        .boxed(),
+                )
             }
             // Too large: this subscription's own stream (read in part above, or not yet).
-            (None, Some(rows)) => rows,
-            (None, None) => unreachable!("a slot without rows is filled by this call"),
-        })
+            (None, Some(rows)) => Ok(rows),
+            // Only the call that read the rows can leave its slot empty, and it keeps them.
+            (None, None) => Err(Error::Execution(
+                "a version's change rows were neither kept nor left to read".into(),
+            )),
+        }
     }
 
     /// Counts the bytes of a filled slot (if it was not evicted meanwhile), evicting the

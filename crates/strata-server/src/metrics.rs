@@ -423,28 +423,23 @@ impl Sources {
         );
         let _ = writeln!(out, "strata_subscriptions {}", self.subscriptions.running());
 
-        // Per dataset: the head version, live segments and rows, unflushed rows.
-        let catalog = self.ingester.catalog();
+        // Per dataset: the head version, live segments and rows, unflushed rows (the
+        // ingester's handle of each dataset, as DescribeDataset uses).
         let mut rows = Vec::new();
-        if let Ok(names) = catalog.list_tables().await {
+        if let Ok(names) = self.ingester.catalog().list_tables().await {
             for name in names {
-                let Ok(table) = catalog.open_table(&name).await else {
+                let Ok(status) = self.ingester.status(&name).await else {
                     continue;
                 };
-                let Ok(head) = table.head().await else {
+                let Ok(head) = status.table.head().await else {
                     continue;
                 };
-                let unflushed = self
-                    .ingester
-                    .status(&name)
-                    .await
-                    .map_or(0, |s| s.unflushed_rows);
                 rows.push((
                     name,
                     head.version,
                     head.segment_count(),
                     head.live_rows(),
-                    unflushed,
+                    status.unflushed_rows,
                 ));
             }
         }

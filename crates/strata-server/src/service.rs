@@ -1,6 +1,7 @@
 //! The `strata.v1.Strata` gRPC service: datasets, `Ingest` and `Flush`.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arrow::datatypes::Schema;
@@ -526,10 +527,8 @@ async fn pump(
     producer: String,
 ) {
     let started = std::time::Instant::now();
-    let acked = std::sync::Arc::new([
-        std::sync::atomic::AtomicU64::new(0),
-        std::sync::atomic::AtomicU64::new(0),
-    ]);
+    // Acknowledged batches and rows, for the log line at the end.
+    let (batches_acked, rows_acked) = (AtomicU64::new(0), AtomicU64::new(0));
     let batches = inbound.map(|msg| match msg {
         Ok(IngestRequest {
             kind: Some(ingest_request::Kind::Batch(b)),
@@ -542,8 +541,8 @@ async fn pump(
     let send = |r: Result<Ack, Status>| {
         let tx = tx.clone();
         if let Ok(a) = &r {
-            acked[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            acked[1].fetch_add(a.rows, std::sync::atomic::Ordering::Relaxed);
+            batches_acked.fetch_add(1, Ordering::Relaxed);
+            rows_acked.fetch_add(a.rows, Ordering::Relaxed);
         }
         async move { tx.send(r.map(ack_message)).await.is_ok() }
     };
@@ -551,8 +550,8 @@ async fn pump(
     info!(
         dataset,
         producer,
-        batches = acked[0].load(std::sync::atomic::Ordering::Relaxed),
-        rows = acked[1].load(std::sync::atomic::Ordering::Relaxed),
+        batches = batches_acked.into_inner(),
+        rows = rows_acked.into_inner(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "ingest stream closed"
     );
