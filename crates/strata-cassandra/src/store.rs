@@ -474,16 +474,43 @@ async fn apply_schema(session: &Session, config: &CassandraConfig) -> Result<()>
         .filter(|s| !s.is_empty())
     {
         let statement = statement.trim_end_matches(';');
-        session
-            .query_unpaged(statement, ())
-            .await
-            .map_err(|e| Error::Connect(format!("schema: {e}\n{statement}")))?;
+        match session.query_unpaged(statement, ()).await {
+            Ok(_) => {}
+            // The coordinator applied the change; only the other nodes' agreement
+            // is late (the next statement may depend on it: wait longer for it).
+            Err(ExecutionError::SchemaAgreementError(e)) => {
+                warn!("schema agreement after {statement:?}: {e}; waiting longer");
+                await_agreement(session).await?;
+            }
+            Err(e) => return Err(Error::Connect(format!("schema: {e}\n{statement}"))),
+        }
     }
-    session
-        .await_schema_agreement()
-        .await
-        .map_err(|e| Error::Connect(format!("schema agreement: {e}")))?;
-    Ok(())
+    await_agreement(session).await
+}
+
+/// How long a schema change may wait for every node to agree. Cassandra pushes a
+/// change to the nodes it sees; one that missed it pulls schemas once a minute, so
+/// the driver's own 60 s can end just before the pull.
+const SCHEMA_AGREEMENT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Awaits schema agreement, again and again up to [`SCHEMA_AGREEMENT_DEADLINE`].
+async fn await_agreement(session: &Session) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + SCHEMA_AGREEMENT_DEADLINE;
+    loop {
+        match session.await_schema_agreement().await {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                warn!("schema agreement: {e}; waiting longer");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err(Error::Connect(format!(
+                    "schema agreement not reached in {} s: {e}",
+                    SCHEMA_AGREEMENT_DEADLINE.as_secs()
+                )));
+            }
+        }
+    }
 }
 
 /// The serial consistency as the consistency of a read.
