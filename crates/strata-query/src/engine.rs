@@ -325,7 +325,10 @@ impl Engine {
                     0 => statements::DEFAULT_SHARDS,
                     n => n,
                 };
-                if let Some(cmd) = statements::from_statement(s, shards)? {
+                if let Some(mut cmd) = statements::from_statement(s, shards)? {
+                    if let Command::Merge(m) = &mut cmd {
+                        m.tags = tags;
+                    }
                     return Ok(self.command(cmd, changes));
                 }
             }
@@ -393,6 +396,21 @@ impl Engine {
         };
         visit(statement, &mut rewriter);
         rewriter.error.map_or(Ok(()), Err)
+    }
+
+    /// Plans a statement of the engine's own making, with `VERSION AS OF` (and the
+    /// tags of `tags`) resolved as in a client's statement.
+    pub(crate) async fn plan_sql(
+        &self,
+        sql: &str,
+        tags: &[String],
+    ) -> Result<(SessionState, LogicalPlan)> {
+        let mut statement = self.parse_one(sql)?;
+        self.rewrite_versions(&mut statement, tags).await?;
+        let (state, _) = self.session();
+        let plan = state.statement_to_plan(statement).await?;
+        check_plan(&plan)?;
+        Ok((state, plan))
     }
 
     /// Milliseconds since the epoch of a SQL timestamp expression (a naive timestamp
@@ -483,6 +501,14 @@ impl Engine {
                     .update(&table, assignments, selection.as_deref())
                     .await?
                 {
+                    Some((info, rows)) => (Some(info.version), Some(rows)),
+                    None => (None, Some(0)),
+                }
+            }
+            Command::Merge(m) => {
+                let table = open().await?;
+                hooks.before_commit(name).await.map_err(Error::Hook)?;
+                match self.merge(&table, m).await? {
                     Some((info, rows)) => (Some(info.version), Some(rows)),
                     None => (None, Some(0)),
                 }
@@ -1030,9 +1056,10 @@ impl Prepared {
             } => Access::Write,
             Body::Query { .. } => Access::Read,
             Body::Command(c) => match c {
-                Command::Delete { .. } | Command::Update { .. } | Command::Optimize { .. } => {
-                    Access::Write
-                }
+                Command::Delete { .. }
+                | Command::Update { .. }
+                | Command::Merge(_)
+                | Command::Optimize { .. } => Access::Write,
                 Command::CreateTable { .. }
                 | Command::DropTable { .. }
                 | Command::AddColumn { .. }

@@ -41,6 +41,7 @@ pub mod error;
 pub mod functions;
 pub mod hooks;
 pub mod limits;
+pub mod merge;
 pub mod object_store;
 pub mod overflow;
 pub mod provider;

@@ -10,6 +10,8 @@
 //! DROP TABLE [IF EXISTS] weather;
 //! ALTER TABLE weather ADD [COLUMN] [IF NOT EXISTS] humidity DOUBLE;
 //! DELETE FROM weather [WHERE …];
+//! UPDATE weather SET temperature = temperature / 10 [WHERE …];
+//! MERGE INTO weather USING fixes ON … WHEN [NOT] MATCHED … THEN …;   -- see crate::merge
 //! RESTORE [TABLE] weather TO VERSION AS OF 12;      -- or 'tag', or TIMESTAMP AS OF '…'
 //! ALTER TABLE weather CREATE TAG release_1 [AS OF VERSION 12];
 //! ALTER TABLE weather DROP TAG [IF EXISTS] release_1;
@@ -36,6 +38,7 @@ use strata_types::{ColumnDef, DatasetSpec, DatasetSpecDef, Value};
 
 use crate::dialect::StrataDialect;
 use crate::error::{Error, Result};
+use crate::merge::MergeCommand;
 
 /// Shards of a dataset created without `WITH (shards = N)`.
 pub const DEFAULT_SHARDS: u32 = 8;
@@ -68,6 +71,8 @@ pub enum Command {
         assignments: Vec<(String, String)>,
         selection: Option<String>,
     },
+    /// `MERGE INTO t USING … ON … WHEN …`.
+    Merge(Box<MergeCommand>),
     Restore {
         table: String,
         to: VersionAt,
@@ -107,6 +112,7 @@ impl Command {
             Command::AddColumn { .. } => "ALTER TABLE ADD COLUMN",
             Command::Delete { .. } => "DELETE",
             Command::Update { .. } => "UPDATE",
+            Command::Merge(_) => "MERGE",
             Command::Restore { .. } => "RESTORE",
             Command::CreateTag { .. } => "CREATE TAG",
             Command::DropTag { .. } => "DROP TAG",
@@ -119,6 +125,7 @@ impl Command {
         match self {
             Command::CreateTable { spec, .. } => spec.name.as_str(),
             Command::DropTable { name, .. } => name,
+            Command::Merge(m) => &m.table,
             Command::AddColumn { table, .. }
             | Command::Delete { table, .. }
             | Command::Update { table, .. }
@@ -371,7 +378,7 @@ pub fn default_vacuum_policy() -> VacuumPolicy {
 // ---------------------------------------------------------------------------------
 // Statements sqlparser parses: CREATE TABLE, DROP TABLE, ALTER TABLE ADD COLUMN, DELETE.
 
-fn object_name(name: &ast::ObjectName) -> Result<String> {
+pub(crate) fn object_name(name: &ast::ObjectName) -> Result<String> {
     let last = name
         .0
         .last()
@@ -733,26 +740,13 @@ pub fn from_statement(s: &ast::Statement, default_shards: u32) -> Result<Option<
                     "UPDATE applies to the head of one table (no joins, no VERSION AS OF)",
                 ));
             }
-            let mut assignments = Vec::with_capacity(u.assignments.len());
-            for a in &u.assignments {
-                let ast::AssignmentTarget::ColumnName(column) = &a.target else {
-                    return Err(Error::Unsupported("UPDATE … SET (a, b) = …".into()));
-                };
-                let column = match column.0.last() {
-                    Some(ast::ObjectNamePart::Identifier(i)) => ident(i),
-                    _ => return Err(Error::plan(format!("invalid column {column}"))),
-                };
-                if assignments.iter().any(|(c, _)| *c == column) {
-                    return Err(Error::plan(format!("UPDATE sets {column:?} twice")));
-                }
-                assignments.push((column, a.value.to_string()));
-            }
             Command::Update {
                 table: object_name(name)?,
-                assignments,
+                assignments: assignments(&u.assignments, "UPDATE")?,
                 selection: u.selection.as_ref().map(|e| e.to_string()),
             }
         }
+        S::Merge(m) => Command::Merge(Box::new(MergeCommand::parse(m)?)),
         S::CreateView(_) => {
             return Err(Error::Unsupported("CREATE VIEW".into()));
         }
@@ -761,6 +755,26 @@ pub fn from_statement(s: &ast::Statement, default_shards: u32) -> Result<Option<
         }
         _ => return Ok(None),
     }))
+}
+
+/// `SET col = expr, …` as (column, expression SQL) pairs; `what` names the statement
+/// in errors.
+pub(crate) fn assignments(list: &[ast::Assignment], what: &str) -> Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(list.len());
+    for a in list {
+        let ast::AssignmentTarget::ColumnName(column) = &a.target else {
+            return Err(Error::Unsupported(format!("{what} … SET (a, b) = …")));
+        };
+        let column = match column.0.last() {
+            Some(ast::ObjectNamePart::Identifier(i)) => ident(i),
+            _ => return Err(Error::plan(format!("invalid column {column}"))),
+        };
+        if out.iter().any(|(c, _)| *c == column) {
+            return Err(Error::plan(format!("{what} sets {column:?} twice")));
+        }
+        out.push((column, a.value.to_string()));
+    }
+    Ok(out)
 }
 
 fn column_def_for_add(c: &ast::ColumnDef) -> Result<(Field, bool)> {

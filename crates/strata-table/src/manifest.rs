@@ -26,11 +26,24 @@ pub enum Operation {
     Create,
     Append,
     Upsert,
-    Delete { predicate: String },
-    Rollback { to: u64 },
-    Compact { shards: Vec<u32> },
-    AddColumn { column: String, data_type: String },
-    Vacuum { oldest_retained: u64 },
+    /// Upserts and deletes by key in one version (`MERGE`).
+    Merge,
+    Delete {
+        predicate: String,
+    },
+    Rollback {
+        to: u64,
+    },
+    Compact {
+        shards: Vec<u32>,
+    },
+    AddColumn {
+        column: String,
+        data_type: String,
+    },
+    Vacuum {
+        oldest_retained: u64,
+    },
 }
 
 impl Operation {
@@ -39,6 +52,7 @@ impl Operation {
             Operation::Create => "create",
             Operation::Append => "append",
             Operation::Upsert => "upsert",
+            Operation::Merge => "merge",
             Operation::Delete { .. } => "delete",
             Operation::Rollback { .. } => "rollback",
             Operation::Compact { .. } => "compact",

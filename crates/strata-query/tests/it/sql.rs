@@ -842,3 +842,175 @@ async fn update_statements() {
     let msg = err(&e, "UPDATE log SET v = 1").await.to_string();
     assert!(msg.contains("without a row key"), "{msg}");
 }
+
+/// `MERGE INTO … USING … ON …`: every clause kind in one version, first matching clause
+/// wins, a versioned source, a subquery source, `NOT MATCHED BY SOURCE`, nothing
+/// committed when no clause applies, and the SQL standard's refusals.
+#[tokio::test]
+async fn merge_statements() {
+    let catalog = crate::common::memory_catalog();
+    let e = engine(&catalog);
+    for sql in [
+        "CREATE TABLE r (k VARCHAR, t BIGINT, v DOUBLE, note VARCHAR, PRIMARY KEY ((k), t))",
+        "INSERT INTO r VALUES ('a', 1, 1.0, 'x'), ('a', 2, 2.0, 'y'), ('b', 1, 3.0, 'z'), ('c', 1, 4.0, 'w')",
+        "CREATE TABLE fixes (k VARCHAR, t BIGINT, v DOUBLE, PRIMARY KEY ((k), t))",
+        // a 1: updated; a 2: deleted (v is null); d 1: inserted; e 1: inserted without v.
+        "INSERT INTO fixes VALUES ('a', 1, 10.0), ('a', 2, NULL), ('d', 1, 5.0), ('e', 1, -1.0)",
+    ] {
+        e.collect(sql).await.unwrap();
+    }
+    let version = |e: &Engine| {
+        let e = e.clone();
+        async move { count(&e, "SELECT max(version) FROM strata_versions('r')").await }
+    };
+    let before = version(&e).await;
+    let result = rows(
+        &e,
+        "MERGE INTO r USING fixes AS f ON r.k = f.k AND r.t = f.t \
+         WHEN MATCHED AND f.v IS NULL THEN DELETE \
+         WHEN MATCHED THEN UPDATE SET v = f.v, note = r.note || '!' \
+         WHEN NOT MATCHED AND f.v < 0 THEN INSERT (k, t) VALUES (f.k, f.t) \
+         WHEN NOT MATCHED THEN INSERT VALUES (f.k, f.t, f.v, 'new')",
+    )
+    .await;
+    assert_eq!(strings(&result, "operation"), ["MERGE"]);
+    assert_eq!(strings(&result, "rows"), ["4"]);
+    assert_eq!(version(&e).await, before + 1, "one version");
+    let b = rows(&e, "SELECT k, t, v, note FROM r ORDER BY k, t").await;
+    assert_eq!(strings(&b, "k"), ["a", "b", "c", "d", "e"]);
+    assert_eq!(strings(&b, "v"), ["10.0", "3.0", "4.0", "5.0", ""]);
+    assert_eq!(strings(&b, "note"), ["x!", "z", "w", "new", ""]);
+    let ops = rows(
+        &e,
+        &format!(
+            "SELECT operation FROM strata_versions('r') WHERE version = {}",
+            before + 1
+        ),
+    )
+    .await;
+    assert_eq!(strings(&ops, "operation"), ["merge"]);
+    let changes = rows(
+        &e,
+        &format!(
+            "SELECT _change_type, count(*) AS n FROM table_changes('r', {}) GROUP BY 1 ORDER BY 1",
+            before + 1
+        ),
+    )
+    .await;
+    assert_eq!(
+        strings(&changes, "_change_type"),
+        ["delete", "insert", "update_after", "update_before"]
+    );
+    assert_eq!(strings(&changes, "n"), ["1", "2", "1", "1"]);
+
+    // A subquery source and NOT MATCHED BY SOURCE: the target becomes the source.
+    let result = rows(
+        &e,
+        "MERGE INTO r AS t USING (SELECT k, t, v FROM fixes WHERE v > 0) AS s ON t.k = s.k AND t.t = s.t \
+         WHEN MATCHED THEN UPDATE SET v = s.v \
+         WHEN NOT MATCHED BY SOURCE THEN DELETE",
+    )
+    .await;
+    assert_eq!(strings(&result, "rows"), ["5"], "2 updated, 3 deleted");
+    let b = rows(&e, "SELECT k, t, v FROM r ORDER BY k, t").await;
+    assert_eq!(strings(&b, "k"), ["a", "d"]);
+
+    // A source at an older version (here the target's own): back to how it was.
+    let result = rows(
+        &e,
+        &format!(
+            "MERGE INTO r USING r VERSION AS OF {before} AS old ON r.k = old.k AND r.t = old.t \
+             WHEN MATCHED THEN UPDATE SET v = old.v, note = old.note \
+             WHEN NOT MATCHED THEN INSERT VALUES (old.k, old.t, old.v, old.note) \
+             WHEN NOT MATCHED BY SOURCE THEN DELETE"
+        ),
+    )
+    .await;
+    assert_eq!(strings(&result, "rows"), ["5"]);
+    let now = rows(&e, "SELECT * FROM r ORDER BY k, t").await;
+    let then = rows(
+        &e,
+        &format!("SELECT * FROM r VERSION AS OF {before} ORDER BY k, t"),
+    )
+    .await;
+    assert_eq!(now, then);
+
+    // No clause applies: nothing committed.
+    let head = version(&e).await;
+    let result = rows(
+        &e,
+        "MERGE INTO r USING fixes AS f ON r.k = f.k AND r.t = f.t WHEN MATCHED AND f.v > 100 THEN DELETE",
+    )
+    .await;
+    assert_eq!(strings(&result, "rows"), ["0"]);
+    assert_eq!(version(&e).await, head);
+
+    // Refusals, with their reasons; none commits anything.
+    e.collect("INSERT INTO fixes VALUES ('a', 3, 1.0)")
+        .await
+        .unwrap();
+    for (sql, wanted) in [
+        (
+            "MERGE INTO r USING fixes AS f ON r.k = f.k WHEN MATCHED THEN UPDATE SET v = f.v",
+            "acts twice",
+        ),
+        (
+            "MERGE INTO r USING fixes AS f ON FALSE WHEN NOT MATCHED THEN INSERT (k, t) VALUES ('z', 1)",
+            "acts twice",
+        ),
+        (
+            "MERGE INTO r USING fixes AS f ON r.k = f.k AND r.t = f.t WHEN MATCHED THEN UPDATE SET k = 'q'",
+            "key column",
+        ),
+        (
+            "MERGE INTO r USING fixes AS f ON r.k = f.k AND r.t = f.t WHEN NOT MATCHED THEN INSERT (k, v) VALUES (f.k, f.v)",
+            "key column \"t\"",
+        ),
+        (
+            "MERGE INTO r USING fixes AS f ON r.k = f.k AND r.t = f.t WHEN NOT MATCHED THEN DELETE",
+            "not allowed",
+        ),
+        (
+            "MERGE INTO r USING fixes AS f ON r.k = f.k AND r.t = f.t WHEN MATCHED THEN INSERT VALUES (1)",
+            "not allowed",
+        ),
+        (
+            "MERGE INTO r USING fixes AS f ON r.k = f.k AND r.t = f.t WHEN NOT MATCHED THEN INSERT VALUES (f.k)",
+            "1 value(s)",
+        ),
+        (
+            "MERGE INTO r USING fixes AS f ON r.k = f.k AND r.t = f.t WHEN MATCHED THEN UPDATE SET nope = 1",
+            "no column",
+        ),
+        (
+            "MERGE INTO r USING fixes AS f ON r.k = f.k AND r.t = f.t WHEN MATCHED THEN UPDATE SET v = 'text'",
+            "new values of \"v\"",
+        ),
+        (
+            "MERGE INTO r USING (SELECT * FROM fixes) ON TRUE WHEN MATCHED THEN DELETE",
+            "needs an alias",
+        ),
+        (
+            "MERGE INTO r USING r ON TRUE WHEN MATCHED THEN DELETE",
+            "both called",
+        ),
+        (
+            "MERGE INTO nope USING fixes AS f ON TRUE WHEN MATCHED THEN DELETE",
+            "nope",
+        ),
+    ] {
+        let msg = err(&e, sql).await.to_string();
+        assert!(msg.contains(wanted), "{sql}: {msg}");
+    }
+    assert_eq!(version(&e).await, head, "no refusal committed");
+    e.collect("CREATE TABLE log (k VARCHAR, v DOUBLE, PRIMARY KEY (k))")
+        .await
+        .unwrap();
+    let msg = err(
+        &e,
+        "MERGE INTO log USING fixes AS f ON log.k = f.k WHEN MATCHED THEN DELETE",
+    )
+    .await
+    .to_string();
+    assert!(msg.contains("without a row key"), "{msg}");
+}

@@ -4,6 +4,28 @@
 
 use super::*;
 
+/// Primary keys to delete, encoded, with the rows of each shard.
+pub(super) struct KeysByShard {
+    encoded: arrow::row::Rows,
+    by_shard: BTreeMap<u32, Vec<usize>>,
+    rows: usize,
+}
+
+impl KeysByShard {
+    /// Each shard's keys as a set of encoded keys.
+    fn keysets(&self) -> BTreeMap<u32, HashSet<&[u8]>> {
+        self.by_shard
+            .iter()
+            .map(|(shard, rows)| {
+                (
+                    *shard,
+                    rows.iter().map(|&i| self.encoded.row(i).data()).collect(),
+                )
+            })
+            .collect()
+    }
+}
+
 /// New rows of one shard, sorted by primary key, and the segments holding them.
 pub(super) struct ShardWrite {
     shard: u32,
@@ -160,6 +182,45 @@ impl Table {
         producers: BTreeMap<String, u64>,
         base_version: Option<u64>,
     ) -> Result<WriteOutcome> {
+        self.write_inner(batches, None, producers, base_version)
+            .await
+    }
+
+    /// Upserts `rows` and deletes the live rows whose primary keys are in `keys` (the
+    /// primary key columns), as one version right after `base_version` (a conflict,
+    /// nothing committed, when another commit came first). `MERGE` computes both from
+    /// that version's rows. A key both written and deleted is refused; a dataset without
+    /// a row key has no keys to merge by.
+    pub async fn merge_at(
+        &self,
+        rows: &[RecordBatch],
+        keys: &RecordBatch,
+        base_version: u64,
+    ) -> Result<VersionInfo> {
+        if !self.inner.spec.has_row_key() {
+            return Err(Error::InvalidArgument(format!(
+                "dataset {:?} has no row key: rows cannot be merged by key",
+                self.name()
+            )));
+        }
+        match self
+            .write_inner(rows, Some(keys), BTreeMap::new(), Some(base_version))
+            .await?
+        {
+            WriteOutcome::Committed(info) => Ok(info),
+            WriteOutcome::Duplicate { .. } => Err(Error::InvalidArgument(
+                "a merge without producer marks was taken for a duplicate".into(),
+            )),
+        }
+    }
+
+    async fn write_inner(
+        &self,
+        batches: &[RecordBatch],
+        delete_keys: Option<&RecordBatch>,
+        producers: BTreeMap<String, u64>,
+        base_version: Option<u64>,
+    ) -> Result<WriteOutcome> {
         let head = self.head().await?;
         if is_duplicate(&head, &producers) {
             return Ok(WriteOutcome::Duplicate { head: head.version });
@@ -169,6 +230,10 @@ impl Table {
             .iter()
             .map(|b| self.conform(&schema, b))
             .collect::<Result<Vec<_>>>()?;
+        let deleted = delete_keys.map(|k| self.keys_by_shard(k)).transpose()?;
+        if let Some(d) = &deleted {
+            self.check_disjoint(&conformed, d)?;
+        }
         let since = now_ms();
         let writes = self.write_shards(&conformed).await?;
         let upsert = self.inner.spec.has_row_key();
@@ -182,6 +247,7 @@ impl Table {
         let result = self
             .commit_loop(|base| {
                 let writes = &writes;
+                let deleted = &deleted;
                 let producers = &producers;
                 let new_segments = &new_segments;
                 let schema = &schema;
@@ -209,14 +275,18 @@ impl Table {
                             reason: "the schema changed while the rows were being written".into(),
                         });
                     }
-                    let mut txn = Txn::new(if upsert {
-                        Operation::Upsert
-                    } else {
-                        Operation::Append
+                    let mut txn = Txn::new(match (upsert, deleted) {
+                        (true, Some(_)) => Operation::Merge,
+                        (true, None) => Operation::Upsert,
+                        (false, _) => Operation::Append,
                     });
                     if upsert {
+                        let extra = deleted
+                            .as_ref()
+                            .map(KeysByShard::keysets)
+                            .unwrap_or_default();
                         let (deletes, remove, removed) =
-                            self.resolve_upserts(&base, writes).await?;
+                            self.resolve_upserts(&base, writes, &extra).await?;
                         txn.deletes = deletes;
                         txn.remove = remove;
                         txn.rows_removed = removed;
@@ -247,35 +317,97 @@ impl Table {
         }
     }
 
-    /// Finds the live rows that the new rows replace. Only segments of the shards written
-    /// are considered, and of those only segments whose key ranges overlap the new keys.
+    /// Finds the live rows that the new rows replace, and those whose keys are in
+    /// `extra` (keys deleted in the same version, by shard). Only segments of the shards
+    /// touched are considered; of a shard only written to, only segments whose key
+    /// ranges overlap the new keys. One pass per shard, so a segment hit by both gets
+    /// one deletion vector.
     pub(super) async fn resolve_upserts(
         &self,
         base: &Manifest,
         writes: &[ShardWrite],
+        extra: &BTreeMap<u32, HashSet<&[u8]>>,
     ) -> Result<(Vec<DvUpdate>, Vec<SegmentRef>, u64)> {
         let mut deletes = Vec::new();
         let mut removes = Vec::new();
         let mut removed = 0;
+        let mut written = HashSet::new();
         for w in writes {
             if w.batch.num_rows() == 0 {
                 continue;
             }
+            written.insert(w.shard);
             let rows = self.inner.keys.encode(&w.batch)?;
-            let keyset: HashSet<&[u8]> = rows.iter().map(|r| r.data()).collect();
-            let first = w.segments.first().expect("rows make segments");
-            let last = w.segments.last().expect("rows make segments");
-            let bounds = KeyBounds::new(&self.inner.spec, &first.pk_min, &last.pk_max, &w.segments);
-            let candidates: Vec<&LiveSegment> = base
-                .shard_segments(w.shard)
-                .filter(|s| bounds.may_overlap(&s.meta))
-                .collect();
+            let mut keyset: HashSet<&[u8]> = rows.iter().map(|r| r.data()).collect();
+            let candidates: Vec<&LiveSegment> = match extra.get(&w.shard) {
+                Some(more) => {
+                    keyset.extend(more.iter().copied());
+                    base.shard_segments(w.shard).collect()
+                }
+                None => {
+                    let first = w.segments.first().expect("rows make segments");
+                    let last = w.segments.last().expect("rows make segments");
+                    let bounds =
+                        KeyBounds::new(&self.inner.spec, &first.pk_min, &last.pk_max, &w.segments);
+                    base.shard_segments(w.shard)
+                        .filter(|s| bounds.may_overlap(&s.meta))
+                        .collect()
+                }
+            };
             let (d, r, n) = self.mark_keys(base, &candidates, &keyset).await?;
             deletes.extend(d);
             removes.extend(r);
             removed += n;
         }
+        for (shard, keyset) in extra {
+            if written.contains(shard) {
+                continue;
+            }
+            let candidates: Vec<&LiveSegment> = base.shard_segments(*shard).collect();
+            let (d, r, n) = self.mark_keys(base, &candidates, keyset).await?;
+            deletes.extend(d);
+            removes.extend(r);
+            removed += n;
+        }
         Ok((deletes, removes, removed))
+    }
+
+    /// Primary keys (the key columns, in any order and type the dataset's conform
+    /// accepts) encoded and grouped by shard.
+    fn keys_by_shard(&self, keys: &RecordBatch) -> Result<KeysByShard> {
+        let spec = &self.inner.spec;
+        let pk_schema = Arc::new(Schema::new(
+            spec.primary_key()
+                .map(|n| spec.schema.field_with_name(n).cloned())
+                .collect::<std::result::Result<Vec<Field>, _>>()?,
+        ));
+        let keys = self.conform(&pk_schema, keys)?;
+        let partition: Vec<usize> = (0..spec.partition_key.len()).collect();
+        let shards = shard_of_rows(&keys, &partition, spec.shards)?;
+        let encoded = self.inner.keys.encode_columns(keys.columns())?;
+        let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, s) in shards.iter().enumerate() {
+            by_shard.entry(*s).or_default().push(i);
+        }
+        Ok(KeysByShard {
+            encoded,
+            by_shard,
+            rows: keys.num_rows(),
+        })
+    }
+
+    /// Refuses a write whose rows and deleted keys share a key: which should win?
+    fn check_disjoint(&self, rows: &[RecordBatch], deleted: &KeysByShard) -> Result<()> {
+        let gone: HashSet<&[u8]> = deleted.encoded.iter().map(|r| r.data()).collect();
+        for b in rows {
+            let encoded = self.inner.keys.encode(b)?;
+            if encoded.iter().any(|r| gone.contains(r.data())) {
+                return Err(Error::InvalidArgument(
+                    "a key is both written and deleted in one version".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Marks, in `candidates`, the live rows whose primary key is in `keyset`.
@@ -364,25 +496,10 @@ impl Table {
         keys: &RecordBatch,
         base_version: Option<u64>,
     ) -> Result<VersionInfo> {
-        let spec = &self.inner.spec;
-        let pk: Vec<String> = spec.primary_key().map(str::to_string).collect();
-        let pk_schema = Arc::new(Schema::new(
-            pk.iter()
-                .map(|n| spec.schema.field_with_name(n).cloned())
-                .collect::<std::result::Result<Vec<Field>, _>>()?,
-        ));
-        let keys = self.conform(&pk_schema, keys)?;
-        let partition: Vec<usize> = (0..spec.partition_key.len()).collect();
-        let shards = shard_of_rows(&keys, &partition, spec.shards)?;
-        let encoded = self.inner.keys.encode_columns(keys.columns())?;
-        let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-        for (i, s) in shards.iter().enumerate() {
-            by_shard.entry(*s).or_default().push(i);
-        }
-        let n = keys.num_rows();
+        let keys = self.keys_by_shard(keys)?;
+        let n = keys.rows;
         self.commit_loop(|base| {
-            let by_shard = &by_shard;
-            let encoded = &encoded;
+            let keys = &keys;
             async move {
                 if let Some(expected) = base_version
                     && base.version != expected
@@ -398,10 +515,8 @@ impl Table {
                 let mut txn = Txn::new(Operation::Delete {
                     predicate: format!("primary key in {n} key(s)"),
                 });
-                for (shard, rows) in by_shard {
-                    let keyset: HashSet<&[u8]> =
-                        rows.iter().map(|&i| encoded.row(i).data()).collect();
-                    let candidates: Vec<&LiveSegment> = base.shard_segments(*shard).collect();
+                for (shard, keyset) in keys.keysets() {
+                    let candidates: Vec<&LiveSegment> = base.shard_segments(shard).collect();
                     let (d, r, removed) = self.mark_keys(&base, &candidates, &keyset).await?;
                     txn.deletes.extend(d);
                     txn.remove.extend(r);

@@ -176,6 +176,61 @@ async fn a_key_delete_pinned_to_a_version_refuses_a_moved_head() {
     assert_eq!((d.version, d.rows_removed), (head + 1, 1));
 }
 
+/// `merge_at`: upserts and key deletes in one version (one deletion vector when both hit
+/// one segment), refused on a moved head, and a key both written and deleted refused.
+#[tokio::test]
+async fn a_merge_upserts_and_deletes_in_one_version() {
+    let cat = catalog(TableOptions::default());
+    // One shard: every row in the same segment.
+    let t = cat.create_table(kv_spec("w", 1, true)).await.unwrap();
+    put(
+        &t,
+        &[
+            ("a", 1, Some(1.0)),
+            ("a", 2, Some(2.0)),
+            ("a", 3, Some(3.0)),
+        ],
+    )
+    .await;
+    let base = t.head_version().await.unwrap();
+    let rows = kv_batch(&[("a", 1, Some(10.0)), ("b", 1, Some(4.0))]);
+    let gone = kv_batch(&[("a", 2, None)]).project(&[0, 1]).unwrap();
+    let info = t
+        .merge_at(std::slice::from_ref(&rows), &gone, base)
+        .await
+        .unwrap();
+    assert_eq!(info.version, base + 1);
+    assert_eq!(info.operation, Operation::Merge);
+    assert_eq!(info.rows_removed, 2, "one replaced, one deleted");
+    assert_eq!(
+        read(&t, VersionSpec::Head).await,
+        expect(&[
+            ("a", 1, Some(10.0)),
+            ("a", 3, Some(3.0)),
+            ("b", 1, Some(4.0))
+        ])
+    );
+    // Computed at an older version: a conflict, nothing committed.
+    let err = t
+        .merge_at(std::slice::from_ref(&rows), &gone, base)
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(t.head_version().await.unwrap(), base + 1);
+    let both = kv_batch(&[("a", 3, None)]).project(&[0, 1]).unwrap();
+    let err = t
+        .merge_at(&[kv_batch(&[("a", 3, Some(0.0))])], &both, base + 1)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("both written and deleted"),
+        "{err}"
+    );
+    let log = cat.create_table(kv_spec("log", 1, false)).await.unwrap();
+    let err = log.merge_at(&[], &both, 1).await.unwrap_err();
+    assert!(err.to_string().contains("no row key"), "{err}");
+}
+
 #[tokio::test]
 async fn deletes_by_key_and_predicate() {
     let cat = catalog(TableOptions::default());
