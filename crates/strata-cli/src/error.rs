@@ -31,14 +31,14 @@ pub enum Error {
     Protocol(String),
 
     /// A local file could not be opened or read.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {source}", shown(.path))]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
 
     /// A local file does not fit the dataset, or could not be decoded.
-    #[error("{}: {message}", .path.display())]
+    #[error("{}: {message}", shown(.path))]
     File { path: PathBuf, message: String },
 
     #[error(transparent)]
@@ -157,4 +157,13 @@ pub fn status_message(status: &tonic::Status) -> String {
         }
     }
     out
+}
+
+/// A path as errors name it (`-` is standard input).
+fn shown(path: &std::path::Path) -> String {
+    if crate::read::is_stdin(path) {
+        "standard input".to_string()
+    } else {
+        path.display().to_string()
+    }
 }

@@ -43,7 +43,8 @@ pub struct IngestArgs {
     /// Dataset to write into.
     pub dataset: String,
 
-    /// Files to read, in this order: CSV, Parquet or newline-delimited JSON.
+    /// Files to read, in this order: CSV, Parquet or newline-delimited JSON (text ones
+    /// optionally .gz); `-` reads CSV or NDJSON from standard input (with --format).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
 

@@ -82,8 +82,28 @@ pub fn is_gzip(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
 }
 
-/// The bytes of a text file (CSV, NDJSON), decompressed when it is `.gz`.
+/// The file name that means standard input.
+pub const STDIN: &str = "-";
+
+/// True for `-`: standard input, read once, as it comes (CSV or NDJSON; gzip is
+/// recognised by its magic bytes).
+pub fn is_stdin(path: &Path) -> bool {
+    path.as_os_str() == STDIN
+}
+
+/// The bytes of a text file (CSV, NDJSON), decompressed when it is `.gz` (standard
+/// input: when it starts with gzip's magic bytes).
 fn open_text(path: &Path) -> Result<Box<dyn std::io::Read + Send>> {
+    if is_stdin(path) {
+        use std::io::BufRead;
+        let mut input = BufReader::with_capacity(1 << 20, std::io::stdin());
+        let head = input.fill_buf().map_err(|e| Error::io(path, e))?;
+        return Ok(if head.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::read::MultiGzDecoder::new(input))
+        } else {
+            Box::new(input)
+        });
+    }
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let file = BufReader::with_capacity(1 << 20, file);
     Ok(if is_gzip(path) {
@@ -91,6 +111,22 @@ fn open_text(path: &Path) -> Result<Box<dyn std::io::Read + Send>> {
     } else {
         Box::new(file)
     })
+}
+
+/// Reads the first line (the CSV header) of `input`, and returns it with a reader of
+/// the whole text, header included: one pass over the input, so standard input works.
+fn split_header(
+    path: &Path,
+    input: Box<dyn std::io::Read + Send>,
+) -> Result<(Vec<u8>, impl std::io::Read + Send + use<>)> {
+    use std::io::{BufRead, Read};
+    let mut input = BufReader::new(input);
+    let mut header = Vec::new();
+    input
+        .read_until(b'\n', &mut header)
+        .map_err(|e| Error::io(path, e))?;
+    let whole = std::io::Cursor::new(header.clone()).chain(input);
+    Ok((header, whole))
 }
 
 /// One file to read, with its format.
@@ -106,9 +142,27 @@ impl InputFile {
         let path = path.into();
         let format = match format {
             Some(f) => f,
+            None if is_stdin(&path) => {
+                return Err(Error::file(
+                    &path,
+                    "standard input has no name to tell its format by: pass --format csv or --format json",
+                ));
+            }
             None => Format::detect(&path)?,
         };
+        if is_stdin(&path) && format == Format::Parquet {
+            return Err(Error::file(
+                &path,
+                "Parquet cannot be read from standard input (its footer, which says where \
+                 the rows are, comes last): give the file's path",
+            ));
+        }
         Ok(Self { path, format })
+    }
+
+    /// Standard input, not a file.
+    pub fn is_stdin(&self) -> bool {
+        is_stdin(&self.path)
     }
 }
 
@@ -173,6 +227,12 @@ pub const INFER_ROWS: usize = 10_000;
 /// default null strings), mapped to types Strata stores, all nullable.
 pub fn infer_columns(path: &Path) -> Result<Vec<strata_types::ColumnDef>> {
     let in_file = |e: &dyn std::fmt::Display| Error::file(path, e);
+    if is_stdin(path) {
+        return Err(in_file(
+            &"the columns cannot be inferred from standard input (it is read once): \
+              create the dataset from a sample file or with --column",
+        ));
+    }
     let schema: Schema = match Format::detect(path)? {
         Format::Csv => {
             let file = open_text(path)?;
@@ -356,8 +416,15 @@ pub fn produce(
 
 /// Opens every file the way [`produce`] will and checks its columns against `target`, so
 /// a file that cannot fit fails before anything is sent. Reads only headers and footers.
+///
+/// Standard input can be read only once: it is checked as it is read.
 pub fn check_files(files: &[InputFile], target: &SchemaRef, opts: &ReadOptions) -> Result<()> {
-    for file in files {
+    if files.iter().filter(|f| f.is_stdin()).count() > 1 {
+        return Err(Error::Invalid(
+            "standard input (-) can be read only once".into(),
+        ));
+    }
+    for file in files.iter().filter(|f| !f.is_stdin()) {
         open(file, target, opts, 0)?;
     }
     Ok(())
@@ -427,12 +494,13 @@ pub fn open(
     let mut csv_columns = None;
     let (source, skipped_batches, skipped_rows): (SourceBatches, u64, u64) = match file.format {
         Format::Csv => {
+            let (header, text) = split_header(path, open_text(path)?)?;
             let file_schema = if opts.csv_header {
                 let format = arrow::csv::reader::Format::default()
                     .with_header(true)
                     .with_delimiter(opts.csv_delimiter);
                 let (header, _) = format
-                    .infer_schema(open_text(path)?, Some(0))
+                    .infer_schema(header.as_slice(), Some(0))
                     .map_err(|e| in_file(&e))?;
                 check_complete(&header, target, opts.refuse_missing).map_err(|m| in_file(&m))?;
                 header_schema(&header, target).map_err(|m| in_file(&m))?
@@ -445,7 +513,7 @@ pub fn open(
                 .with_delimiter(opts.csv_delimiter)
                 .with_null_regex(null_regex(&opts.csv_nulls).map_err(|m| in_file(&m))?)
                 .with_batch_size(batch_rows)
-                .build(open_text(path)?)
+                .build(text)
                 .map_err(|e| in_file(&e))?;
             (Box::new(reader), 0, 0)
         }

@@ -7,8 +7,8 @@ use std::process::{Command, Output, Stdio};
 use strata_server::{Server, ServerConfig};
 
 /// Runs `command` (without a home directory) with `stdin` piped in; its output.
-async fn run(mut command: Command, stdin: &str) -> Output {
-    let stdin = stdin.to_string();
+async fn run(mut command: Command, stdin: impl Into<Vec<u8>>) -> Output {
+    let stdin = stdin.into();
     tokio::task::spawn_blocking(move || {
         let mut child = command
             .env("HOME", "/nonexistent")
@@ -17,12 +17,7 @@ async fn run(mut command: Command, stdin: &str) -> Output {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(&stdin).unwrap();
         child.wait_with_output().unwrap()
     })
     .await
@@ -30,7 +25,7 @@ async fn run(mut command: Command, stdin: &str) -> Output {
 }
 
 /// Runs `strata ARGS` against `url` with `stdin` piped in (never a terminal).
-async fn strata(url: &str, args: &[&str], stdin: &str) -> Output {
+async fn strata(url: &str, args: &[&str], stdin: impl Into<Vec<u8>>) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
     command.args(args).env("STRATA_SERVER", url);
     run(command, stdin).await
@@ -390,4 +385,77 @@ async fn completions_and_a_misplaced_server_flag() {
         "{}",
         text(&out.stdout)
     );
+}
+
+/// `strata ingest DATASET -` reads CSV or NDJSON from standard input (gzip recognised by
+/// its bytes), as a pipeline writes it; it needs --format, and Parquet, whose footer
+/// comes last, is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_from_standard_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerConfig::ephemeral(dir.path().join("data")))
+        .await
+        .unwrap();
+    let url = server.url();
+    let out = strata(
+        &url,
+        &[
+            "sql",
+            "CREATE TABLE s (k VARCHAR, t BIGINT, v DOUBLE, PRIMARY KEY ((k), t))",
+        ],
+        "",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let csv = "v,k,t\n1.5,a,1\nNA,a,2\n";
+    let out = strata(&url, &["ingest", "s", "-", "--format", "csv"], csv).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("version"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(b"{\"k\": \"b\", \"t\": 1, \"v\": 2.5}\n{\"k\": \"b\", \"t\": 2}\n")
+        .unwrap();
+    let out = strata(
+        &url,
+        &["ingest", "s", "-", "--format", "json"],
+        gz.finish().unwrap(),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = strata(
+        &url,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT k, t, v FROM s ORDER BY k, t",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(text(&out.stdout), "k,t,v\na,1,1.5\na,2,\nb,1,2.5\nb,2,\n");
+
+    for (args, wanted) in [
+        (&["ingest", "s", "-"][..], "pass --format"),
+        (&["ingest", "s", "-", "--format", "parquet"][..], "footer"),
+        (
+            &["ingest", "s", "-", "-", "--format", "csv"][..],
+            "only once",
+        ),
+        (
+            &["ingest", "s", "-", "--format", "csv"][..],
+            "standard input: column \"nope\"",
+        ),
+    ] {
+        let out = strata(&url, args, "k,t,v,nope\na,9,1,1\n").await;
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(wanted), "{args:?}: {err}");
+    }
+    server.shutdown().await.unwrap();
 }
