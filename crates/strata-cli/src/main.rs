@@ -215,9 +215,23 @@ async fn run(cli: Cli, server_given: bool) -> strata_cli::Result<()> {
     }
 }
 
+/// The command line, with the client-only `--server` hidden from `serve --help`: `serve`
+/// gets a hidden argument of the same id, which the global one does not replace (a
+/// value given still reaches the top level, where `run` refuses it).
+fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command().mut_subcommand("serve", |serve| {
+        serve.arg(
+            clap::Arg::new("server")
+                .long("server")
+                .value_name("URL")
+                .hide(true),
+        )
+    })
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let matches = command().get_matches();
     // Given on the command line (not the default, not STRATA_SERVER from the environment).
     let server_given =
         matches.value_source("server") == Some(clap::parser::ValueSource::CommandLine);

@@ -350,7 +350,7 @@ sys.stdout.buffer.write(screen)
 }
 
 /// `strata completions SHELL` prints a completion script; `--server` on `serve` is
-/// refused with the flag it meant.
+/// refused with the flag it meant, and not listed by `serve --help`.
 #[tokio::test]
 async fn completions_and_a_misplaced_server_flag() {
     let out = strata("http://127.0.0.1:1", &["completions", "bash"], "").await;
@@ -378,6 +378,12 @@ async fn completions_and_a_misplaced_server_flag() {
         text(&out.stderr).contains("--listen"),
         "{}",
         text(&out.stderr)
+    );
+    let out = strata("http://127.0.0.1:1", &["serve", "--help"], "").await;
+    let help = text(&out.stdout);
+    assert!(
+        help.contains("--listen") && !help.contains("--server"),
+        "{help}"
     );
     let out = strata("http://127.0.0.1:1", &["--version"], "").await;
     assert!(
