@@ -31,17 +31,24 @@ async fn strata(url: &str, args: &[&str], stdin: impl Into<Vec<u8>>) -> Output {
     run(command, stdin).await
 }
 
+/// A server of the test's own on a fresh data directory (kept while the first value
+/// lives), and its URL.
+async fn start() -> (tempfile::TempDir, Server, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerConfig::ephemeral(dir.path().join("data")))
+        .await
+        .unwrap();
+    let url = server.url();
+    (dir, server, url)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_and_version_commands_from_the_binary() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(ServerConfig::ephemeral(dir.path().join("data")))
-        .await
-        .unwrap();
-    let url = server.url();
+    let (dir, server, url) = start().await;
 
     // Statements from stdin, split at `;`, results as CSV.
     let out = strata(
@@ -276,11 +283,7 @@ async fn tls_and_a_token_from_the_binary() {
 /// lines typed one by one, what the screen shows read back. Driven by Python's `pty`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shell_in_a_terminal() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(ServerConfig::ephemeral(dir.path().join("data")))
-        .await
-        .unwrap();
-    let url = server.url();
+    let (_dir, server, url) = start().await;
     let out = strata(
         &url,
         &["sql", "-c", "CREATE TABLE readings (sensor VARCHAR, v DOUBLE, PRIMARY KEY (sensor)); INSERT INTO readings VALUES ('a', NULL), ('b', 2.5)"],
@@ -398,11 +401,7 @@ async fn completions_and_a_misplaced_server_flag() {
 /// comes last, is refused with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_from_standard_input() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(ServerConfig::ephemeral(dir.path().join("data")))
-        .await
-        .unwrap();
-    let url = server.url();
+    let (_dir, server, url) = start().await;
     let out = strata(
         &url,
         &[

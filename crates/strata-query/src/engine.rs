@@ -52,7 +52,7 @@ use crate::hooks::{CatalogHooks, DatasetHooks};
 use crate::limits;
 use crate::overflow;
 use crate::provider::ScanLog;
-use crate::statements::{self, Command, VersionAt};
+use crate::statements::{self, Command, VersionAt, quoted};
 use crate::views;
 
 /// Limits and parallelism of query execution.
@@ -586,7 +586,6 @@ impl Engine {
             dataset: table.name().to_string(),
             version: VersionSpec::Version(head),
         };
-        let quoted = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
         let sql = format!(
             "SELECT * FROM {} WHERE {selection}",
             quoted(&at.to_table_name())
@@ -668,7 +667,6 @@ impl Engine {
             )));
         }
         let keys: Vec<&str> = spec.primary_key().collect();
-        let quoted = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
         let mut head = table.head_version().await?;
         let mut attempt = 0;
         loop {

@@ -34,7 +34,7 @@ use strata_table::{Table, VersionSpec};
 use crate::catalog::VersionedName;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::statements::{assignments, object_name};
+use crate::statements::{assignments, object_name, quoted};
 use crate::views;
 
 /// A parsed `MERGE`, its expressions kept as SQL text.
@@ -84,10 +84,6 @@ const ACTION: &str = "__strata_merge_action";
 
 /// Times a `MERGE` runs its query again when commits keep coming in between.
 const ATTEMPTS: usize = 10;
-
-fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
 
 /// The source as SQL: a table's alias after its version (`t VERSION AS OF 3 AS s`;
 /// sqlparser prints the alias first, which it does not parse back).

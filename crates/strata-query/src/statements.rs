@@ -387,6 +387,11 @@ pub(crate) fn object_name(name: &ast::ObjectName) -> Result<String> {
     Ok(ident(last))
 }
 
+/// A name as a SQL identifier that means exactly it (double-quoted).
+pub(crate) fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// An identifier as DataFusion normalises it: unquoted names are lower-cased.
 fn ident(i: &ast::Ident) -> String {
     if i.quote_style.is_some() {
