@@ -89,6 +89,7 @@ impl StrataCatalog {
                 hooks,
                 names: RwLock::new(BTreeSet::new()),
                 handles: Mutex::new(HashMap::new()),
+                heads: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -119,6 +120,17 @@ pub struct StrataSchema {
     /// One table handle per dataset, kept across statements: a handle caches its latest
     /// manifest, so a query at an unchanged head does not replay the version log.
     handles: Mutex<HashMap<String, Table>>,
+    /// On an exclusive catalog: each dataset's handle and head as resolved when
+    /// [`Catalog::changes`] was at the count kept with them; while the count has not
+    /// moved they are still right, and a query at the head reads nothing to find them.
+    heads: Mutex<HashMap<String, KnownHead>>,
+}
+
+#[derive(Debug, Clone)]
+struct KnownHead {
+    changes: u64,
+    table: Table,
+    version: u64,
 }
 
 impl StrataSchema {
@@ -149,10 +161,36 @@ impl StrataSchema {
 
     /// The dataset at a version, as a table provider.
     pub async fn open(&self, name: &VersionedName) -> crate::Result<StrataTable> {
+        let at_head = name.version == VersionSpec::Head && self.catalog.is_exclusive();
+        // Read before resolving: a change while resolving leaves a stale count behind.
+        let changes = self.catalog.changes();
+        if at_head {
+            let known = self
+                .heads
+                .lock()
+                .expect("heads lock")
+                .get(&name.dataset)
+                .filter(|k| k.changes == changes)
+                .cloned();
+            if let Some(k) = known {
+                return Ok(StrataTable::at_known_head(&k.table, k.version)
+                    .await?
+                    .with_hooks(self.hooks.clone()));
+            }
+        }
         let table = self.handle(&name.dataset).await?;
-        Ok(StrataTable::at(&table, name.version.clone())
-            .await?
-            .with_hooks(self.hooks.clone()))
+        let t = StrataTable::at(&table, name.version.clone()).await?;
+        if at_head {
+            self.heads.lock().expect("heads lock").insert(
+                name.dataset.clone(),
+                KnownHead {
+                    changes,
+                    table,
+                    version: t.version(),
+                },
+            );
+        }
+        Ok(t.with_hooks(self.hooks.clone()))
     }
 }
 

@@ -148,6 +148,14 @@ impl StrataTable {
         Ok(t)
     }
 
+    /// The table at its head, already known to be version `head` (no look at the
+    /// version log).
+    pub async fn at_known_head(table: &Table, head: u64) -> Result<Self> {
+        let mut t = Self::new(table.known_snapshot(head).await?);
+        t.at_head = true;
+        Ok(t)
+    }
+
     /// Lets `INSERT` write to the table (at the head only), committing through `hooks`.
     pub fn with_hooks(mut self, hooks: Arc<dyn DatasetHooks>) -> Self {
         self.hooks = Some(hooks);

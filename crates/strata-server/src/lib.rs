@@ -120,7 +120,8 @@ pub fn install_crypto_provider() {
 async fn open_store(config: &ServerConfig) -> Result<Catalog> {
     if config.local_store() {
         let store = Arc::new(LocalStore::open(config.store_dir())?);
-        return Ok(Catalog::new(store.clone(), store));
+        // The directory is locked (`DirLock`): nothing but this process writes it.
+        return Ok(Catalog::new(store.clone(), store).exclusive());
     }
     let cassandra = strata_cassandra::CassandraConfig::from_url(&config.store)
         .map_err(|e| Error::Config(e.to_string()))?;

@@ -1014,3 +1014,90 @@ async fn merge_statements() {
     .to_string();
     assert!(msg.contains("without a row key"), "{msg}");
 }
+
+/// A [`MetaStore`] that counts `get` and `list` calls.
+#[derive(Debug)]
+struct CountingMeta {
+    inner: MemoryMetaStore,
+    reads: std::sync::atomic::AtomicU64,
+}
+
+impl CountingMeta {
+    fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn read(&self) {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[async_trait::async_trait]
+impl MetaStore for CountingMeta {
+    async fn get(&self, key: &str) -> strata_storage::Result<Option<bytes::Bytes>> {
+        self.read();
+        self.inner.get(key).await
+    }
+    async fn put_if_absent(&self, key: &str, value: bytes::Bytes) -> strata_storage::Result<()> {
+        self.inner.put_if_absent(key, value).await
+    }
+    async fn put(&self, key: &str, value: bytes::Bytes) -> strata_storage::Result<()> {
+        self.inner.put(key, value).await
+    }
+    async fn delete(&self, key: &str) -> strata_storage::Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> strata_storage::Result<Vec<String>> {
+        self.read();
+        self.inner.list(prefix).await
+    }
+}
+
+/// On an exclusive catalog (a store only this process writes) a query at an unchanged
+/// head reads no metadata to find the dataset and its head; every change made through
+/// the process (a commit, a drop and re-create, a rollback) is still seen at once.
+#[tokio::test]
+async fn an_exclusive_catalog_resolves_an_unchanged_head_from_memory() {
+    let meta = Arc::new(CountingMeta {
+        inner: MemoryMetaStore::new(),
+        reads: Default::default(),
+    });
+    let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
+    let catalog = Catalog::new(blobs, meta.clone()).exclusive();
+    let e = engine(&catalog);
+    for sql in [
+        "CREATE TABLE r (k VARCHAR, v BIGINT, PRIMARY KEY (k))",
+        "INSERT INTO r VALUES ('a', 1), ('b', 2)",
+    ] {
+        e.collect(sql).await.unwrap();
+    }
+    assert_eq!(count(&e, "SELECT sum(v) FROM r").await, 3);
+    let before = meta.reads();
+    assert_eq!(count(&e, "SELECT sum(v) FROM r").await, 3);
+    assert_eq!(meta.reads(), before, "nothing read to find the head");
+    e.collect("INSERT INTO r VALUES ('c', 4)").await.unwrap();
+    assert_eq!(count(&e, "SELECT sum(v) FROM r").await, 7);
+    e.collect("RESTORE TABLE r TO VERSION AS OF 2")
+        .await
+        .unwrap();
+    assert_eq!(count(&e, "SELECT sum(v) FROM r").await, 3);
+    e.collect("DROP TABLE r").await.unwrap();
+    e.collect("CREATE TABLE r (k VARCHAR, v BIGINT, PRIMARY KEY (k))")
+        .await
+        .unwrap();
+    e.collect("INSERT INTO r VALUES ('z', 100)").await.unwrap();
+    assert_eq!(count(&e, "SELECT sum(v) FROM r").await, 100);
+    // A table handle of the catalog writing directly counts as well.
+    let t = catalog.open_table("r").await.unwrap();
+    let schema = t.spec().schema.clone();
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec!["y"])),
+            Arc::new(arrow::array::Int64Array::from(vec![5])),
+        ],
+    )
+    .unwrap();
+    t.write(&[batch], Default::default()).await.unwrap();
+    assert_eq!(count(&e, "SELECT sum(v) FROM r").await, 105);
+}

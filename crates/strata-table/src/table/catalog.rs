@@ -21,6 +21,8 @@ pub struct Catalog {
     /// Changes made through this catalog (and its clones and tables), see
     /// [`Catalog::changes`].
     pub(super) changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// No other process writes these stores: see [`Catalog::exclusive`].
+    pub(super) exclusive: bool,
 }
 
 impl Catalog {
@@ -51,7 +53,22 @@ impl Catalog {
             log,
             options,
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+            exclusive: false,
         }
+    }
+
+    /// Declares that this process is the only writer of the stores (a local directory
+    /// it holds the lock of, memory): then what [`Catalog::changes`] did not count has
+    /// not changed, and a reader may trust what it resolved at an equal count (a
+    /// dataset's id and head) without asking the store again.
+    pub fn exclusive(mut self) -> Self {
+        self.exclusive = true;
+        self
+    }
+
+    /// True when [`Catalog::exclusive`] was declared.
+    pub fn is_exclusive(&self) -> bool {
+        self.exclusive
     }
 
     /// How many changes (commits, tags, vacuums, datasets created or dropped) this

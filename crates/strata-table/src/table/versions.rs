@@ -225,6 +225,16 @@ impl Table {
         })
     }
 
+    /// The view of version `v`, which the caller knows is live (the head it resolved,
+    /// say): not checked against the head and retention, so nothing is read when `v`'s
+    /// manifest is cached.
+    pub async fn known_snapshot(&self, v: u64) -> Result<Snapshot> {
+        Ok(Snapshot {
+            table: self.clone(),
+            manifest: self.manifest(v).await?,
+        })
+    }
+
     /// Version records, oldest first (vacuumed versions are gone).
     pub async fn list_versions(&self) -> Result<Vec<VersionInfo>> {
         let entries = self.inner.log.list(&self.inner.id).await?;
