@@ -166,6 +166,7 @@ impl Engine {
             .with_default_features()
             .build();
         overflow::install(&mut state)?;
+        crate::aggregates::install(&mut state)?;
         for (name, f) in table_functions(&catalog, &cache) {
             state.register_udtf(name, f);
         }

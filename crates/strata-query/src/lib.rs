@@ -30,6 +30,7 @@
 //! - Columns a segment predates read as nulls (DataFusion's schema adaptation fills
 //!   table columns missing from a file's schema).
 
+pub mod aggregates;
 pub mod cache;
 pub mod cached_scan;
 pub mod cancel;

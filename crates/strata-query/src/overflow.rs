@@ -39,8 +39,8 @@ use datafusion::logical_expr::utils::merge_schema;
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, BinaryExpr, ColumnarValue, Documentation, EmitTo,
     Expr, ExprSchemable, GroupsAccumulator, LogicalPlan, Operator, ReturnFieldArgs, ReversedUDAF,
-    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, SetMonotonicity, Signature, Volatility,
-    utils::AggregateOrderSensitivity,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, SetMonotonicity, Signature, StatisticsArgs,
+    Volatility, utils::AggregateOrderSensitivity,
 };
 use datafusion::optimizer::AnalyzerRule;
 use datafusion_functions_aggregate_common::aggregate::groups_accumulator::prim_op::PrimitiveGroupsAccumulator;
@@ -313,8 +313,18 @@ impl AggregateUDFImpl for CheckedSum {
         self.inner.set_monotonicity(data_type)
     }
 
+    /// A `DOUBLE` sum from the segments' statistics (floats do not wrap); an integer
+    /// statistic, merged with wrapping additions, is not a checked sum.
+    fn value_from_stats(&self, args: &StatisticsArgs<'_>) -> Option<ScalarValue> {
+        if *args.return_type == DataType::Float64 {
+            self.inner.value_from_stats(args)
+        } else {
+            None
+        }
+    }
+
     // Not delegated: `simplify_expr_op_literal` (it would rewrite `sum(a + 1)` with a
-    // wrapping `+`) and `value_from_stats` (a statistic is not a checked sum).
+    // wrapping `+`).
 }
 
 /// The accumulator of a checked sum: DataFusion's (`inner`) for the types it does not

@@ -514,10 +514,18 @@ fn segment_statistics(schema: &Schema, stored: &Schema, segment: &LiveSegment) -
             let st = segment.meta.column_stats(f.name());
             let exact_bounds = whole && !f.data_type().is_floating();
             let (dt, sdt) = (f.data_type(), s.data_type());
+            // A sum is exact over a whole segment (no deleted rows).
+            let sum_value = match (whole, st.sum, dt) {
+                (true, Some(Value::Float(v)), DataType::Float64) => {
+                    Precision::Exact(ScalarValue::Float64(Some(v)))
+                }
+                _ => Precision::Absent,
+            };
             ColumnStatistics {
                 null_count: precision(whole, st.null_count as usize),
                 min_value: bound(st.min, sdt, dt, exact_bounds),
                 max_value: bound(st.max, sdt, dt, exact_bounds),
+                sum_value,
                 ..ColumnStatistics::new_unknown()
             }
         })

@@ -74,6 +74,7 @@ impl SegmentMeta {
                 min: None,
                 max: None,
                 null_count: self.rows,
+                sum: None,
             })
     }
 }

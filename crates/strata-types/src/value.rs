@@ -331,6 +331,12 @@ pub struct ColumnStats {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<Value>,
     pub null_count: u64,
+    /// Sum of the non-null values of a `Float64` column (as ORC keeps it): answers
+    /// `sum` and `avg` over whole segments without reading them. `None` for other
+    /// types (an integer sum merged from statistics would not be checked for
+    /// overflow), an all-null column, and segments written before sums were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sum: Option<Value>,
 }
 
 impl ColumnStats {
@@ -343,11 +349,22 @@ impl ColumnStats {
             min_max(array)?
         };
         let keep = |v: Option<Value>| v.filter(|v| !v.is_null() && v.fits_stat());
+        let sum = if null_count as usize == array.len() {
+            None
+        } else {
+            match array.data_type() {
+                DataType::Float64 => {
+                    compute::sum(array.as_primitive::<Float64Type>()).map(Value::Float)
+                }
+                _ => None,
+            }
+        };
         Ok(ColumnStats {
             name: name.to_string(),
             min: keep(min),
             max: keep(max),
             null_count,
+            sum,
         })
     }
 }

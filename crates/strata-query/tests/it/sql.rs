@@ -1101,3 +1101,50 @@ async fn an_exclusive_catalog_resolves_an_unchanged_head_from_memory() {
     t.write(&[batch], Default::default()).await.unwrap();
     assert_eq!(count(&e, "SELECT sum(v) FROM r").await, 105);
 }
+
+/// `sum`, `avg` and `count` of `DOUBLE` columns over whole segments come from the
+/// segments' statistics, reading no segment; with deleted rows, a filter or a
+/// grouping they are computed from the rows, and every way gives the same answers.
+#[tokio::test]
+async fn whole_table_aggregates_come_from_segment_statistics() {
+    let blobs = Arc::new(CountingBlobStore::new(Arc::new(MemoryBlobStore::new())));
+    let meta: Arc<dyn MetaStore> = Arc::new(MemoryMetaStore::new());
+    let catalog = Catalog::new(blobs.clone() as Arc<dyn BlobStore>, meta);
+    let e = engine(&catalog);
+    for sql in [
+        "CREATE TABLE r (k VARCHAR, t BIGINT, v DOUBLE, w DOUBLE, PRIMARY KEY ((k), t)) WITH (shards = 2)",
+        "INSERT INTO r VALUES ('a', 1, 1.5, NULL), ('a', 2, 2.5, NULL), ('b', 1, NULL, NULL)",
+        "INSERT INTO r VALUES ('c', 1, 4.0, NULL), ('d', 1, -3.0, NULL)",
+    ] {
+        e.collect(sql).await.unwrap();
+    }
+    let sql = "SELECT sum(v) AS s, avg(v) AS a, count(v) AS n, count(*) AS c, avg(w) AS aw FROM r";
+    blobs.reset();
+    let b = rows(&e, sql).await;
+    assert_eq!(
+        blobs.snapshot().segments_read(),
+        0,
+        "answered from statistics"
+    );
+    assert_eq!(strings(&b, "s"), ["5.0"]);
+    assert_eq!(strings(&b, "a"), ["1.25"]);
+    assert_eq!(strings(&b, "n"), ["4"]);
+    assert_eq!(strings(&b, "c"), ["5"]);
+    assert_eq!(strings(&b, "aw"), [""], "the average of nothing is null");
+    // The same from the rows: a filter that keeps every row.
+    let scanned = rows(&e, &sql.replace("FROM r", "FROM r WHERE t > 0")).await;
+    for c in ["s", "a", "n", "c", "aw"] {
+        assert_eq!(strings(&scanned, c), strings(&b, c), "{c}");
+    }
+    // Deleted rows: the statistics no longer describe the live rows.
+    e.collect("DELETE FROM r WHERE k = 'a' AND t = 1")
+        .await
+        .unwrap();
+    blobs.reset();
+    let b = rows(&e, "SELECT sum(v) AS s, avg(v) AS a FROM r").await;
+    assert!(blobs.snapshot().segments_read() > 0);
+    assert_eq!(strings(&b, "s"), ["3.5"]);
+    assert_eq!(strings(&b, "a"), ["1.1666666666666667"]);
+    let grouped = rows(&e, "SELECT k, avg(v) AS a FROM r GROUP BY k ORDER BY k").await;
+    assert_eq!(strings(&grouped, "a"), ["2.5", "", "4.0", "-3.0"]);
+}
