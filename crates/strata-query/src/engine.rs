@@ -1153,16 +1153,32 @@ impl Prepared {
             rows: 0,
             slow,
         };
+        // The plan announced its schema (Flight SQL sends it before the rows, and
+        // clients check the rows against it); a physical plan may have tightened it: an
+        // aggregate answered from statistics is a literal, not nullable. Rows are
+        // relabelled with the announced schema whenever it admits them.
+        let announced = self.schema();
+        let relabel = announced != stream.schema() && announced.contains(&stream.schema());
+        let schema = if relabel {
+            announced.clone()
+        } else {
+            stream.schema()
+        };
         let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
-            stream.schema(),
-            stream.inspect(move |batch| {
-                let _ = &running;
-                // The whole of `timing` lives in the closure: it logs when the stream goes.
-                let timing = &mut timing;
-                if let Ok(b) = batch {
-                    timing.rows += b.num_rows() as u64;
-                }
-            }),
+            schema,
+            stream
+                .map(move |batch| match batch {
+                    Ok(b) if relabel => b.with_schema(announced.clone()).map_err(Into::into),
+                    other => other,
+                })
+                .inspect(move |batch| {
+                    let _ = &running;
+                    // The whole of `timing` lives in the closure: it logs when the stream goes.
+                    let timing = &mut timing;
+                    if let Ok(b) = batch {
+                        timing.rows += b.num_rows() as u64;
+                    }
+                }),
         ));
         Ok(match timeout {
             Some(t) => Box::pin(Deadline {

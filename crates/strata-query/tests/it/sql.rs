@@ -1131,6 +1131,13 @@ async fn whole_table_aggregates_come_from_segment_statistics() {
     assert_eq!(strings(&b, "n"), ["4"]);
     assert_eq!(strings(&b, "c"), ["5"]);
     assert_eq!(strings(&b, "aw"), [""], "the average of nothing is null");
+    // The rows come in the schema announced when the statement was planned (Flight SQL
+    // clients check them against it), though the values are now literals.
+    let prepared = e.prepare(sql).await.unwrap();
+    let stream = prepared.execute(vec![]).await.unwrap();
+    assert_eq!(stream.schema(), prepared.schema());
+    let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream).await.unwrap();
+    assert!(batches.iter().all(|b| b.schema() == prepared.schema()));
     // The same from the rows: a filter that keeps every row.
     let scanned = rows(&e, &sql.replace("FROM r", "FROM r WHERE t > 0")).await;
     for c in ["s", "a", "n", "c", "aw"] {
