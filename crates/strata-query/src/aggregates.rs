@@ -11,19 +11,67 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, FieldRef};
+use arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::common::stats::Precision;
 use datafusion::error::Result;
 use datafusion::execution::FunctionRegistry;
 use datafusion::execution::session_state::SessionState;
 use datafusion::functions_aggregate::average::Avg;
-use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::function::AccumulatorArgs;
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, GroupsAccumulator, ReversedUDAF,
-    Signature, StatisticsArgs,
+    Accumulator, AggregateUDF, AggregateUDFImpl, GroupsAccumulator, StatisticsArgs,
 };
 use datafusion::physical_expr::expressions::Column;
+
+/// The methods of an aggregate that wraps another (its `inner` field) and passes on
+/// unchanged: name, aliases, signature, return type, state fields, group-accumulator
+/// support, reverse and documentation.
+macro_rules! delegate_udaf {
+    () => {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+
+        fn aliases(&self) -> &[String] {
+            self.inner.aliases()
+        }
+
+        fn signature(&self) -> &datafusion::logical_expr::Signature {
+            self.inner.signature()
+        }
+
+        fn return_type(
+            &self,
+            arg_types: &[arrow::datatypes::DataType],
+        ) -> datafusion::error::Result<arrow::datatypes::DataType> {
+            self.inner.return_type(arg_types)
+        }
+
+        fn state_fields(
+            &self,
+            args: datafusion::logical_expr::function::StateFieldsArgs<'_>,
+        ) -> datafusion::error::Result<Vec<arrow::datatypes::FieldRef>> {
+            self.inner.state_fields(args)
+        }
+
+        fn groups_accumulator_supported(
+            &self,
+            args: datafusion::logical_expr::function::AccumulatorArgs<'_>,
+        ) -> bool {
+            self.inner.groups_accumulator_supported(args)
+        }
+
+        fn reverse_expr(&self) -> datafusion::logical_expr::ReversedUDAF {
+            self.inner.reverse_expr()
+        }
+
+        fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+            self.inner.documentation()
+        }
+    };
+}
+pub(crate) use delegate_udaf;
 
 /// Registers [`StatsAvg`] in place of DataFusion's `avg`.
 pub fn install(state: &mut SessionState) -> Result<()> {
@@ -38,32 +86,10 @@ pub struct StatsAvg {
 }
 
 impl AggregateUDFImpl for StatsAvg {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn aliases(&self) -> &[String] {
-        self.inner.aliases()
-    }
-
-    fn signature(&self) -> &Signature {
-        self.inner.signature()
-    }
-
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        self.inner.return_type(arg_types)
-    }
+    crate::aggregates::delegate_udaf!();
 
     fn accumulator(&self, args: AccumulatorArgs<'_>) -> Result<Box<dyn Accumulator>> {
         self.inner.accumulator(args)
-    }
-
-    fn state_fields(&self, args: StateFieldsArgs<'_>) -> Result<Vec<FieldRef>> {
-        self.inner.state_fields(args)
-    }
-
-    fn groups_accumulator_supported(&self, args: AccumulatorArgs<'_>) -> bool {
-        self.inner.groups_accumulator_supported(args)
     }
 
     fn create_groups_accumulator(
@@ -78,14 +104,6 @@ impl AggregateUDFImpl for StatsAvg {
         args: AccumulatorArgs<'_>,
     ) -> Result<Box<dyn Accumulator>> {
         self.inner.create_sliding_accumulator(args)
-    }
-
-    fn reverse_expr(&self) -> ReversedUDAF {
-        self.inner.reverse_expr()
-    }
-
-    fn documentation(&self) -> Option<&Documentation> {
-        self.inner.documentation()
     }
 
     /// The exact sum over the exact non-null count of a `DOUBLE` column (null when
