@@ -82,6 +82,9 @@ const TARGET_MARK: &str = "__strata_merge_target";
 /// The number of the clause that applies to a pair (0: none).
 const ACTION: &str = "__strata_merge_action";
 
+/// WHEN clauses a `MERGE` may have: its query holds a value per clause and column.
+const MAX_CLAUSES: usize = 64;
+
 /// Times a `MERGE` runs its query again when commits keep coming in between.
 const ATTEMPTS: usize = 10;
 
@@ -152,6 +155,12 @@ impl MergeCommand {
         }
         if m.clauses.is_empty() {
             return Err(Error::plan("MERGE needs at least one WHEN clause"));
+        }
+        if m.clauses.len() > MAX_CLAUSES {
+            return Err(Error::plan(format!(
+                "MERGE takes at most {MAX_CLAUSES} WHEN clauses ({} given)",
+                m.clauses.len()
+            )));
         }
         let mut clauses = Vec::with_capacity(m.clauses.len());
         for c in &m.clauses {
@@ -254,21 +263,11 @@ impl MergeCommand {
                 }
             })
             .collect();
-        let mut select = Vec::with_capacity(schema.fields().len() + 1);
-        let whens = |value: &dyn Fn(&When) -> String| {
-            let mut case = String::from("CASE");
-            for (c, cond) in self.clauses.iter().zip(&conditions) {
-                case.push_str(&format!(" WHEN {cond} THEN {}", value(c)));
-            }
-            case.push_str(" END");
-            case
-        };
         let mut action = String::from("CASE");
         for (i, cond) in conditions.iter().enumerate() {
             action.push_str(&format!(" WHEN {cond} THEN {}", i + 1));
         }
         action.push_str(&format!(" ELSE 0 END AS {ACTION}"));
-        select.push(action);
         for c in &self.clauses {
             let named: Vec<&String> = match &c.action {
                 Action::Update(a) => a.iter().map(|(c, _)| c).collect(),
@@ -302,28 +301,42 @@ impl MergeCommand {
                 )));
             }
         }
+        // Two levels, so that each condition and expression is written once (the SQL
+        // grows with the statement, not with statement × columns): the inner query
+        // numbers the clause and computes every clause's value of every column, the
+        // outer picks the values of the clause that applies.
+        let mut inner = vec![action];
+        let mut outer = vec![ACTION.to_string()];
         for (i, f) in schema.fields().iter().enumerate() {
             let name = f.name();
             let current = format!("{t}.{}", quoted(name));
-            let case = whens(&|c: &When| match &c.action {
-                Action::Update(a) => a
-                    .iter()
-                    .find(|(col, _)| col == name)
-                    .map_or_else(|| current.clone(), |(_, e)| format!("({e})")),
-                Action::Delete => current.clone(),
-                Action::Insert(columns, values) if columns.is_empty() => {
-                    format!("({})", values[i])
-                }
-                Action::Insert(columns, values) => columns
-                    .iter()
-                    .position(|col| col == name)
-                    .map_or_else(|| "NULL".to_string(), |p| format!("({})", values[p])),
-            });
-            select.push(format!("{case} AS {}", quoted(name)));
+            let mut case = format!("CASE {ACTION}");
+            for (k, c) in self.clauses.iter().enumerate() {
+                let value = match &c.action {
+                    Action::Update(a) => a
+                        .iter()
+                        .find(|(col, _)| col == name)
+                        .map_or_else(|| current.clone(), |(_, e)| format!("({e})")),
+                    Action::Delete => current.clone(),
+                    Action::Insert(columns, values) if columns.is_empty() => {
+                        format!("({})", values[i])
+                    }
+                    Action::Insert(columns, values) => columns
+                        .iter()
+                        .position(|col| col == name)
+                        .map_or_else(|| "NULL".to_string(), |p| format!("({})", values[p])),
+                };
+                let v = format!("__strata_merge_v{k}_{i}");
+                inner.push(format!("{value} AS {v}"));
+                case.push_str(&format!(" WHEN {} THEN {v}", k + 1));
+            }
+            case.push_str(" END");
+            outer.push(format!("{case} AS {}", quoted(name)));
         }
         Ok(format!(
-            "SELECT {} FROM (SELECT *, TRUE AS {SOURCE_MARK} FROM {}) AS {s} {} JOIN (SELECT *, TRUE AS {TARGET_MARK} FROM {}) AS {t} ON ({})",
-            select.join(", "),
+            "SELECT {} FROM (SELECT {} FROM (SELECT *, TRUE AS {SOURCE_MARK} FROM {}) AS {s} {} JOIN (SELECT *, TRUE AS {TARGET_MARK} FROM {}) AS {t} ON ({})) AS __strata_merge",
+            outer.join(", "),
+            inner.join(", "),
             self.source,
             if by_source { "FULL" } else { "LEFT" },
             quoted(target),

@@ -1002,6 +1002,12 @@ async fn merge_statements() {
         let msg = err(&e, sql).await.to_string();
         assert!(msg.contains(wanted), "{sql}: {msg}");
     }
+    let many = format!(
+        "MERGE INTO r USING fixes AS f ON r.k = f.k AND r.t = f.t {}",
+        "WHEN MATCHED AND f.v > 1 THEN DELETE ".repeat(65)
+    );
+    let msg = err(&e, &many).await.to_string();
+    assert!(msg.contains("at most 64 WHEN clauses"), "{msg}");
     assert_eq!(version(&e).await, head, "no refusal committed");
     e.collect("CREATE TABLE log (k VARCHAR, v DOUBLE, PRIMARY KEY (k))")
         .await
