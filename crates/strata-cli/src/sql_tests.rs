@@ -81,6 +81,25 @@ impl Fixture {
             .version
     }
 
+    /// Runs `script` as `strata sql` runs a script: its outcome and what it printed (as
+    /// text; binary output lossily).
+    async fn script(
+        &mut self,
+        script: impl Into<String>,
+        format: OutputFormat,
+    ) -> (Result<(), Error>, String) {
+        let mut out = Vec::new();
+        let outcome = sql::run_script(
+            &mut self.client,
+            Cursor::new(script.into()),
+            format,
+            &query::Display::default(),
+            &mut out,
+        )
+        .await;
+        (outcome, String::from_utf8_lossy(&out).into_owned())
+    }
+
     async fn output(&mut self, sql: &str, format: OutputFormat) -> Result<Vec<u8>, Error> {
         let mut out = Vec::new();
         let display = query::Display::default();
@@ -234,47 +253,29 @@ async fn bad_sql_fails_with_the_status_and_the_parser_message() {
 async fn a_script_on_stdin_runs_statement_by_statement() {
     let mut f = Fixture::start().await;
     let script = "-- two statements, one across lines\nSELECT 1 AS a;\nSELECT\n  'x;y' AS b\n";
-    let mut out = Vec::new();
-    sql::run_script(
-        &mut f.client,
-        Cursor::new(script),
-        OutputFormat::Csv,
-        &query::Display::default(),
-        &mut out,
-    )
-    .await
-    .unwrap();
-    assert_eq!(String::from_utf8(out).unwrap(), "a\n1\nb\nx;y\n");
+    let (outcome, out) = f.script(script, OutputFormat::Csv).await;
+    outcome.unwrap();
+    assert_eq!(out, "a\n1\nb\nx;y\n");
 
-    let mut out = Vec::new();
-    let err = sql::run_script(
-        &mut f.client,
-        Cursor::new("SELECT 1 AS a;\nSELECT nope FROM weather;\nSELECT 3;"),
-        OutputFormat::Csv,
-        &query::Display::default(),
-        &mut out,
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let (outcome, out) = f
+        .script(
+            "SELECT 1 AS a;\nSELECT nope FROM weather;\nSELECT 3;",
+            OutputFormat::Csv,
+        )
+        .await;
+    let err = outcome.unwrap_err().to_string();
     assert!(
         err.starts_with("statement 2 failed: INVALID_ARGUMENT"),
         "{err}"
     );
     assert!(err.contains("nope"), "{err}");
-    assert_eq!(String::from_utf8(out).unwrap(), "a\n1\n");
+    assert_eq!(out, "a\n1\n");
 
     // One Arrow IPC stream holds one result.
-    let err = sql::run_script(
-        &mut f.client,
-        Cursor::new("SELECT 1 AS a; SELECT 2 AS b;"),
-        OutputFormat::Arrow,
-        &query::Display::default(),
-        &mut Vec::new(),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let (outcome, _) = f
+        .script("SELECT 1 AS a; SELECT 2 AS b;", OutputFormat::Arrow)
+        .await;
+    let err = outcome.unwrap_err().to_string();
     assert!(err.contains("one statement"), "{err}");
     f.server.shutdown().await.unwrap();
 }
@@ -737,17 +738,8 @@ async fn copy_writes_results_to_files_on_the_client() {
         parquet.display(),
         csv.display()
     );
-    let mut out = Vec::new();
-    sql::run_script(
-        &mut f.client,
-        Cursor::new(script),
-        OutputFormat::Table,
-        &query::Display::default(),
-        &mut out,
-    )
-    .await
-    .unwrap();
-    let said = String::from_utf8(out).unwrap();
+    let (outcome, said) = f.script(script, OutputFormat::Table).await;
+    outcome.unwrap();
     assert!(said.contains("COPY 30: wrote rows to"), "{said}");
     let file = std::fs::File::open(&parquet).unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
@@ -760,18 +752,13 @@ async fn copy_writes_results_to_files_on_the_client() {
     assert_eq!(text.lines().count(), 31, "a header and 30 rows");
     // A failing COPY leaves no file behind.
     let bad = dir.path().join("bad.parquet");
-    let err = sql::run_script(
-        &mut f.client,
-        Cursor::new(format!(
-            "COPY (SELECT nope FROM weather) TO '{}'",
-            bad.display()
-        )),
-        OutputFormat::Table,
-        &query::Display::default(),
-        &mut Vec::new(),
-    )
-    .await
-    .unwrap_err();
+    let (outcome, _) = f
+        .script(
+            format!("COPY (SELECT nope FROM weather) TO '{}'", bad.display()),
+            OutputFormat::Table,
+        )
+        .await;
+    let err = outcome.unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     f.server.shutdown().await.unwrap();

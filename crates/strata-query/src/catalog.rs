@@ -120,17 +120,11 @@ pub struct StrataSchema {
     /// One table handle per dataset, kept across statements: a handle caches its latest
     /// manifest, so a query at an unchanged head does not replay the version log.
     handles: Mutex<HashMap<String, Table>>,
-    /// On an exclusive catalog: each dataset's handle and head as resolved when
-    /// [`Catalog::changes`] was at the count kept with them; while the count has not
-    /// moved they are still right, and a query at the head reads nothing to find them.
-    heads: Mutex<HashMap<String, KnownHead>>,
-}
-
-#[derive(Debug, Clone)]
-struct KnownHead {
-    changes: u64,
-    table: Table,
-    version: u64,
+    /// On an exclusive catalog: each dataset's head as resolved when
+    /// [`Catalog::changes`] was at the count kept with it, `(count, head)`; while the
+    /// count has not moved it is still the head (and the handle in `handles` still the
+    /// dataset's), so a query at the head reads nothing to find them.
+    heads: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl StrataSchema {
@@ -165,15 +159,16 @@ impl StrataSchema {
         // Read before resolving: a change while resolving leaves a stale count behind.
         let changes = self.catalog.changes();
         if at_head {
-            let known = self
-                .heads
-                .lock()
-                .expect("heads lock")
-                .get(&name.dataset)
-                .filter(|k| k.changes == changes)
-                .cloned();
-            if let Some(k) = known {
-                return Ok(StrataTable::at_known_head(&k.table, k.version)
+            let head = match self.heads.lock().expect("heads lock").get(&name.dataset) {
+                Some(&(count, head)) if count == changes => Some(head),
+                _ => None,
+            };
+            let table = head.and_then(|_| {
+                let handles = self.handles.lock().expect("handles lock");
+                handles.get(&name.dataset).cloned()
+            });
+            if let (Some(head), Some(table)) = (head, table) {
+                return Ok(StrataTable::at_known_head(&table, head)
                     .await?
                     .with_hooks(self.hooks.clone()));
             }
@@ -181,14 +176,10 @@ impl StrataSchema {
         let table = self.handle(&name.dataset).await?;
         let t = StrataTable::at(&table, name.version.clone()).await?;
         if at_head {
-            self.heads.lock().expect("heads lock").insert(
-                name.dataset.clone(),
-                KnownHead {
-                    changes,
-                    table,
-                    version: t.version(),
-                },
-            );
+            self.heads
+                .lock()
+                .expect("heads lock")
+                .insert(name.dataset.clone(), (changes, t.version()));
         }
         Ok(t.with_hooks(self.hooks.clone()))
     }
