@@ -26,10 +26,11 @@ use std::collections::HashSet;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
 use arrow::datatypes::SchemaRef;
-use arrow::row::{RowConverter, SortField};
 use datafusion::dataframe::DataFrame;
 use datafusion::sql::sqlparser::ast;
+use strata_table::segment::KeyCodec;
 use strata_table::{Table, VersionSpec};
+use strata_types::DatasetSpec;
 
 use crate::catalog::VersionedName;
 use crate::engine::Engine;
@@ -380,7 +381,7 @@ impl Engine {
             let sql = m.query(&target, &schema, &keys)?;
             let (state, plan) = self.plan_sql(&sql, &m.tags).await?;
             let batches = DataFrame::new(state, plan).collect().await?;
-            let (rows, gone) = split(&batches, &schema, &keys, &deletes)?;
+            let (rows, gone) = split(&batches, &schema, spec, &deletes)?;
             let n = rows.iter().map(|b| b.num_rows() as u64).sum::<u64>() + gone.num_rows() as u64;
             if n == 0 {
                 return Ok(None);
@@ -402,24 +403,16 @@ impl Engine {
 fn split(
     batches: &[RecordBatch],
     schema: &SchemaRef,
-    keys: &[&str],
+    spec: &DatasetSpec,
     deletes: &HashSet<i64>,
 ) -> Result<(Vec<RecordBatch>, RecordBatch)> {
     let exact = arrow::compute::CastOptions {
         safe: false,
         ..Default::default()
     };
-    let key_idx: Vec<usize> = keys
-        .iter()
-        .map(|k| schema.index_of(k))
-        .collect::<std::result::Result<_, _>>()?;
-    let key_schema = SchemaRef::new(schema.project(&key_idx)?);
-    let converter = RowConverter::new(
-        key_idx
-            .iter()
-            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-            .collect(),
-    )?;
+    let codec = KeyCodec::new(schema, &spec.partition_key, &spec.row_key)?;
+    let key_idx = &codec.pk_indices;
+    let key_schema = SchemaRef::new(schema.project(key_idx)?);
     let mut seen: HashSet<Box<[u8]>> = HashSet::new();
     let mut rows = Vec::new();
     let mut gone = Vec::new();
@@ -452,14 +445,14 @@ fn split(
             let key_cols: Vec<ArrayRef> = key_idx.iter().map(|&i| columns[i].clone()).collect();
             if let Some(k) = key_cols
                 .iter()
-                .zip(keys)
+                .zip(&codec.pk_names)
                 .find_map(|(c, k)| (c.null_count() > 0).then_some(k))
             {
                 return Err(Error::plan(format!(
                     "MERGE: a row to write has no value for the key column {k:?}"
                 )));
             }
-            let encoded = converter.convert_columns(&key_cols)?;
+            let encoded = codec.encode_columns(&key_cols)?;
             for (r, row) in encoded.iter().enumerate() {
                 if !seen.insert(row.as_ref().into()) {
                     let key: Vec<String> = key_cols
