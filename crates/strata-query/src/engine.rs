@@ -31,7 +31,9 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{RecordBatchStream, SendableRecordBatchStream, execute_stream};
+use datafusion::physical_plan::{
+    ExecutionPlan, RecordBatchStream, SendableRecordBatchStream, execute_stream,
+};
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
@@ -51,6 +53,7 @@ use crate::functions::table_functions;
 use crate::hooks::{CatalogHooks, DatasetHooks};
 use crate::limits;
 use crate::overflow;
+use crate::plan_cache::{self, PlanCache};
 use crate::provider::ScanLog;
 use crate::statements::{self, Command, VersionAt, quoted};
 use crate::views;
@@ -116,6 +119,8 @@ struct Inner {
     schema: Arc<StrataSchema>,
     state: SessionState,
     cache: Arc<SegmentCache>,
+    /// Physical plans of repeated queries ([`crate::plan_cache`]).
+    plans: Arc<PlanCache>,
     /// Recent versions' change rows, shared by subscriptions.
     recent: Arc<crate::subscribe::RecentChanges>,
 }
@@ -167,7 +172,8 @@ impl Engine {
             .build();
         overflow::install(&mut state)?;
         crate::aggregates::install(&mut state)?;
-        for (name, f) in table_functions(&catalog, &cache) {
+        let plans = Arc::new(PlanCache::default());
+        for (name, f) in table_functions(&catalog, &cache, &plans) {
             state.register_udtf(name, f);
         }
         Ok(Self {
@@ -178,6 +184,7 @@ impl Engine {
                 schema,
                 state,
                 cache,
+                plans,
                 recent: Arc::default(),
             }),
         })
@@ -314,6 +321,23 @@ impl Engine {
         if !plain_query {
             self.inner.schema.refresh().await?;
         }
+        // A repeated query at an unchanged catalog runs the plan it had.
+        let keep_plans = plain_query && self.inner.catalog.is_exclusive();
+        if keep_plans && let Some(hit) = self.inner.plans.get(sql, changes) {
+            let (state, log) = self.session();
+            return Ok(Prepared {
+                engine: self.clone(),
+                changes,
+                body: Body::Query {
+                    plan: hit.logical,
+                    state: Box::new(state),
+                    log,
+                    sql: text,
+                    physical: Some(hit.physical),
+                    keep: false,
+                },
+            });
+        }
         // Strata's own statements read tags themselves: parse them before markers.
         if let Some(cmd) = statements::parse_custom(sql)? {
             return Ok(self.command(cmd, changes));
@@ -347,6 +371,7 @@ impl Engine {
         check_plan(&plan)?;
         let plan = views::plain_output(plan)?;
         debug!(plan = %plan.display_indent(), "planned");
+        let keep = keep_plans && plan_cache::reusable_statement(&text, &plan);
         Ok(Prepared {
             engine: self.clone(),
             changes,
@@ -355,6 +380,8 @@ impl Engine {
                 state: Box::new(state),
                 log,
                 sql: text,
+                physical: None,
+                keep,
             },
         })
     }
@@ -1014,8 +1041,12 @@ enum Body {
         plan: LogicalPlan,
         state: Box<SessionState>,
         log: Arc<ScanLog>,
-        /// The statement as given, for the slow-query log.
+        /// The statement as given, for the slow-query log (and the plan cache's key).
         sql: Arc<str>,
+        /// The kept physical plan of this statement, when it had one.
+        physical: Option<Arc<dyn ExecutionPlan>>,
+        /// True when the physical plan made at execution may be kept.
+        keep: bool,
     },
     Command(Command),
 }
@@ -1120,7 +1151,7 @@ impl Prepared {
         // Background cache fills wait while this query runs (until its stream is dropped).
         let running = engine.inner.cache.running();
         let sql_text: Arc<str>;
-        let (plan, state, log) = match &self.body {
+        let (plan, state, log, physical, keep) = match &self.body {
             Body::Command(cmd) => {
                 let (engine2, cmd) = (engine.clone(), cmd.clone());
                 let run = engine.on_runtime(async move { engine2.run(&cmd).await });
@@ -1132,16 +1163,45 @@ impl Prepared {
                 state,
                 log,
                 sql,
+                physical,
+                keep,
             } => {
                 sql_text = sql.clone();
-                (plan.clone(), state.as_ref().clone(), log.clone())
+                // Kept plans have no parameters; values given anyway are bound (and
+                // refused) by planning as usual.
+                let (physical, keep) = match params.is_empty() {
+                    true => (physical.clone(), *keep),
+                    false => (None, false),
+                };
+                let keep =
+                    keep.then(|| (self.engine.inner.plans.clone(), sql.clone(), self.changes));
+                (
+                    plan.clone(),
+                    state.as_ref().clone(),
+                    log.clone(),
+                    physical,
+                    keep,
+                )
             }
         };
         let runtime = config.runtime.clone();
         let token = CancelToken::new(timeout);
         let run = {
             let token = token.clone();
-            async move { run_query(bind(plan, params)?, state, log, token).await }
+            async move {
+                let physical = match physical {
+                    Some(p) => p,
+                    None => {
+                        let plan = bind(plan, params)?;
+                        let physical = state.create_physical_plan(&plan).await?;
+                        if let Some((plans, sql, changes)) = keep {
+                            plans.keep(sql, changes, &plan, &physical);
+                        }
+                        physical
+                    }
+                };
+                run_query(physical, log, state, token).await
+            }
         };
         let start = tokio::time::Instant::now();
         let runtime = runtime.unwrap_or_else(tokio::runtime::Handle::current);
@@ -1257,15 +1317,14 @@ fn bind(plan: LogicalPlan, params: Vec<ScalarValue>) -> Result<LogicalPlan> {
     Ok(plan.with_param_values(params)?)
 }
 
-/// Plans `plan` physically and starts it.
+/// Starts a physical plan.
 async fn run_query(
-    plan: LogicalPlan,
-    state: SessionState,
+    physical: Arc<dyn ExecutionPlan>,
     log: Arc<ScanLog>,
+    state: SessionState,
     token: Arc<CancelToken>,
 ) -> Result<SendableRecordBatchStream> {
-    let explain = matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
-    let physical = state.create_physical_plan(&plan).await?;
+    let explain = matches!(physical.name(), "ExplainExec" | "AnalyzeExec");
     let physical = cancel::wrap(physical, &token)?;
     let stream = execute_stream(physical, state.task_ctx())?;
     if !explain {

@@ -5,7 +5,8 @@
 //! - `strata_segments('weather' [, version])`: the live segments at the head (or at
 //!   `version`) — shard, id, rows, live and deleted rows, bytes, primary key range;
 //! - `strata_cache()`: the decoded-column cache ([`crate::cache`]) — capacity, bytes
-//!   and columns held, hits, misses, columns decoded into it, evictions.
+//!   and columns held, hits, misses, columns decoded into it, evictions — and the
+//!   kept plans ([`crate::plan_cache`]): how many, hits, misses.
 //!
 //! DataFusion asks for a table function's provider synchronously while planning, so the
 //! functions return a provider with a fixed schema that reads the metadata when scanned.
@@ -30,6 +31,7 @@ use strata_table::{Catalog, VersionSpec};
 
 use crate::cache::SegmentCache;
 use crate::error::{Error, Result};
+use crate::plan_cache::PlanCache;
 
 /// Which introspection table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +85,9 @@ impl Kind {
                 "evictions",
                 "fills_pending",
                 "fills_dropped",
+                "plans",
+                "plan_hits",
+                "plan_misses",
             ]
             .into_iter()
             .map(|n| Field::new(n, DataType::UInt64, false))
@@ -95,6 +100,7 @@ impl Kind {
 pub struct Introspection {
     catalog: Catalog,
     cache: Arc<SegmentCache>,
+    plans: Arc<PlanCache>,
     kind: Kind,
 }
 
@@ -108,6 +114,7 @@ impl fmt::Debug for Introspection {
 pub fn table_functions(
     catalog: &Catalog,
     cache: &Arc<SegmentCache>,
+    plans: &Arc<PlanCache>,
 ) -> Vec<(&'static str, Arc<dyn TableFunctionImpl>)> {
     [Kind::Versions, Kind::Segments, Kind::Cache]
         .into_iter()
@@ -115,6 +122,7 @@ pub fn table_functions(
             let f: Arc<dyn TableFunctionImpl> = Arc::new(Introspection {
                 catalog: catalog.clone(),
                 cache: cache.clone(),
+                plans: plans.clone(),
                 kind,
             });
             (kind.name(), f)
@@ -149,6 +157,7 @@ impl TableFunctionImpl for Introspection {
             return Ok(Arc::new(IntrospectionTable {
                 catalog: self.catalog.clone(),
                 cache: self.cache.clone(),
+                plans: self.plans.clone(),
                 kind: self.kind,
                 dataset: String::new(),
                 version: VersionSpec::Head,
@@ -180,6 +189,7 @@ impl TableFunctionImpl for Introspection {
         Ok(Arc::new(IntrospectionTable {
             catalog: self.catalog.clone(),
             cache: self.cache.clone(),
+            plans: self.plans.clone(),
             kind: self.kind,
             dataset,
             version,
@@ -190,6 +200,7 @@ impl TableFunctionImpl for Introspection {
 struct IntrospectionTable {
     catalog: Catalog,
     cache: Arc<SegmentCache>,
+    plans: Arc<PlanCache>,
     kind: Kind,
     dataset: String,
     version: VersionSpec,
@@ -206,6 +217,7 @@ impl IntrospectionTable {
         let columns: Vec<ArrayRef> = match self.kind {
             Kind::Cache => {
                 let s = self.cache.stats();
+                let (plans, plan_hits, plan_misses) = self.plans.counts();
                 [
                     s.capacity_bytes,
                     s.used_bytes,
@@ -217,6 +229,9 @@ impl IntrospectionTable {
                     s.evictions,
                     s.fills_pending,
                     s.fills_dropped,
+                    plans as u64,
+                    plan_hits,
+                    plan_misses,
                 ]
                 .into_iter()
                 .map(|v| Arc::new(UInt64Array::from(vec![v])) as ArrayRef)

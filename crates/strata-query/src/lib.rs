@@ -45,6 +45,7 @@ pub mod limits;
 pub mod merge;
 pub mod object_store;
 pub mod overflow;
+pub mod plan_cache;
 pub mod provider;
 pub mod sink;
 pub mod statements;

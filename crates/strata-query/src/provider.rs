@@ -129,6 +129,11 @@ impl ScanLog {
 }
 
 impl StrataTable {
+    /// True when the table reads its dataset's head (not a version, tag or time).
+    pub fn reads_head(&self) -> bool {
+        self.at_head
+    }
+
     /// The table at a version already resolved.
     pub fn new(snapshot: Snapshot) -> Self {
         Self {

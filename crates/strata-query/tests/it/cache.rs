@@ -1,5 +1,7 @@
 //! The decoded-column cache: cached scans answer exactly as scans of the segments do,
 //! across versions, deletions, upserts and added columns, and stay within capacity.
+//! Kept plans (an exclusive catalog's repeated queries) answer as planning again does,
+//! whatever changed in between.
 
 use std::time::Duration;
 
@@ -104,13 +106,15 @@ fn queries(h: &History) -> Vec<String> {
 }
 
 /// Runs every query on both engines: once (cold, the cache fills behind it), then again
-/// once the fills are done (from the cache); the answers must be the uncached ones.
+/// once the fills are done (from the cache), then once more (on an exclusive catalog,
+/// with the plan the hot run kept); the answers must be the uncached ones.
 async fn agree(plain: &Engine, cached: &Engine, queries: &[String]) {
     for sql in queries {
         let want = answer(plain, sql).await;
         assert_eq!(answer(cached, sql).await, want, "cold: {sql}");
         settle(cached).await;
         assert_eq!(answer(cached, sql).await, want, "hot: {sql}");
+        assert_eq!(answer(cached, sql).await, want, "kept plan: {sql}");
     }
 }
 
@@ -118,8 +122,10 @@ async fn agree(plain: &Engine, cached: &Engine, queries: &[String]) {
 async fn cached_scans_answer_as_the_segments_do() {
     let catalog = crate::common::memory_catalog();
     let h = weather(&catalog, "weather").await;
+    // The plain engine plans every statement; the cached one keeps plans (its catalog
+    // is exclusive: every change goes through the clones of this one).
     let plain = engine(&catalog, 0);
-    let cached = engine(&catalog, 64 << 20);
+    let cached = engine(&catalog.clone().exclusive(), 64 << 20);
     let qs = queries(&h);
     agree(&plain, &cached, &qs).await;
     let hits = stat(&cached, "hits").await;
@@ -144,8 +150,97 @@ async fn cached_scans_answer_as_the_segments_do() {
         .await
         .unwrap();
     let hits_before = stat(&cached, "hits").await;
+    let plan_hits = stat(&cached, "plan_hits").await;
+    assert!(plan_hits > 0, "repeated queries ran kept plans");
     agree(&plain, &cached, &qs).await;
     assert!(stat(&cached, "hits").await > hits_before);
+    assert!(stat(&cached, "plan_hits").await > plan_hits);
+}
+
+/// A repeated query runs the plan it had while nothing changed, and is planned again
+/// after any change: a commit through SQL or a table handle, a delete, a rollback, a
+/// compaction. Plans whose answers depend on the moment (`now()`), on a version, or on
+/// run-time filters (TopK) are never kept, nor any plan on a shared catalog.
+#[tokio::test]
+async fn kept_plans_follow_every_change() {
+    let catalog = crate::common::memory_catalog();
+    let h = weather(&catalog, "weather").await;
+    let plain = engine(&catalog, 0);
+    let cached = engine(&catalog.clone().exclusive(), 64 << 20);
+    let q = "SELECT count(*), sum(temp), min(ts) FROM weather WHERE station = 's3' AND ts >= 40";
+    answer(&cached, q).await;
+    settle(&cached).await;
+    answer(&cached, q).await; // hot: planned over cached segments, kept
+    let hits = stat(&cached, "plan_hits").await;
+    let want = answer(&plain, q).await;
+    assert_eq!(answer(&cached, q).await, want);
+    assert_eq!(
+        stat(&cached, "plan_hits").await,
+        hits + 1,
+        "the kept plan ran"
+    );
+
+    // After each change the answer is the new one (and the plan kept again after it).
+    let changes = [
+        "INSERT INTO weather VALUES ('s3', 1000, 1.0, NULL)",
+        "DELETE FROM weather WHERE station = 's3' AND ts < 60",
+        "OPTIMIZE weather",
+        &format!("RESTORE TABLE weather TO VERSION AS OF {}", h.v_head),
+    ];
+    for change in changes {
+        cached.collect(change).await.unwrap();
+        let want = answer(&plain, q).await;
+        assert_eq!(answer(&cached, q).await, want, "after {change}");
+        settle(&cached).await;
+        assert_eq!(answer(&cached, q).await, want, "after {change}, hot");
+        assert_eq!(answer(&cached, q).await, want, "after {change}, kept");
+    }
+    // A commit through a table handle, not SQL.
+    h.table
+        .rollback(&strata_table::VersionSpec::Version(h.v_upsert))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer(&cached, q).await,
+        answer(&plain, q).await,
+        "after a rollback"
+    );
+
+    // Never kept: the moment, a version, a TopK, an introspection table.
+    let before = stat(&cached, "plan_hits").await;
+    let now = "SELECT CAST(now() AS BIGINT) FROM weather LIMIT 1";
+    let first = answer(&cached, now).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_ne!(answer(&cached, now).await, first, "now() moves");
+    let others = [
+        format!("SELECT count(*) FROM weather VERSION AS OF {}", h.v_first),
+        "SELECT station, ts FROM weather ORDER BY temp DESC, station, ts LIMIT 3".to_string(),
+    ];
+    for sql in &others {
+        for _ in 0..3 {
+            assert_eq!(
+                answer(&cached, sql).await,
+                answer(&plain, sql).await,
+                "{sql}"
+            );
+            settle(&cached).await;
+        }
+    }
+    // strata_cache() answers what the cache holds now: reading it counts no hit either.
+    assert_eq!(
+        stat(&cached, "plan_hits").await,
+        before,
+        "nothing above was kept"
+    );
+    assert_eq!(stat(&cached, "plan_hits").await, before);
+
+    // A shared catalog (other processes may commit to it) keeps nothing.
+    let shared = engine(&catalog, 64 << 20);
+    for _ in 0..3 {
+        answer(&shared, q).await;
+        settle(&shared).await;
+    }
+    assert_eq!(stat(&shared, "plans").await, 0);
 }
 
 #[tokio::test]
