@@ -207,6 +207,11 @@ impl Engine {
     /// under the statement timeout.
     pub async fn prepare(&self, sql: &str) -> Result<Prepared> {
         self.check_size(sql)?;
+        // A repeated query at an unchanged catalog runs the plan it had: nothing to
+        // parse or plan, so no need to go over to the query runtime.
+        if let Some(kept) = self.kept_plan(sql) {
+            return Ok(kept);
+        }
         let engine = self.clone();
         let sql = sql.to_string();
         self.within_timeout(self.on_runtime(async move { engine.prepare_inner(&sql).await }))
@@ -307,6 +312,29 @@ impl Engine {
         self.session().0
     }
 
+    /// The plan kept for `sql` ([`crate::plan_cache`]), when there is one at the
+    /// catalog's present change count.
+    fn kept_plan(&self, sql: &str) -> Option<Prepared> {
+        if !self.inner.catalog.is_exclusive() || !plain_query(sql) || self.inner.plans.is_empty() {
+            return None;
+        }
+        let changes = self.inner.catalog.changes();
+        let hit = self.inner.plans.get(sql, changes)?;
+        let (state, log) = self.session();
+        Some(Prepared {
+            engine: self.clone(),
+            changes,
+            body: Body::Query {
+                plan: hit.logical,
+                state: Box::new(state),
+                log,
+                sql: sql.into(),
+                physical: Some(hit.physical),
+                keep: false,
+            },
+        })
+    }
+
     async fn prepare_inner(&self, sql: &str) -> Result<Prepared> {
         let text: Arc<str> = sql.into();
         // Read before planning: a change made while planning makes the plan stale.
@@ -314,30 +342,11 @@ impl Engine {
         // The list of dataset names serves `information_schema`, `SHOW TABLES` and DDL's
         // existence checks; a query's table lookups go to storage anyway. A query that
         // cannot name the listing skips reading it.
-        let lower = sql.trim_start().to_ascii_lowercase();
-        let plain_query = (lower.starts_with("select") || lower.starts_with("with"))
-            && !lower.contains("information_schema")
-            && !lower.contains("show");
+        let plain_query = plain_query(sql);
         if !plain_query {
             self.inner.schema.refresh().await?;
         }
-        // A repeated query at an unchanged catalog runs the plan it had.
         let keep_plans = plain_query && self.inner.catalog.is_exclusive();
-        if keep_plans && let Some(hit) = self.inner.plans.get(sql, changes) {
-            let (state, log) = self.session();
-            return Ok(Prepared {
-                engine: self.clone(),
-                changes,
-                body: Body::Query {
-                    plan: hit.logical,
-                    state: Box::new(state),
-                    log,
-                    sql: text,
-                    physical: Some(hit.physical),
-                    keep: false,
-                },
-            });
-        }
         // Strata's own statements read tags themselves: parse them before markers.
         if let Some(cmd) = statements::parse_custom(sql)? {
             return Ok(self.command(cmd, changes));
@@ -1315,6 +1324,15 @@ fn bind(plan: LogicalPlan, params: Vec<ScalarValue>) -> Result<LogicalPlan> {
         })
         .collect::<DfResult<Vec<_>>>()?;
     Ok(plan.with_param_values(params)?)
+}
+
+/// True for a `SELECT` or `WITH` that cannot name `information_schema` or `SHOW`: it
+/// needs no listing of the datasets, and its plan may be kept.
+fn plain_query(sql: &str) -> bool {
+    let lower = sql.trim_start().to_ascii_lowercase();
+    (lower.starts_with("select") || lower.starts_with("with"))
+        && !lower.contains("information_schema")
+        && !lower.contains("show")
 }
 
 /// Starts a physical plan.
