@@ -1,7 +1,7 @@
 //! The version log over any [`MetaStore`]: one record per version under
 //! `tables/{id}/versions/`, committed by `put_if_absent`; kept records under `kept/`;
 //! the newest version found by probing forward from a head hint (rewritten every 32
-//! versions), so finding the head costs a few reads, not a listing.
+//! versions, probed 8 at a time), so finding the head costs a few reads, not a listing.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,6 +16,8 @@ use crate::layout;
 
 /// How often (in versions) the head hint is rewritten.
 const HINT_EVERY: u64 = 32;
+/// Versions after the hint looked for at once when finding the head.
+const PROBE_WINDOW: u64 = 8;
 
 #[derive(Clone, Debug)]
 pub struct MetaLog {
@@ -109,10 +111,17 @@ impl VersionLog for MetaLog {
                 None => return Ok(None),
             }
         }
-        while self.contains(table, v + 1).await? {
-            v += 1;
+        // Forward in windows read at once: the hint may be up to HINT_EVERY behind.
+        loop {
+            let window = futures::future::try_join_all(
+                (1..=PROBE_WINDOW).map(|i| self.contains(table, v + i)),
+            )
+            .await?;
+            match window.iter().position(|&present| !present) {
+                Some(k) => return Ok(Some(v + k as u64)),
+                None => v += PROBE_WINDOW,
+            }
         }
-        Ok(Some(v))
     }
 
     async fn range(&self, table: &str, from: u64, to: u64) -> Result<Vec<(u64, Bytes)>> {
