@@ -24,7 +24,9 @@ use datafusion::common::{Column, ScalarValue, Statistics};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_expr_common::physical_expr::snapshot_physical_expr;
+use datafusion::physical_expr_common::physical_expr::{
+    snapshot_generation, snapshot_physical_expr,
+};
 use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
 use datafusion::physical_plan::execution_plan::{
     Boundedness, EmissionType, ReplaceChildrenOptions, SchedulingType,
@@ -61,7 +63,7 @@ struct Scan {
     schema: SchemaRef,
     predicate: Option<Arc<PruningPredicate>>,
     /// Filters over the output pushed down at planning whose value changes while the
-    /// query runs (a TopK's current bound): looked at every [`DYNAMIC_EVERY`] zones.
+    /// query runs (a TopK's current bound): looked at again whenever it changed.
     dynamic: Vec<Arc<dyn PhysicalExpr>>,
 }
 
@@ -134,6 +136,7 @@ impl Scan {
             columns,
             keep,
             next: 0,
+            generations: vec![None; self.dynamic.len()],
         }))
     }
 
@@ -143,7 +146,7 @@ impl Scan {
         while open.next < open.keep.len() {
             let z = open.next;
             open.next += 1;
-            if z.is_multiple_of(DYNAMIC_EVERY) && !self.dynamic.is_empty() {
+            if !self.dynamic.is_empty() {
                 self.prune_dynamic(open, z)?;
             }
             if !open.keep[z] {
@@ -172,14 +175,21 @@ impl Scan {
         Ok(None)
     }
 
-    /// Drops from `open` the zones `from..from + DYNAMIC_EVERY` that the filters pushed
-    /// down at run time (a TopK's bound so far, say) exclude as they stand now.
+    /// Drops from `open` the zones from `from` on that the filters pushed down at run
+    /// time (a TopK's bound so far, say) exclude as they stand now. Such a filter only
+    /// narrows, so a zone it excludes stays excluded: each filter is looked at again
+    /// only when it changed (its generation moved), and then over every zone left.
     fn prune_dynamic(&self, open: &mut Open, from: usize) -> DfResult<()> {
         if open.columns.is_empty() {
             return Ok(());
         }
-        let zones = from..(from + DYNAMIC_EVERY).min(open.keep.len());
-        for expr in &self.dynamic {
+        let zones = from..open.keep.len();
+        for (expr, seen) in self.dynamic.iter().zip(open.generations.iter_mut()) {
+            let generation = snapshot_generation(expr);
+            if *seen == Some(generation) {
+                continue;
+            }
+            *seen = Some(generation);
             let now = snapshot_physical_expr(expr.clone())?;
             // A filter the pruning machinery cannot read prunes nothing.
             let Some(p) = PruningPredicateBuilder::new()
@@ -205,9 +215,6 @@ impl Scan {
     }
 }
 
-/// Zones between two looks at the run-time (dynamic) filters.
-const DYNAMIC_EVERY: usize = 8;
-
 /// A segment being emitted zone by zone.
 struct Open {
     seg: LiveSegment,
@@ -215,6 +222,8 @@ struct Open {
     /// Zones that may hold matching rows; `next` is the next to look at.
     keep: Vec<bool>,
     next: usize,
+    /// The generation of each dynamic filter when it last pruned `keep`.
+    generations: Vec<Option<u64>>,
 }
 
 /// The columns `projection` (table column indices) of `seg`, from `cache` or decoded
