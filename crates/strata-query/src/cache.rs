@@ -436,6 +436,12 @@ impl SegmentCache {
             .fetch_add(size as u64, Ordering::Relaxed);
     }
 
+    /// Columns evicted so far (a plan chosen while columns were cached may no longer
+    /// find them once this moved).
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
     pub fn stats(&self) -> CacheStats {
         let (used, entries) = {
             let state = self.state.lock().expect("segment cache lock");

@@ -319,7 +319,10 @@ impl Engine {
             return None;
         }
         let changes = self.inner.catalog.changes();
-        let hit = self.inner.plans.get(sql, changes)?;
+        let hit = self
+            .inner
+            .plans
+            .get(sql, changes, self.inner.cache.evictions())?;
         let (state, log) = self.session();
         Some(Prepared {
             engine: self.clone(),
@@ -330,7 +333,7 @@ impl Engine {
                 log,
                 sql: sql.into(),
                 physical: Some(hit.physical),
-                keep: false,
+                keep: None,
             },
         })
     }
@@ -380,7 +383,8 @@ impl Engine {
         check_plan(&plan)?;
         let plan = views::plain_output(plan)?;
         debug!(plan = %plan.display_indent(), "planned");
-        let keep = keep_plans && plan_cache::reusable_statement(&text, &plan);
+        let keep = (keep_plans && plan_cache::reusable_statement(&text, &plan))
+            .then(|| self.inner.cache.evictions());
         Ok(Prepared {
             engine: self.clone(),
             changes,
@@ -1054,8 +1058,9 @@ enum Body {
         sql: Arc<str>,
         /// The kept physical plan of this statement, when it had one.
         physical: Option<Arc<dyn ExecutionPlan>>,
-        /// True when the physical plan made at execution may be kept.
-        keep: bool,
+        /// When the physical plan made at execution may be kept: the column cache's
+        /// eviction count before planning.
+        keep: Option<u64>,
     },
     Command(Command),
 }
@@ -1180,10 +1185,12 @@ impl Prepared {
                 // refused) by planning as usual.
                 let (physical, keep) = match params.is_empty() {
                     true => (physical.clone(), *keep),
-                    false => (None, false),
+                    false => (None, None),
                 };
-                let keep =
-                    keep.then(|| (self.engine.inner.plans.clone(), sql.clone(), self.changes));
+                let keep = keep.map(|evictions| {
+                    let plans = self.engine.inner.plans.clone();
+                    (plans, sql.clone(), (self.changes, evictions))
+                });
                 (
                     plan.clone(),
                     state.as_ref().clone(),
@@ -1203,8 +1210,8 @@ impl Prepared {
                     None => {
                         let plan = bind(plan, params)?;
                         let physical = state.create_physical_plan(&plan).await?;
-                        if let Some((plans, sql, changes)) = keep {
-                            plans.keep(sql, changes, &plan, &physical);
+                        if let Some((plans, sql, counts)) = keep {
+                            plans.keep(sql, counts, &plan, &physical);
                         }
                         physical
                     }

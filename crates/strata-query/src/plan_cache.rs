@@ -5,7 +5,8 @@
 //! through DataFusion's optimizer rules, against 0.1–0.2 ms of execution for a point
 //! query). Analysts and dashboards send the same text again and again, so the physical
 //! plan of a query is kept under its text and reused — re-instantiated, never shared —
-//! while the catalog's change count is the one it was planned at.
+//! while the catalog's change count is the one it was planned at and the column cache
+//! has evicted nothing since.
 //!
 //! Only plans whose meaning cannot drift without a change to that count are kept:
 //! - the catalog is exclusive (the server's locked local store: every commit, tag,
@@ -65,6 +66,8 @@ const REUSABLE: &[&str] = &[
 struct Entry {
     /// The catalog's change count the plan was made at.
     changes: u64,
+    /// The column cache's eviction count before the plan was made.
+    evictions: u64,
     /// The statement's logical plan before optimization (its schema and kind).
     logical: LogicalPlan,
     physical: Arc<dyn ExecutionPlan>,
@@ -104,13 +107,15 @@ impl std::fmt::Debug for PlanCache {
 }
 
 impl PlanCache {
-    /// The plan kept for `sql` at change count `changes`, as a fresh instance.
-    pub fn get(&self, sql: &str, changes: u64) -> Option<Hit> {
+    /// The plan kept for `sql` at change count `changes`, as a fresh instance; none
+    /// once the column cache evicted anything since it was made (its scans read cached
+    /// columns, and a missing one would be decoded whole on the query's path).
+    pub fn get(&self, sql: &str, changes: u64, evictions: u64) -> Option<Hit> {
         let mut s = self.state.lock().expect("plan cache lock");
         s.clock += 1;
         let clock = s.clock;
         let found = match s.entries.get_mut(sql) {
-            Some(e) if e.changes == changes => {
+            Some(e) if e.changes == changes && e.evictions == evictions => {
                 e.used = clock;
                 Some((e.logical.clone(), e.physical.clone()))
             }
@@ -132,7 +137,7 @@ impl PlanCache {
     pub fn keep(
         &self,
         sql: Arc<str>,
-        changes: u64,
+        (changes, evictions): (u64, u64),
         logical: &LogicalPlan,
         physical: &Arc<dyn ExecutionPlan>,
     ) {
@@ -156,6 +161,7 @@ impl PlanCache {
             sql,
             Entry {
                 changes,
+                evictions,
                 logical: logical.clone(),
                 physical: physical.clone(),
                 used,
@@ -245,4 +251,48 @@ fn reusable_physical(plan: &Arc<dyn ExecutionPlan>) -> bool {
         Ok(TreeNodeRecursion::Continue)
     });
     walked.is_ok() && reusable
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::Schema;
+    use datafusion::common::DFSchema;
+    use datafusion::logical_expr::EmptyRelation;
+    use datafusion::physical_plan::empty::EmptyExec;
+
+    use super::*;
+
+    fn keep(plans: &PlanCache, sql: &str, counts: (u64, u64)) {
+        let logical = LogicalPlan::EmptyRelation(EmptyRelation {
+            produce_one_row: true,
+            schema: Arc::new(DFSchema::empty()),
+        });
+        let physical: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(Arc::new(Schema::empty())));
+        plans.keep(sql.into(), counts, &logical, &physical);
+    }
+
+    #[test]
+    fn a_plan_is_found_only_at_the_counts_it_was_made_at() {
+        let plans = PlanCache::default();
+        keep(&plans, "SELECT 1", (3, 7));
+        assert!(plans.get("SELECT 1", 3, 7).is_some());
+        assert!(plans.get("SELECT 1", 4, 7).is_none(), "a change since");
+        assert!(plans.get("SELECT 1", 3, 8).is_none(), "an eviction since");
+        assert!(plans.get("SELECT 2", 3, 7).is_none());
+        assert_eq!(plans.counts(), (1, 1, 3));
+    }
+
+    #[test]
+    fn the_least_recently_used_plans_go_first() {
+        let plans = PlanCache::default();
+        for i in 0..PLANS_KEPT {
+            keep(&plans, &format!("q{i}"), (0, 0));
+        }
+        assert!(plans.get("q0", 0, 0).is_some()); // q0 used: q1 is now the oldest
+        keep(&plans, "new", (0, 0));
+        assert_eq!(plans.counts().0, PLANS_KEPT);
+        assert!(plans.get("q1", 0, 0).is_none());
+        assert!(plans.get("q0", 0, 0).is_some());
+        assert!(plans.get("new", 0, 0).is_some());
+    }
 }
