@@ -315,7 +315,7 @@ impl Engine {
     /// The plan kept for `sql` ([`crate::plan_cache`]), when there is one at the
     /// catalog's present change count.
     fn kept_plan(&self, sql: &str) -> Option<Prepared> {
-        if !self.inner.catalog.is_exclusive() || !plain_query(sql) || self.inner.plans.is_empty() {
+        if !self.inner.catalog.is_exclusive() || !plain_query(sql) {
             return None;
         }
         let changes = self.inner.catalog.changes();
@@ -1183,9 +1183,10 @@ impl Prepared {
                 sql_text = sql.clone();
                 // Kept plans have no parameters; values given anyway are bound (and
                 // refused) by planning as usual.
-                let (physical, keep) = match params.is_empty() {
-                    true => (physical.clone(), *keep),
-                    false => (None, None),
+                let (physical, keep) = if params.is_empty() {
+                    (physical.clone(), *keep)
+                } else {
+                    (None, None)
                 };
                 let keep = keep.map(|evictions| {
                     let plans = self.engine.inner.plans.clone();

@@ -169,15 +169,6 @@ impl PlanCache {
         );
     }
 
-    /// True when no plan is kept (nothing to look up).
-    pub fn is_empty(&self) -> bool {
-        self.state
-            .lock()
-            .expect("plan cache lock")
-            .entries
-            .is_empty()
-    }
-
     /// (plans kept, hits, misses).
     pub fn counts(&self) -> (usize, u64, u64) {
         let s = self.state.lock().expect("plan cache lock");

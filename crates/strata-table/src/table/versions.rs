@@ -5,9 +5,6 @@ use std::collections::HashMap;
 
 use super::*;
 
-/// Version records read at once when a manifest is rebuilt from its checkpoint.
-const RECORDS_AHEAD: usize = 16;
-
 impl Table {
     /// What error messages call version `v`'s record.
     pub(super) fn record_name(&self, v: u64) -> String {
@@ -75,20 +72,17 @@ impl Table {
         }
         let interval = self.options().checkpoint_interval.max(1);
         // The records between the checkpoint slot at or below `v` (or the cached
-        // manifest, when nearer) and `v` are read together, not one after another
-        // (a dataset's first open after a restart reads up to `interval` of them). A
-        // rollback record jumps out of that range; what lies beyond is read as it comes.
+        // manifest, when nearer) and `v` are read as one range of the log, not one after
+        // another (a dataset's first open after a restart reads up to `interval` of
+        // them). A rollback record jumps out of that range; what lies beyond is read as
+        // it comes.
         let floor = (v - v % interval).max(cached.as_ref().map_or(0, |c| c.version));
-        let mut ahead: HashMap<u64, VersionRecord> = if v > floor + 1 {
-            futures::stream::iter((floor + 1..=v).rev())
-                .map(|n| async move { self.record(n).await.map(|r| r.map(|r| (n, r))) })
-                .buffered(RECORDS_AHEAD)
-                .try_filter_map(|r| async move { Ok(r) })
-                .try_collect()
-                .await?
-        } else {
-            HashMap::new()
-        };
+        let mut ahead = HashMap::new();
+        if v > floor + 1 {
+            for (n, bytes) in self.inner.log.range(&self.inner.id, floor + 1, v).await? {
+                ahead.insert(n, VersionRecord::decode(&self.record_name(n), &bytes)?);
+            }
+        }
         let mut chain: Vec<VersionRecord> = Vec::new();
         let mut cur = v;
         let mut base = loop {
