@@ -53,7 +53,7 @@ use crate::functions::table_functions;
 use crate::hooks::{CatalogHooks, DatasetHooks};
 use crate::limits;
 use crate::overflow;
-use crate::plan_cache::{self, PlanCache};
+use crate::plan_cache::{self, Kept, PlanCache};
 use crate::provider::ScanLog;
 use crate::statements::{self, Command, VersionAt, quoted};
 use crate::views;
@@ -323,18 +323,28 @@ impl Engine {
             .inner
             .plans
             .get(sql, changes, self.inner.cache.evictions())?;
-        let (state, log) = self.session();
+        let body = match hit.run {
+            Kept::Answer(batch) => Body::Answer {
+                plan: hit.logical,
+                sql: sql.into(),
+                batch,
+            },
+            Kept::Plan(physical) => {
+                let (state, log) = self.session();
+                Body::Query {
+                    plan: hit.logical,
+                    state: Box::new(state),
+                    log,
+                    sql: sql.into(),
+                    physical: Some(physical),
+                    keep: None,
+                }
+            }
+        };
         Some(Prepared {
             engine: self.clone(),
             changes,
-            body: Body::Query {
-                plan: hit.logical,
-                state: Box::new(state),
-                log,
-                sql: sql.into(),
-                physical: Some(hit.physical),
-                keep: None,
-            },
+            body,
         })
     }
 
@@ -1062,13 +1072,21 @@ enum Body {
         /// eviction count before planning.
         keep: Option<u64>,
     },
+    /// A kept query whose plan was a row of literals ([`crate::plan_cache`]): its answer.
+    Answer {
+        plan: LogicalPlan,
+        sql: Arc<str>,
+        batch: RecordBatch,
+    },
     Command(Command),
 }
 
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.body {
-            Body::Query { plan, .. } => write!(f, "Prepared({})", plan.display()),
+            Body::Query { plan, .. } | Body::Answer { plan, .. } => {
+                write!(f, "Prepared({})", plan.display())
+            }
             Body::Command(c) => write!(f, "Prepared({c:?})"),
         }
     }
@@ -1085,7 +1103,9 @@ impl Prepared {
     /// The schema of the result.
     pub fn schema(&self) -> SchemaRef {
         match &self.body {
-            Body::Query { plan, .. } => Arc::new(plan.schema().as_arrow().clone()),
+            Body::Query { plan, .. } | Body::Answer { plan, .. } => {
+                Arc::new(plan.schema().as_arrow().clone())
+            }
             Body::Command(_) => Command::result_schema(),
         }
     }
@@ -1098,7 +1118,7 @@ impl Prepared {
                 plan: LogicalPlan::Dml(_),
                 ..
             } => Access::Write,
-            Body::Query { .. } => Access::Read,
+            Body::Query { .. } | Body::Answer { .. } => Access::Read,
             Body::Command(c) => match c {
                 Command::Delete { .. }
                 | Command::Update { .. }
@@ -1120,6 +1140,7 @@ impl Prepared {
     pub fn is_query(&self) -> bool {
         match &self.body {
             Body::Query { plan, .. } => !matches!(plan, LogicalPlan::Dml(_)),
+            Body::Answer { .. } => true,
             Body::Command(_) => false,
         }
     }
@@ -1127,7 +1148,7 @@ impl Prepared {
     /// The parameters (`$1`, `$2`, …) in order, with their types where the planner
     /// could infer them.
     pub fn parameters(&self) -> Result<Vec<(String, Option<DataType>)>> {
-        let Body::Query { plan, .. } = &self.body else {
+        let (Body::Query { plan, .. } | Body::Answer { plan, .. }) = &self.body else {
             return Ok(vec![]);
         };
         // Strings are views inside the engine; clients bind the plain types.
@@ -1171,6 +1192,13 @@ impl Prepared {
                 let run = engine.on_runtime(async move { engine2.run(&cmd).await });
                 let batch = within(timeout, run).await?;
                 return Ok(one_batch(batch));
+            }
+            Body::Answer { batch, .. } if params.is_empty() => return Ok(one_batch(batch.clone())),
+            // Values given anyway are bound (and refused) by planning, as for a kept plan.
+            Body::Answer { plan, sql, .. } => {
+                sql_text = sql.clone();
+                let (state, log) = engine.session();
+                (plan.clone(), state, log, None, None)
             }
             Body::Query {
                 plan,

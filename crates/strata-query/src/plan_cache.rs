@@ -25,16 +25,27 @@
 //! Each execution takes a fresh instance of the kept plan
 //! ([`reset_plan_states`](datafusion::physical_plan::execution_plan::reset_plan_states)),
 //! so operators with per-run state (repartitioning channels) start clean.
+//!
+//! A plan that is one row of literals — `SELECT 1`, or a `count(*)` the optimizer
+//! answered from the segments' statistics — is kept as that row: a hit answers it
+//! without running anything (no task on the query runtime, no channel back), which is
+//! most of what such a query costs on the server.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use arrow::array::ArrayRef;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::source_as_provider;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 
 use crate::provider::StrataTable;
 
@@ -71,14 +82,25 @@ struct Entry {
     /// The statement's logical plan before optimization (its schema and kind).
     logical: LogicalPlan,
     physical: Arc<dyn ExecutionPlan>,
+    /// The row the plan produces, when it is a row of literals.
+    answer: Option<RecordBatch>,
     used: u64,
 }
 
-/// What a hit gives: the statement's logical plan and a fresh instance of its physical one.
+/// What a hit gives: the statement's logical plan, and what to run.
 #[derive(Debug)]
 pub struct Hit {
     pub logical: LogicalPlan,
-    pub physical: Arc<dyn ExecutionPlan>,
+    pub run: Kept,
+}
+
+/// A kept statement's way to its result.
+#[derive(Debug)]
+pub enum Kept {
+    /// A fresh instance of its physical plan.
+    Plan(Arc<dyn ExecutionPlan>),
+    /// Its result, when the plan was one row of literals.
+    Answer(RecordBatch),
 }
 
 #[derive(Default)]
@@ -107,17 +129,21 @@ impl std::fmt::Debug for PlanCache {
 }
 
 impl PlanCache {
-    /// The plan kept for `sql` at change count `changes`, as a fresh instance; none
-    /// once the column cache evicted anything since it was made (its scans read cached
-    /// columns, and a missing one would be decoded whole on the query's path).
+    /// The plan kept for `sql` at change count `changes`, as a fresh instance (or its
+    /// answer); no plan once the column cache evicted anything since it was made (its
+    /// scans read cached columns, and a missing one would be decoded whole on the
+    /// query's path), while an answer reads no column and stays.
     pub fn get(&self, sql: &str, changes: u64, evictions: u64) -> Option<Hit> {
         let mut s = self.state.lock().expect("plan cache lock");
         s.clock += 1;
         let clock = s.clock;
         let found = match s.entries.get_mut(sql) {
-            Some(e) if e.changes == changes && e.evictions == evictions => {
+            Some(e) if e.changes == changes && (e.answer.is_some() || e.evictions == evictions) => {
                 e.used = clock;
-                Some((e.logical.clone(), e.physical.clone()))
+                Some(match &e.answer {
+                    Some(batch) => (e.logical.clone(), Err(batch.clone())),
+                    None => (e.logical.clone(), Ok(e.physical.clone())),
+                })
             }
             _ => None,
         };
@@ -126,10 +152,13 @@ impl PlanCache {
             None => s.misses += 1,
         }
         drop(s);
-        let (logical, physical) = found?;
-        // A kept plan whose copy fails is planned again (the caller's miss path).
-        let physical = reset_plan_states(physical).ok()?;
-        Some(Hit { logical, physical })
+        let (logical, run) = found?;
+        let run = match run {
+            // A kept plan whose copy fails is planned again (the caller's miss path).
+            Ok(physical) => Kept::Plan(reset_plan_states(physical).ok()?),
+            Err(batch) => Kept::Answer(batch),
+        };
+        Some(Hit { logical, run })
     }
 
     /// Keeps `physical` for `sql` when it qualifies (see the module docs); the caller
@@ -164,6 +193,7 @@ impl PlanCache {
                 evictions,
                 logical: logical.clone(),
                 physical: physical.clone(),
+                answer: literal_answer(logical, physical),
                 used,
             },
         );
@@ -244,6 +274,33 @@ fn reusable_physical(plan: &Arc<dyn ExecutionPlan>) -> bool {
     walked.is_ok() && reusable
 }
 
+/// The row a plan of literals over one placeholder row produces (`SELECT 1`, a count
+/// answered from statistics), labelled with the schema the statement announces when
+/// that admits it (as a run of the plan would be).
+fn literal_answer(logical: &LogicalPlan, physical: &Arc<dyn ExecutionPlan>) -> Option<RecordBatch> {
+    let projection = physical.downcast_ref::<ProjectionExec>()?;
+    let row = projection.input();
+    if !row.is::<PlaceholderRowExec>() || row.output_partitioning().partition_count() != 1 {
+        return None;
+    }
+    let columns = projection
+        .expr()
+        .iter()
+        .map(|p| {
+            let literal = p.expr.downcast_ref::<Literal>()?;
+            literal.value().to_array_of_size(1).ok()
+        })
+        .collect::<Option<Vec<ArrayRef>>>()?;
+    let produced = projection.schema();
+    let announced: SchemaRef = Arc::new(logical.schema().as_arrow().clone());
+    let schema = if announced.contains(&produced) {
+        announced
+    } else {
+        produced
+    };
+    RecordBatch::try_new(schema, columns).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use arrow::datatypes::Schema;
@@ -271,6 +328,75 @@ mod tests {
         assert!(plans.get("SELECT 1", 3, 8).is_none(), "an eviction since");
         assert!(plans.get("SELECT 2", 3, 7).is_none());
         assert_eq!(plans.counts(), (1, 1, 3));
+    }
+
+    #[test]
+    fn a_row_of_literals_is_kept_as_its_answer() {
+        use datafusion::common::ScalarValue;
+        use datafusion::physical_expr::expressions::{Column, lit};
+
+        let plans = PlanCache::default();
+        let row: Arc<dyn ExecutionPlan> =
+            Arc::new(PlaceholderRowExec::new(Arc::new(Schema::empty())));
+        let literal: Arc<dyn ExecutionPlan> = Arc::new(
+            ProjectionExec::try_new(
+                vec![(lit(ScalarValue::Int64(Some(42))), "n".to_string())],
+                row.clone(),
+            )
+            .unwrap(),
+        );
+        let logical = LogicalPlan::EmptyRelation(EmptyRelation {
+            produce_one_row: true,
+            schema: Arc::new(DFSchema::try_from(literal.schema().as_ref().clone()).unwrap()),
+        });
+        plans.keep("SELECT 42 AS n".into(), (1, 1), &logical, &literal);
+        let Some(Hit {
+            run: Kept::Answer(batch),
+            ..
+        }) = plans.get("SELECT 42 AS n", 1, 5)
+        else {
+            panic!("kept as its answer, and kept after evictions");
+        };
+        assert_eq!(batch.num_rows(), 1);
+        assert_eq!(
+            ScalarValue::try_from_array(batch.column(0), 0).unwrap(),
+            ScalarValue::Int64(Some(42))
+        );
+        assert!(
+            plans.get("SELECT 42 AS n", 2, 5).is_none(),
+            "a change since"
+        );
+
+        // Not answers: a column of the input, or a placeholder row per partition.
+        let two_rows: Arc<dyn ExecutionPlan> =
+            Arc::new(PlaceholderRowExec::new(Arc::new(Schema::empty())).with_partitions(2));
+        let plans_of = [
+            ProjectionExec::try_new(
+                vec![(lit(ScalarValue::Int64(Some(42))), "n".to_string())],
+                two_rows,
+            )
+            .unwrap(),
+            ProjectionExec::try_new(
+                vec![(Arc::new(Column::new("n", 0)) as _, "n".to_string())],
+                literal.clone(),
+            )
+            .unwrap(),
+        ];
+        for (i, physical) in plans_of.into_iter().enumerate() {
+            let physical: Arc<dyn ExecutionPlan> = Arc::new(physical);
+            let sql = format!("q{i}");
+            plans.keep(sql.as_str().into(), (1, 1), &logical, &physical);
+            assert!(
+                matches!(
+                    plans.get(&sql, 1, 1),
+                    Some(Hit {
+                        run: Kept::Plan(_),
+                        ..
+                    })
+                ),
+                "{sql} is a plan"
+            );
+        }
     }
 
     #[test]
