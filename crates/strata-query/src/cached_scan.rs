@@ -62,6 +62,8 @@ struct Scan {
     projection: Vec<usize>,
     schema: SchemaRef,
     predicate: Option<Arc<PruningPredicate>>,
+    /// The primary key columns each segment's rows are sorted by.
+    key: Arc<[String]>,
     /// Filters over the output pushed down at planning whose value changes while the
     /// query runs (a TopK's current bound): looked at again whenever it changed.
     dynamic: Vec<Arc<dyn PhysicalExpr>>,
@@ -449,6 +451,8 @@ pub(crate) struct CachedScanArgs {
     pub table: SchemaRef,
     pub projection: Vec<usize>,
     pub predicate: Option<Arc<PruningPredicate>>,
+    /// The primary key columns each segment's rows are sorted by.
+    pub key: Arc<[String]>,
     /// Segments per partition, with each segment's statistics (unprojected).
     pub groups: Vec<Vec<(LiveSegment, Statistics)>>,
     pub limit: Option<usize>,
@@ -485,6 +489,7 @@ impl CachedScanExec {
                 projection: args.projection,
                 schema,
                 predicate: args.predicate,
+                key: args.key,
                 dynamic: vec![],
             }),
             groups,
@@ -494,6 +499,12 @@ impl CachedScanExec {
             properties: Arc::new(properties),
             metrics: ExecutionPlanMetricsSet::new(),
         })
+    }
+
+    /// The primary key columns each segment's rows are sorted by (a partition reads
+    /// its segments one after the other).
+    pub(crate) fn sort_key(&self) -> &[String] {
+        &self.scan.key
     }
 
     fn segments(&self) -> usize {

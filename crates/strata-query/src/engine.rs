@@ -55,6 +55,7 @@ use crate::limits;
 use crate::overflow;
 use crate::plan_cache::{self, Kept, PlanCache};
 use crate::provider::ScanLog;
+use crate::run_aggregate::{RunAggregates, SortedFiles};
 use crate::statements::{self, Command, VersionAt, quoted};
 use crate::views;
 
@@ -169,6 +170,7 @@ impl Engine {
             .with_runtime_env(runtime)
             .with_catalog_list(catalogs)
             .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(RunAggregates))
             .build();
         overflow::install(&mut state)?;
         crate::aggregates::install(&mut state)?;
@@ -290,6 +292,12 @@ impl Engine {
         state.mark_start_execution();
         let log = Arc::new(ScanLog::default());
         state.config_mut().set_extension(log.clone());
+        // The files this statement's scans read and their sort keys (its own map).
+        state
+            .config_mut()
+            .options_mut()
+            .extensions
+            .insert(SortedFiles::default());
         (state, log)
     }
 

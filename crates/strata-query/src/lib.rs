@@ -47,6 +47,7 @@ pub mod object_store;
 pub mod overflow;
 pub mod plan_cache;
 pub mod provider;
+pub mod run_aggregate;
 pub mod sink;
 pub mod statements;
 pub mod subscribe;

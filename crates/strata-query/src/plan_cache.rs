@@ -66,6 +66,7 @@ const REUSABLE: &[&str] = &[
     "SortPreservingMergeExec",
     "SortExec",
     "AggregateExec",
+    "RunAggregateExec",
     "GlobalLimitExec",
     "LocalLimitExec",
     "UnionExec",

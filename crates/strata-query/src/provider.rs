@@ -52,6 +52,7 @@ use crate::cached_scan::{CachedScanArgs, CachedScanExec, FillJob};
 use crate::error::{Error, Result};
 use crate::hooks::DatasetHooks;
 use crate::object_store::BlobObjectStore;
+use crate::run_aggregate::SortedFiles;
 use crate::sink::StrataSink;
 use crate::views;
 
@@ -354,11 +355,17 @@ impl StrataTable {
             .with_parquet_file_reader_factory(Arc::new(readers))
             .with_enable_page_index(true)
             .with_pushdown_filters(true);
+        // Each file's rows are sorted by the primary key (for aggregations by runs).
+        let sorted = state.config_options().extensions.get::<SortedFiles>();
+        let key = self.sort_key();
         let files: Vec<PartitionedFile> = segments
             .iter()
             .map(|s| {
                 let mut file = PartitionedFile::new(s.meta.path.clone(), s.meta.bytes)
                     .with_statistics(Arc::new(segment_statistics(&schema, &stored, s)));
+                if let Some(sorted) = sorted {
+                    sorted.record(file.object_meta.location.as_ref(), &key);
+                }
                 if let Some(created) = chrono::DateTime::from_timestamp_millis(s.meta.created_ms) {
                     file.object_meta.last_modified = created;
                 }
@@ -378,6 +385,16 @@ impl StrataTable {
             .with_limit(limit)
             .build();
         Ok(DataSourceExec::from_data_source(config))
+    }
+
+    /// The primary key columns segments are sorted by.
+    fn sort_key(&self) -> Arc<[String]> {
+        self.snapshot
+            .table()
+            .spec()
+            .primary_key()
+            .map(String::from)
+            .collect()
     }
 
     fn filter_prunes(&self, filter: &Expr) -> bool {
@@ -703,6 +720,7 @@ impl TableProvider for StrataTable {
                 table: schema.clone(),
                 projection: columns.clone(),
                 predicate: self.pruning_predicate(filters)?,
+                key: self.sort_key(),
                 groups,
                 limit,
             })?));

@@ -5,4 +5,5 @@ mod changes;
 mod common;
 mod logs;
 mod object_store;
+mod run_aggregate;
 mod sql;

@@ -1,0 +1,165 @@
+//! Aggregations by the leading key columns run by runs of equal keys
+//! (`RunAggregateExec`) and answer exactly as hash aggregation does: long runs (a
+//! station's thousands of rows in a segment) and short ones (a key of many values),
+//! nulls, filters, deletions and upserts, over Parquet and over cached columns.
+
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use strata_query::{Engine, QueryConfig};
+use strata_table::Catalog;
+use strata_types::{DatasetName, DatasetSpec};
+
+use crate::common::{memory_catalog, write};
+
+fn schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("station", DataType::Utf8, false),
+        Field::new("ts", DataType::Int64, false),
+        Field::new("temp", DataType::Float64, true),
+        Field::new("n", DataType::Int64, true),
+        Field::new("sky", DataType::Utf8, true),
+    ]))
+}
+
+/// `stations` stations × `per_station` times from `first_ts`; some values null.
+fn rows(stations: std::ops::Range<usize>, first_ts: i64, per_station: i64) -> RecordBatch {
+    let (mut st, mut ts, mut temp, mut n, mut sky) = (vec![], vec![], vec![], vec![], vec![]);
+    for s in stations {
+        for t in first_ts..first_ts + per_station {
+            st.push(format!("s{s:03}"));
+            ts.push(t);
+            temp.push((t % 11 != 0).then_some((s as f64) * 0.5 + (t % 13) as f64));
+            n.push((t % 7 != 0).then_some(t * 3 - s as i64));
+            sky.push((t % 5 != 0).then(|| ["clear", "rain", "fog"][(t % 3) as usize]));
+        }
+    }
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(StringArray::from(st)),
+            Arc::new(Int64Array::from(ts)),
+            Arc::new(Float64Array::from(temp)),
+            Arc::new(Int64Array::from(n)),
+            Arc::new(StringArray::from(sky)),
+        ],
+    )
+    .unwrap()
+}
+
+async fn answer(engine: &Engine, sql: &str) -> Vec<String> {
+    let batches = engine
+        .collect(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+async fn physical_plan(engine: &Engine, sql: &str) -> String {
+    answer(engine, &format!("EXPLAIN {sql}")).await.join("\n")
+}
+
+fn engine(catalog: &Catalog, cache_bytes: usize) -> Engine {
+    Engine::new(
+        catalog.clone(),
+        QueryConfig {
+            cache_bytes,
+            ..QueryConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Aggregates and the same grouped by an expression of the key (hash aggregation).
+const AGGREGATES: &str = "count(*), count(temp), sum(n), avg(temp), min(sky), max(n), \
+                          min(temp), max(sky)";
+
+#[tokio::test]
+async fn aggregations_by_key_runs_answer_as_hashing_does() {
+    let catalog = memory_catalog();
+    let spec = DatasetSpec::new(
+        DatasetName::new("w").unwrap(),
+        schema(),
+        vec!["station".into()],
+        vec!["ts".into()],
+        2,
+    )
+    .unwrap();
+    let table = catalog.create_table(spec).await.unwrap();
+    // Long runs: 6 stations × 3000 times; short ones: 400 stations × 2 times; an
+    // upsert over part of the first and deletions.
+    write(&table, rows(0..6, 0, 3000)).await;
+    write(&table, rows(100..500, 0, 2)).await;
+    write(&table, rows(2..4, 1000, 500)).await;
+    let plain = engine(&catalog, 0);
+    plain
+        .collect("DELETE FROM w WHERE station = 's001' AND ts % 4 = 0 OR station = 's250'")
+        .await
+        .unwrap();
+    let cached = engine(&catalog.clone().exclusive(), 64 << 20);
+
+    let cases = [
+        (format!("SELECT station, {AGGREGATES} FROM w GROUP BY station"), 
+         format!("SELECT station || '' AS station, {AGGREGATES} FROM w GROUP BY station || ''")),
+        (format!("SELECT station, {AGGREGATES} FROM w WHERE temp > 3 AND sky <> 'fog' GROUP BY station"),
+         format!("SELECT station || '' AS station, {AGGREGATES} FROM w WHERE temp > 3 AND sky <> 'fog' GROUP BY station || ''")),
+        (format!("SELECT ts, station, {AGGREGATES} FROM w WHERE ts < 40 GROUP BY station, ts"),
+         format!("SELECT ts + 0 AS ts, station || '' AS station, {AGGREGATES} FROM w WHERE ts < 40 GROUP BY station || '', ts + 0")),
+        ("SELECT station, avg(temp) a FROM w GROUP BY station ORDER BY a DESC, station LIMIT 3".to_string(),
+         "SELECT station || '' AS station, avg(temp) a FROM w GROUP BY station || '' ORDER BY a DESC, station LIMIT 3".to_string()),
+    ];
+    for (sql, hashed) in &cases {
+        let want = answer(&plain, hashed).await;
+        assert!(!want.is_empty());
+        for plan in [
+            physical_plan(&plain, sql).await,
+            physical_plan(&cached, sql).await,
+        ] {
+            assert!(plan.contains("RunAggregateExec"), "{sql}:\n{plan}");
+        }
+        assert!(
+            !physical_plan(&plain, hashed)
+                .await
+                .contains("RunAggregateExec")
+        );
+        assert_eq!(answer(&plain, sql).await, want, "Parquet: {sql}");
+        assert_eq!(answer(&cached, sql).await, want, "cold: {sql}");
+        for _ in 0..12_000 {
+            if cached.cache().stats().fills_pending == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(answer(&cached, sql).await, want, "cached: {sql}");
+        assert_eq!(answer(&cached, sql).await, want, "kept plan: {sql}");
+    }
+    let plan = answer(&cached, &format!("EXPLAIN ANALYZE {}", cases[0].0))
+        .await
+        .join("\n");
+    assert!(
+        plan.contains("StrataCachedScan") && plan.contains("runs="),
+        "{plan}"
+    );
+
+    // Not by runs: a column that is not the key's first, or not a key column.
+    for sql in [
+        "SELECT ts, count(*) FROM w GROUP BY ts",
+        "SELECT sky, count(*) FROM w GROUP BY sky",
+        "SELECT station, sky, count(*) FROM w GROUP BY station, sky",
+        "SELECT station, count(DISTINCT sky) FROM w GROUP BY station",
+    ] {
+        let plan = physical_plan(&plain, sql).await;
+        assert!(!plan.contains("RunAggregateExec"), "{sql}:\n{plan}");
+    }
+}
