@@ -220,6 +220,34 @@ impl Engine {
             .await
     }
 
+    /// Opens up to `max` datasets at their heads — each one's record, version log and
+    /// manifest — on the query runtime, so that the first query of each after a start
+    /// finds them in memory as later queries do (on an exclusive catalog; a shared one
+    /// resolves the head on every query anyway). A server calls it once it listens.
+    /// Returns how many opened; a dataset that fails to open is left for its queries to
+    /// report.
+    pub async fn warm(&self, max: usize) -> Result<usize> {
+        if !self.inner.catalog.is_exclusive() {
+            return Ok(0);
+        }
+        let engine = self.clone();
+        self.on_runtime(async move {
+            let names = engine.inner.catalog.list_tables().await?;
+            let mut opened = 0;
+            for name in names.into_iter().take(max) {
+                let head = VersionedName {
+                    dataset: name,
+                    version: VersionSpec::Head,
+                };
+                if engine.inner.schema.open(&head).await.is_ok() {
+                    opened += 1;
+                }
+            }
+            Ok(opened)
+        })
+        .await
+    }
+
     /// Refuses a statement longer than the configured limit (cheap: call it before
     /// anything else looks at the text).
     pub fn check_size(&self, sql: &str) -> Result<()> {

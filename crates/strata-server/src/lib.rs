@@ -43,7 +43,7 @@ use strata_table::Catalog;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use config::ServerConfig;
 pub use error::{Error, Result};
@@ -53,6 +53,9 @@ const QUERY_THREAD_STACK: usize = 256 << 20;
 
 /// How long shutdown waits for clients to close their connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Datasets whose heads a starting server opens before their first queries (each is
+/// its record, version log and manifest in memory; the rest open on first use).
+const WARM_DATASETS: usize = 256;
 
 /// A running server.
 #[derive(Debug)]
@@ -305,6 +308,15 @@ impl Server {
             None => None,
         };
         let incoming = conn::incoming(listener, limits);
+        // The datasets' heads in memory before their first queries (on the query
+        // runtime, a bounded number; a failure is left for the queries to meet).
+        let warming = engine.clone();
+        tokio::spawn(async move {
+            match warming.warm(WARM_DATASETS).await {
+                Ok(datasets) => debug!(datasets, "dataset heads opened"),
+                Err(e) => debug!(error = %e, "opening dataset heads at start"),
+            }
+        });
         let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         }));

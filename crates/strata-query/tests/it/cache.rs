@@ -12,7 +12,7 @@ use strata_table::Catalog;
 
 use crate::common::{History, batch, weather, write};
 
-fn engine(catalog: &Catalog, cache_bytes: usize) -> Engine {
+pub(crate) fn engine(catalog: &Catalog, cache_bytes: usize) -> Engine {
     Engine::new(
         catalog.clone(),
         QueryConfig {
@@ -25,7 +25,7 @@ fn engine(catalog: &Catalog, cache_bytes: usize) -> Engine {
 
 /// The answer as sorted lines of text (row order is the query's business, and both
 /// engines run the same plan above the scan).
-async fn answer(engine: &Engine, sql: &str) -> Vec<String> {
+pub(crate) async fn answer(engine: &Engine, sql: &str) -> Vec<String> {
     let batches = engine
         .collect(sql)
         .await
@@ -68,7 +68,7 @@ async fn stat(engine: &Engine, column: &str) -> u64 {
 
 /// Waits for the background fills the queries so far queued (asking the cache itself:
 /// a query would count as activity the fills wait out).
-async fn settle(engine: &Engine) {
+pub(crate) async fn settle(engine: &Engine) {
     for _ in 0..12_000 {
         if engine.cache().stats().fills_pending == 0 {
             return;

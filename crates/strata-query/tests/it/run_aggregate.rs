@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use strata_query::{Engine, QueryConfig};
-use strata_table::Catalog;
+use strata_query::Engine;
 use strata_types::{DatasetName, DatasetSpec};
 
+use crate::cache::{answer, engine, settle};
 use crate::common::{memory_catalog, write};
 
 fn schema() -> Arc<Schema> {
@@ -48,37 +48,8 @@ fn rows(stations: std::ops::Range<usize>, first_ts: i64, per_station: i64) -> Re
     .unwrap()
 }
 
-async fn answer(engine: &Engine, sql: &str) -> Vec<String> {
-    let batches = engine
-        .collect(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let text = arrow::util::pretty::pretty_format_batches(&batches)
-        .unwrap()
-        .to_string();
-    let mut lines: Vec<String> = text
-        .lines()
-        .filter(|l| l.starts_with('|'))
-        .skip(1)
-        .map(str::to_string)
-        .collect();
-    lines.sort();
-    lines
-}
-
 async fn physical_plan(engine: &Engine, sql: &str) -> String {
     answer(engine, &format!("EXPLAIN {sql}")).await.join("\n")
-}
-
-fn engine(catalog: &Catalog, cache_bytes: usize) -> Engine {
-    Engine::new(
-        catalog.clone(),
-        QueryConfig {
-            cache_bytes,
-            ..QueryConfig::default()
-        },
-    )
-    .unwrap()
 }
 
 /// Aggregates and the same grouped by an expression of the key (hash aggregation).
@@ -135,12 +106,7 @@ async fn aggregations_by_key_runs_answer_as_hashing_does() {
         );
         assert_eq!(answer(&plain, sql).await, want, "Parquet: {sql}");
         assert_eq!(answer(&cached, sql).await, want, "cold: {sql}");
-        for _ in 0..12_000 {
-            if cached.cache().stats().fills_pending == 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        settle(&cached).await;
         assert_eq!(answer(&cached, sql).await, want, "cached: {sql}");
         assert_eq!(answer(&cached, sql).await, want, "kept plan: {sql}");
     }

@@ -1106,6 +1106,23 @@ async fn an_exclusive_catalog_resolves_an_unchanged_head_from_memory() {
     .unwrap();
     t.write(&[batch], Default::default()).await.unwrap();
     assert_eq!(count(&e, "SELECT sum(v) FROM r").await, 105);
+
+    // A fresh engine (a restarted server) resolves the head on its first query, unless
+    // it was warmed: then its first query reads nothing to find it either.
+    let fresh = engine(&catalog);
+    let before = meta.reads();
+    assert_eq!(count(&fresh, "SELECT sum(v) FROM r").await, 105);
+    assert!(meta.reads() > before, "a first query resolves the head");
+    let warmed = engine(&catalog);
+    assert_eq!(warmed.warm(16).await.unwrap(), 1);
+    let before = meta.reads();
+    assert_eq!(count(&warmed, "SELECT sum(v) FROM r").await, 105);
+    assert_eq!(
+        meta.reads(),
+        before,
+        "warmed: nothing read to find the head"
+    );
+    assert_eq!(warmed.warm(0).await.unwrap(), 0);
 }
 
 /// `sum`, `avg` and `count` of `DOUBLE` columns over whole segments come from the
