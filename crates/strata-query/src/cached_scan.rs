@@ -15,7 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt64Array};
-use arrow::compute::{cast, filter_record_batch};
+use arrow::compute::{SortOptions, cast, filter_record_batch, sort_to_indices};
 use arrow::datatypes::SchemaRef;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::pruning::PruningStatistics;
@@ -23,7 +23,8 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Column, ScalarValue, Statistics};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::expressions::Column as ColumnExpr;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_expr_common::physical_expr::{
     snapshot_generation, snapshot_physical_expr,
 };
@@ -37,6 +38,7 @@ use datafusion::physical_plan::filter_pushdown::{
 use datafusion::physical_plan::metrics::{
     Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
 };
+use datafusion::physical_plan::sort_pushdown::SortOrderPushdownResult;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -67,6 +69,10 @@ struct Scan {
     /// Filters over the output pushed down at planning whose value changes while the
     /// query runs (a TopK's current bound): looked at again whenever it changed.
     dynamic: Vec<Arc<dyn PhysicalExpr>>,
+    /// The order a sort above wants (an output column and its direction): each
+    /// segment's zones are visited best first by their zone maps, so a TopK's bound is
+    /// tight after a zone or two and prunes the rest.
+    order: Option<(usize, SortOptions)>,
 }
 
 /// Counters of one partition.
@@ -133,10 +139,19 @@ impl Scan {
             })?,
             _ => vec![true; rows.div_ceil(ZONE_ROWS)],
         };
+        let zones = keep.len();
+        let order = match self.order {
+            Some((column, options)) => columns
+                .get(column)
+                .and_then(|c| zone_order(c, options))
+                .unwrap_or_else(|| (0..zones).collect()),
+            None => (0..zones).collect(),
+        };
         Ok(Some(Open {
             seg,
             columns,
             keep,
+            order,
             next: 0,
             generations: vec![None; self.dynamic.len()],
         }))
@@ -145,8 +160,8 @@ impl Scan {
     /// The next batch of live rows of `open`, or `None` when its zones are done.
     fn next_batch(&self, open: &mut Open, m: &Metrics) -> DfResult<Option<RecordBatch>> {
         let rows = open.seg.meta.rows as usize;
-        while open.next < open.keep.len() {
-            let z = open.next;
+        while open.next < open.order.len() {
+            let z = open.order[open.next];
             open.next += 1;
             if !self.dynamic.is_empty() {
                 self.prune_dynamic(open, z)?;
@@ -177,14 +192,16 @@ impl Scan {
         Ok(None)
     }
 
-    /// Drops from `open` the zones from `from` on that the filters pushed down at run
-    /// time (a TopK's bound so far, say) exclude as they stand now. Such a filter only
-    /// narrows, so a zone it excludes stays excluded: each filter is looked at again
-    /// only when it changed (its generation moved), and then over every zone left.
+    /// Drops from `open` the zones not visited yet (from `from` on in storage order, or
+    /// all of them in a sort's order) that the filters pushed down at run time (a
+    /// TopK's bound so far, say) exclude as they stand now. Such a filter only narrows,
+    /// so a zone it excludes stays excluded: each filter is looked at again only when
+    /// it changed (its generation moved), and then over every zone left.
     fn prune_dynamic(&self, open: &mut Open, from: usize) -> DfResult<()> {
         if open.columns.is_empty() {
             return Ok(());
         }
+        let from = if self.order.is_some() { 0 } else { from };
         let zones = from..open.keep.len();
         for (expr, seen) in self.dynamic.iter().zip(open.generations.iter_mut()) {
             let generation = snapshot_generation(expr);
@@ -221,11 +238,26 @@ impl Scan {
 struct Open {
     seg: LiveSegment,
     columns: Vec<Arc<CachedColumn>>,
-    /// Zones that may hold matching rows; `next` is the next to look at.
+    /// Zones that may hold matching rows.
     keep: Vec<bool>,
+    /// The zones in the order they are visited; `next` is the next to look at.
+    order: Vec<usize>,
     next: usize,
     /// The generation of each dynamic filter when it last pruned `keep`.
     generations: Vec<Option<u64>>,
+}
+
+/// The zones of `column` best first for a sort by it: by their greatest value for a
+/// descending sort, by their least for an ascending one (`None` for a type without zone
+/// maps).
+fn zone_order(column: &CachedColumn, options: SortOptions) -> Option<Vec<usize>> {
+    let bounds = if options.descending {
+        column.maxs()?
+    } else {
+        column.mins()?
+    };
+    let sorted = sort_to_indices(bounds, Some(options), None).ok()?;
+    Some(sorted.values().iter().map(|&z| z as usize).collect())
 }
 
 /// The columns `projection` (table column indices) of `seg`, from `cache` or decoded
@@ -491,6 +523,7 @@ impl CachedScanExec {
                 predicate: args.predicate,
                 key: args.key,
                 dynamic: vec![],
+                order: None,
             }),
             groups,
             statistics: Arc::new(statistics),
@@ -544,6 +577,10 @@ impl DisplayAs for CachedScanExec {
                 }
                 if !self.scan.dynamic.is_empty() {
                     write!(f, ", dynamic_filters={}", self.scan.dynamic.len())?;
+                }
+                if let Some((column, options)) = self.scan.order {
+                    let name = columns.get(column).copied().unwrap_or("?");
+                    write!(f, ", zones_by=[{name} {options}]")?;
                 }
                 if let Some(limit) = self.limit {
                     write!(f, ", limit={limit}")?;
@@ -674,6 +711,36 @@ impl ExecutionPlan for CachedScanExec {
         Ok(FilterPushdownPropagation {
             filters: unapplied,
             updated_node: Some(Arc::new(node)),
+        })
+    }
+
+    /// A sort above (a TopK): each segment's zones are visited best first for its
+    /// first key, which the sort still has to finish (`Inexact`).
+    fn try_pushdown_sort(
+        &self,
+        order: &[PhysicalSortExpr],
+    ) -> DfResult<SortOrderPushdownResult<Arc<dyn ExecutionPlan>>> {
+        let Some(first) = order.first() else {
+            return Ok(SortOrderPushdownResult::Unsupported);
+        };
+        let Some(column) = first.expr.downcast_ref::<ColumnExpr>() else {
+            return Ok(SortOrderPushdownResult::Unsupported);
+        };
+        if column.index() >= self.scan.schema.fields().len() {
+            return Ok(SortOrderPushdownResult::Unsupported);
+        }
+        let mut scan = (*self.scan).clone();
+        scan.order = Some((column.index(), first.options));
+        Ok(SortOrderPushdownResult::Inexact {
+            inner: Arc::new(CachedScanExec {
+                scan: Arc::new(scan),
+                groups: self.groups.clone(),
+                statistics: self.statistics.clone(),
+                group_statistics: self.group_statistics.clone(),
+                limit: self.limit,
+                properties: self.properties.clone(),
+                metrics: ExecutionPlanMetricsSet::new(),
+            }),
         })
     }
 

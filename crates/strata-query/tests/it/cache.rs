@@ -3,9 +3,10 @@
 //! Kept plans (an exclusive catalog's repeated queries) answer as planning again does,
 //! whatever changed in between.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Float64Array, Int64Array, RecordBatch};
 use arrow::util::pretty::pretty_format_batches;
 use strata_query::{Engine, QueryConfig};
 use strata_table::Catalog;
@@ -264,12 +265,17 @@ async fn kept_plans_follow_every_change() {
 
 /// The `zones_pruned` of a plan's cached scans, summed.
 fn zones_pruned(plan: &str) -> u64 {
-    plan.split("zones_pruned=")
+    metric(plan, "zones_pruned=")
+}
+
+/// A counter of a plan's operators (`name=`), summed.
+fn metric(plan: &str, name: &str) -> u64 {
+    plan.split(name)
         .skip(1)
         .filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next())
         .map(|n| {
             n.parse::<u64>()
-                .unwrap_or_else(|_| panic!("zones_pruned in {plan}"))
+                .unwrap_or_else(|_| panic!("{name} in {plan}"))
         })
         .sum()
 }
@@ -300,6 +306,40 @@ async fn zone_maps_skip_what_filters_exclude() {
         assert!(plan.contains(mark), "{plan}");
         assert!(zones_pruned(&plan) > 0, "{plan}");
     }
+
+    // A TopK visits each segment's zones best first: with values rising through each
+    // station's run, the best zone is a run's last, and the bound it sets prunes the rest.
+    let rising = catalog
+        .create_table(crate::common::weather_spec("rising"))
+        .await
+        .unwrap();
+    let b = batch(0..20_000, 0.0);
+    let ts = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+    let temp: Float64Array = ts
+        .values()
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| Some(t as f64 * 10.0 + (i / 20_000) as f64))
+        .collect();
+    let b = RecordBatch::try_new(
+        b.schema(),
+        vec![b.column(0).clone(), b.column(1).clone(), Arc::new(temp)],
+    )
+    .unwrap();
+    write(&rising, b).await;
+    let top = [
+        "SELECT * FROM rising ORDER BY temp DESC LIMIT 3".to_string(),
+        "SELECT station, ts FROM rising ORDER BY temp LIMIT 4".to_string(),
+    ];
+    agree(&plain, &cached, &top).await;
+    let plan = explain_analyze(&cached, &top[0]).await;
+    assert!(plan.contains("zones_by=[temp DESC"), "{plan}");
+    let segments = metric(&plan, "segments=");
+    let scanned = metric(&plan, "zones_scanned=");
+    assert!(
+        scanned <= segments,
+        "{scanned} zones scanned of {segments} segments: {plan}"
+    );
 }
 
 #[tokio::test]
