@@ -540,6 +540,19 @@ impl CachedScanExec {
         &self.scan.key
     }
 
+    /// This scan with `scan` in place of its own (fresh metrics).
+    fn with_scan(&self, scan: Scan) -> CachedScanExec {
+        CachedScanExec {
+            scan: Arc::new(scan),
+            groups: self.groups.clone(),
+            statistics: self.statistics.clone(),
+            group_statistics: self.group_statistics.clone(),
+            limit: self.limit,
+            properties: self.properties.clone(),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+
     fn segments(&self) -> usize {
         self.groups.iter().map(Vec::len).sum()
     }
@@ -699,18 +712,9 @@ impl ExecutionPlan for CachedScanExec {
         }
         let mut scan = (*self.scan).clone();
         scan.dynamic.extend(filters);
-        let node = CachedScanExec {
-            scan: Arc::new(scan),
-            groups: self.groups.clone(),
-            statistics: self.statistics.clone(),
-            group_statistics: self.group_statistics.clone(),
-            limit: self.limit,
-            properties: self.properties.clone(),
-            metrics: ExecutionPlanMetricsSet::new(),
-        };
         Ok(FilterPushdownPropagation {
             filters: unapplied,
-            updated_node: Some(Arc::new(node)),
+            updated_node: Some(Arc::new(self.with_scan(scan))),
         })
     }
 
@@ -732,15 +736,7 @@ impl ExecutionPlan for CachedScanExec {
         let mut scan = (*self.scan).clone();
         scan.order = Some((column.index(), first.options));
         Ok(SortOrderPushdownResult::Inexact {
-            inner: Arc::new(CachedScanExec {
-                scan: Arc::new(scan),
-                groups: self.groups.clone(),
-                statistics: self.statistics.clone(),
-                group_statistics: self.group_statistics.clone(),
-                limit: self.limit,
-                properties: self.properties.clone(),
-                metrics: ExecutionPlanMetricsSet::new(),
-            }),
+            inner: Arc::new(self.with_scan(scan)),
         })
     }
 
