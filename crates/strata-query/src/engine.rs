@@ -313,19 +313,26 @@ impl Engine {
         within(self.inner.config.timeout, f).await
     }
 
-    /// A session for one statement, with a fresh scan log.
+    /// A session for one statement to plan and run, with a fresh scan log.
     fn session(&self) -> (SessionState, Arc<ScanLog>) {
-        let mut state = self.inner.state.clone();
-        // The statement's start time: `now()` and friends are fixed to it.
-        state.mark_start_execution();
-        let log = Arc::new(ScanLog::default());
-        state.config_mut().set_extension(log.clone());
+        let (mut state, log) = self.run_session();
         // The files this statement's scans read and their sort keys (its own map).
         state
             .config_mut()
             .options_mut()
             .extensions
             .insert(SortedFiles::default());
+        (state, log)
+    }
+
+    /// A session for one statement whose plan is already made (a kept plan): nothing
+    /// for planning, so no copy of the options.
+    fn run_session(&self) -> (SessionState, Arc<ScanLog>) {
+        let mut state = self.inner.state.clone();
+        // The statement's start time: `now()` and friends are fixed to it.
+        state.mark_start_execution();
+        let log = Arc::new(ScanLog::default());
+        state.config_mut().set_extension(log.clone());
         (state, log)
     }
 
@@ -366,7 +373,7 @@ impl Engine {
                 batch,
             },
             Kept::Plan(physical) => {
-                let (state, log) = self.session();
+                let (state, log) = self.run_session();
                 Body::Query {
                     plan: hit.logical,
                     state: Box::new(state),

@@ -180,14 +180,11 @@ fn run_groups(agg: &AggregateExec, files: Option<&SortedFiles>) -> Option<Vec<us
         })
         .collect::<Option<Vec<usize>>>()?;
     let key = clustered_by(agg.input(), files)?;
-    let prefix = key.get(..groups.len())?;
-    let same_set = groups.iter().all(|g| prefix.contains(g)) && {
-        let mut distinct = groups.clone();
-        distinct.sort_unstable();
-        distinct.dedup();
-        distinct.len() == groups.len()
-    };
-    same_set.then_some(groups)
+    let mut prefix = key.get(..groups.len())?.to_vec();
+    let mut sorted = groups.clone();
+    prefix.sort_unstable();
+    sorted.sort_unstable();
+    (prefix == sorted).then_some(groups)
 }
 
 /// Types whose equal neighbours are one group key for sure (floats are left out:
@@ -510,10 +507,7 @@ impl Stream for RunAggregateStream {
                 Some(Err(e)) => Err(e),
                 None => {
                     self.done = true;
-                    match self.flush() {
-                        Ok(None) => return Poll::Ready(None),
-                        other => other,
-                    }
+                    self.flush()
                 }
             };
             let out = match out {
