@@ -11,9 +11,11 @@ use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+use scylla::policies::load_balancing::{NodeIdentifier, SingleTargetLoadBalancingPolicy};
 use scylla::response::{PagingState, PagingStateResponse};
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::unprepared::Statement;
 use scylla::statement::{Consistency, SerialConsistency};
 use strata_storage::Error as StorageError;
 use tracing::{debug, warn};
@@ -480,37 +482,92 @@ async fn apply_schema(session: &Session, config: &CassandraConfig) -> Result<()>
             // is late (the next statement may depend on it: wait longer for it).
             Err(ExecutionError::SchemaAgreementError(e)) => {
                 warn!("schema agreement after {statement:?}: {e}; waiting longer");
-                await_agreement(session).await?;
+                await_agreement(session, &config.keyspace).await?;
             }
             Err(e) => return Err(Error::Connect(format!("schema: {e}\n{statement}"))),
         }
     }
-    await_agreement(session).await
+    await_agreement(session, &config.keyspace).await
 }
 
-/// How long a schema change may wait for every node to agree. Cassandra pushes a
-/// change to the nodes it sees; one that missed it pulls schemas once a minute, so
-/// the driver's own 60 s can end just before the pull.
+/// How long a schema change may wait for every node to agree.
 const SCHEMA_AGREEMENT_DEADLINE: Duration = Duration::from_secs(300);
 
-/// Awaits schema agreement, again and again up to [`SCHEMA_AGREEMENT_DEADLINE`].
-async fn await_agreement(session: &Session) -> Result<()> {
+/// Awaits schema agreement, again and again up to [`SCHEMA_AGREEMENT_DEADLINE`],
+/// nudging the cluster after each of the driver's waits (60 s) that ends without it.
+///
+/// Cassandra pushes a schema change to the nodes it sees as alive; one that missed
+/// the push pulls the schema when gossip shows it a version it lacks. But a pull
+/// whose answer never comes (the request expired on a busy node) leaves that version
+/// marked as requested for good (`MigrationCoordinator` never hears of the failure),
+/// and the node pulls again only for a version it has not seen yet: without another
+/// schema change, it stays behind. The nudge is that change: a user type created and
+/// dropped in the keyspace (both carry whole definitions, safe to apply on a node
+/// that is behind). The node pulls the whole schema within a minute.
+async fn await_agreement(session: &Session, keyspace: &str) -> Result<()> {
     let deadline = tokio::time::Instant::now() + SCHEMA_AGREEMENT_DEADLINE;
     loop {
         match session.await_schema_agreement().await {
             Ok(_) => return Ok(()),
             Err(e) if tokio::time::Instant::now() < deadline => {
-                warn!("schema agreement: {e}; waiting longer");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                warn!(
+                    "schema agreement: {e}; node versions {}; nudging the cluster",
+                    schema_versions(session).await
+                );
+                nudge_schema(session, keyspace).await;
             }
             Err(e) => {
                 return Err(Error::Connect(format!(
-                    "schema agreement not reached in {} s: {e}",
-                    SCHEMA_AGREEMENT_DEADLINE.as_secs()
+                    "schema agreement not reached in {} s: {e}; node versions {}",
+                    SCHEMA_AGREEMENT_DEADLINE.as_secs(),
+                    schema_versions(session).await
                 )));
             }
         }
     }
+}
+
+/// A schema change that makes every node behind pull the schema again (see
+/// [`await_agreement`]). Whether both of its statements were applied; a failure is
+/// logged only (it is a hint).
+pub(crate) async fn nudge_schema(session: &Session, keyspace: &str) -> bool {
+    let mut applied = true;
+    for cql in [
+        format!("CREATE TYPE IF NOT EXISTS {keyspace}.strata_schema_nudge (at bigint)"),
+        format!("DROP TYPE IF EXISTS {keyspace}.strata_schema_nudge"),
+    ] {
+        match session.query_unpaged(cql.as_str(), ()).await {
+            Ok(_) | Err(ExecutionError::SchemaAgreementError(_)) => {}
+            Err(e) => {
+                warn!("schema nudge {cql:?}: {e}");
+                applied = false;
+            }
+        }
+    }
+    applied
+}
+
+/// Each node's own schema version, as the driver compares them (for the logs).
+async fn schema_versions(session: &Session) -> String {
+    let mut out = Vec::new();
+    for node in session.get_cluster_state().get_nodes_info() {
+        let mut statement =
+            Statement::new("SELECT schema_version FROM system.local WHERE key = 'local'");
+        statement.set_load_balancing_policy(Some(SingleTargetLoadBalancingPolicy::new(
+            NodeIdentifier::Node(node.clone()),
+            None,
+        )));
+        let version = match session.query_unpaged(statement, ()).await {
+            Ok(r) => r
+                .into_rows_result()
+                .ok()
+                .and_then(|rows| rows.single_row::<(uuid::Uuid,)>().ok())
+                .map_or_else(|| "?".to_string(), |(v,)| v.to_string()),
+            Err(e) => format!("unreachable ({e})"),
+        };
+        out.push(format!("{}={version}", node.address.ip()));
+    }
+    out.join(", ")
 }
 
 /// The serial consistency as the consistency of a read.

@@ -41,6 +41,35 @@ async fn drop_keyspace(store: &CassandraStore) {
         .expect("drop keyspace");
 }
 
+/// The nudge a disagreeing cluster gets (a change of schema that makes a node left
+/// behind pull again) changes the schema version and leaves nothing in the keyspace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_nudge_changes_the_version_and_leaves_nothing() {
+    let store = store("nudge", 1 << 20).await;
+    let session = store.session();
+    let keyspace = store.config().keyspace.clone();
+    let before = session.await_schema_agreement().await.unwrap();
+    assert!(crate::store::nudge_schema(session, &keyspace).await);
+    let after = session.await_schema_agreement().await.unwrap();
+    assert_ne!(before, after, "a nudge is a change of schema");
+    let types = session
+        .query_unpaged(
+            "SELECT type_name FROM system_schema.types WHERE keyspace_name = ?",
+            (keyspace.as_str(),),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows_num();
+    assert_eq!(types, 0, "the nudge's type is dropped");
+    assert!(
+        !crate::store::nudge_schema(session, "strata_no_such_keyspace").await,
+        "a failed nudge says so"
+    );
+    drop_keyspace(&store).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cassandra_blob_store_conformance() {
     // Small chunks so the suite's blobs span many of them.

@@ -290,6 +290,25 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// What each node logged about its peers and schema, to explain a failure.
+    fn print_logs(&self) {
+        const WORTH: [&str; 7] = ["schema", "Schema", " UP", "DOWN", "WARN", "ERROR", "pull"];
+        for node in 1..=3 {
+            let path = self.dir.path().join(format!("node{node}/system.log"));
+            let Ok(log) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| WORTH.iter().any(|w| l.contains(w)))
+                .collect();
+            eprintln!("--- node {node}: {} ---", path.display());
+            for line in &lines[lines.len().saturating_sub(80)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+
     fn start(port: u16) -> Cluster {
         let mut cluster = Cluster {
             dir: tempfile::tempdir().unwrap(),
@@ -303,6 +322,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
         let _ = self.run(&["stop"]);
     }
 }
