@@ -11,6 +11,7 @@
 //! The filters stay `Inexact` (DataFusion filters the rows above the scan), so zone
 //! maps only ever skip zones no row of which can match.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -555,6 +556,32 @@ impl CachedScanExec {
 
     fn segments(&self) -> usize {
         self.groups.iter().map(Vec::len).sum()
+    }
+
+    /// The ids of the dynamic filters pushed down to this scan.
+    pub(crate) fn dynamic_filter_ids(&self) -> Vec<Option<u64>> {
+        self.scan
+            .dynamic
+            .iter()
+            .map(|d| d.expression_id())
+            .collect()
+    }
+
+    /// This scan reading the fresh instances of its dynamic filters (found by their
+    /// expression id in `fresh`, each rebuilt over the columns this scan sees); `None`
+    /// when one of them has none.
+    pub(crate) fn with_fresh_filters(
+        &self,
+        fresh: &HashMap<u64, Arc<dyn PhysicalExpr>>,
+    ) -> DfResult<Option<CachedScanExec>> {
+        let mut scan = (*self.scan).clone();
+        for d in &mut scan.dynamic {
+            let Some(new) = d.expression_id().and_then(|id| fresh.get(&id)) else {
+                return Ok(None);
+            };
+            *d = Arc::clone(new).with_new_children(d.children().into_iter().cloned().collect())?;
+        }
+        Ok(Some(self.with_scan(scan)))
     }
 }
 

@@ -17,36 +17,44 @@
 //! - every function is immutable (`now()`, `current_date`, `random()` are not: their
 //!   values are fixed when a plan is optimized), and the statement has no parameters;
 //! - the physical plan is built only of operators that hold no state across executions
-//!   and produce no run-time filters (TopK, joins and min/max aggregates with dynamic
-//!   filters are planned each time), and reads only cached segments: a plan that reads
-//!   Parquet is planned again, so once the background fill has decoded its segments the
-//!   next plan reads them from memory.
+//!   once re-instantiated, and reads only cached segments: a plan that reads Parquet is
+//!   planned again, so once the background fill has decoded its segments the next plan
+//!   reads them from memory. Of the operators that produce run-time filters only a
+//!   TopK's is renewed (below); joins and min/max aggregates with dynamic filters are
+//!   planned each time.
 //!
-//! Each execution takes a fresh instance of the kept plan
-//! ([`reset_plan_states`](datafusion::physical_plan::execution_plan::reset_plan_states)),
-//! so operators with per-run state (repartitioning channels) start clean.
+//! Each execution takes a fresh instance of the kept plan: operators with per-run state
+//! (repartitioning channels) start clean
+//! ([`ExecutionPlan::reset_state`](datafusion::physical_plan::ExecutionPlan::reset_state)),
+//! and each TopK gets a new dynamic filter, which the cached scans it was pushed down
+//! to take in place of the old one (found by its expression id): the last run's bound
+//! would otherwise prune rows this run needs (a bound tied with the 10th row would
+//! skip them all).
 //!
 //! A plan that is one row of literals — `SELECT 1`, or a `count(*)` the optimizer
 //! answered from the segments' statistics — is kept as that row: a hit answers it
 //! without running anything (no task on the query runtime, no channel back), which is
 //! most of what such a query costs on the server.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::ArrayRef;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::internal_err;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::source_as_provider;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Literal;
-use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 
+use crate::cached_scan::CachedScanExec;
 use crate::provider::StrataTable;
 
 /// Plans kept at most (least recently used go first).
@@ -55,8 +63,8 @@ pub const PLANS_KEPT: usize = 256;
 pub const MAX_KEPT_SQL: usize = 16 * 1024;
 
 /// Operators whose instances carry nothing from one execution to the next once
-/// re-instantiated, and that produce no dynamic filters when they appear here
-/// (checked separately: a `SortExec` with a fetch is a TopK and produces one).
+/// re-instantiated (a `SortExec` with a fetch is a TopK, `SortExec(TopK)`: its
+/// dynamic filter is renewed by [`fresh_instance`]).
 const REUSABLE: &[&str] = &[
     "ProjectionExec",
     "FilterExec",
@@ -65,6 +73,7 @@ const REUSABLE: &[&str] = &[
     "RepartitionExec",
     "SortPreservingMergeExec",
     "SortExec",
+    "SortExec(TopK)",
     "AggregateExec",
     "RunAggregateExec",
     "GlobalLimitExec",
@@ -156,7 +165,7 @@ impl PlanCache {
         let (logical, run) = found?;
         let run = match run {
             // A kept plan whose copy fails is planned again (the caller's miss path).
-            Ok(physical) => Kept::Plan(reset_plan_states(physical).ok()?),
+            Ok(physical) => Kept::Plan(fresh_instance(physical).ok()?),
             Err(batch) => Kept::Answer(batch),
         };
         Some(Hit { logical, run })
@@ -261,18 +270,100 @@ pub fn reusable_statement(sql: &str, plan: &LogicalPlan) -> bool {
 }
 
 /// True when every operator of `plan` is one whose instances can be re-instantiated
-/// and run again with the same result, none produces a dynamic filter, and every
-/// leaf reads memory (cached segments, a placeholder row, nothing).
+/// and run again with the same result, the only producers of dynamic filters are
+/// TopKs whose filters only cached scans read (so [`fresh_instance`] renews them all),
+/// and every leaf reads memory (cached segments, a placeholder row, nothing).
 fn reusable_physical(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let mut produced = HashSet::new();
     let mut reusable = true;
     let walked: DfResult<_> = plan.apply(|node| {
-        if !REUSABLE.contains(&node.name()) || !node.dynamic_expressions_produced().is_empty() {
+        let dynamic = node.dynamic_expressions_produced();
+        if !REUSABLE.contains(&node.name())
+            || (!dynamic.is_empty() && node.downcast_ref::<SortExec>().is_none())
+        {
             reusable = false;
             return Ok(TreeNodeRecursion::Stop);
         }
+        for d in dynamic {
+            match d.expression_id() {
+                Some(id) => {
+                    produced.insert(id);
+                }
+                None => reusable = false,
+            }
+        }
         Ok(TreeNodeRecursion::Continue)
     });
+    if walked.is_err() || !reusable {
+        return false;
+    }
+    // Who reads them: a cached scan (renewed), or the TopK that makes it.
+    let walked: DfResult<_> = plan.apply(|node| {
+        if let Some(scan) = node.downcast_ref::<CachedScanExec>() {
+            reusable &= scan
+                .dynamic_filter_ids()
+                .iter()
+                .all(|id| id.is_some_and(|id| produced.contains(&id)));
+        } else {
+            let own: HashSet<u64> = node
+                .dynamic_expressions_produced()
+                .iter()
+                .filter_map(|d| d.expression_id())
+                .collect();
+            node.apply_expressions(&mut |root| {
+                root.apply(|e| {
+                    if e.expression_id()
+                        .is_some_and(|id| produced.contains(&id) && !own.contains(&id))
+                    {
+                        reusable = false;
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })
+            })?;
+        }
+        Ok(if reusable {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
     walked.is_ok() && reusable
+}
+
+/// A fresh instance of a kept plan (see the module docs): every operator's per-run
+/// state reset, each TopK with a new dynamic filter, and each cached scan reading the
+/// new filters in place of the ones it was planned with.
+fn fresh_instance(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let mut fresh: HashMap<u64, Arc<dyn PhysicalExpr>> = HashMap::new();
+    plan.transform_down(|node| {
+        let renewed = match node.downcast_ref::<CachedScanExec>() {
+            Some(scan) => match scan.with_fresh_filters(&fresh)? {
+                Some(scan) => Arc::new(scan) as Arc<dyn ExecutionPlan>,
+                None => return internal_err!("a kept scan reads a dynamic filter of no TopK"),
+            },
+            None => Arc::clone(&node).reset_state()?,
+        };
+        let old = node.dynamic_expressions_produced();
+        let new = renewed.dynamic_expressions_produced();
+        // (A sort without a fetch gets a filter it never updates.)
+        if new.len() < old.len() {
+            return internal_err!(
+                "{} renewed {} dynamic filters of {}",
+                node.name(),
+                new.len(),
+                old.len()
+            );
+        }
+        for (old, new) in old.iter().zip(new) {
+            let Some(id) = old.expression_id() else {
+                return internal_err!("a dynamic filter without an id");
+            };
+            fresh.insert(id, new);
+        }
+        Ok(Transformed::yes(renewed))
+    })
+    .data()
 }
 
 /// The row a plan of literals over one placeholder row produces (`SELECT 1`, a count

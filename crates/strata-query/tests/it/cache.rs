@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Float64Array, Int64Array, RecordBatch};
+use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::util::pretty::pretty_format_batches;
+use strata_query::cache::ZONE_ROWS;
 use strata_query::{Engine, QueryConfig};
 use strata_table::Catalog;
 
@@ -160,8 +161,8 @@ async fn cached_scans_answer_as_the_segments_do() {
 
 /// A repeated query runs the plan it had while nothing changed, and is planned again
 /// after any change: a commit through SQL or a table handle, a delete, a rollback, a
-/// compaction. Plans whose answers depend on the moment (`now()`), on a version, or on
-/// run-time filters (TopK) are never kept, nor any plan on a shared catalog.
+/// compaction. Plans whose answers depend on the moment (`now()`) or on a version are
+/// never kept, nor any plan on a shared catalog; a TopK's is, its bound renewed.
 #[tokio::test]
 async fn kept_plans_follow_every_change() {
     let catalog = crate::common::memory_catalog();
@@ -226,16 +227,29 @@ async fn kept_plans_follow_every_change() {
         "after a rollback"
     );
 
-    // Never kept: the moment, a version, a TopK, an introspection table.
+    // A TopK is kept: each run renews its dynamic bound (the last run's excludes the
+    // rows that run ended on).
+    let top = "SELECT station, ts FROM weather ORDER BY temp DESC, station, ts LIMIT 3";
+    let before = stat(&cached, "plan_hits").await;
+    for _ in 0..4 {
+        assert_eq!(answer(&cached, top).await, answer(&plain, top).await);
+        settle(&cached).await;
+    }
+    assert!(
+        stat(&cached, "plan_hits").await >= before + 2,
+        "a TopK is kept"
+    );
+
+    // Never kept: the moment, a version, an introspection table.
     let before = stat(&cached, "plan_hits").await;
     let now = "SELECT CAST(now() AS BIGINT) FROM weather LIMIT 1";
     let first = answer(&cached, now).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_ne!(answer(&cached, now).await, first, "now() moves");
-    let others = [
-        format!("SELECT count(*) FROM weather VERSION AS OF {}", h.v_first),
-        "SELECT station, ts FROM weather ORDER BY temp DESC, station, ts LIMIT 3".to_string(),
-    ];
+    let others = [format!(
+        "SELECT count(*) FROM weather VERSION AS OF {}",
+        h.v_first
+    )];
     for sql in &others {
         for _ in 0..3 {
             assert_eq!(
@@ -332,6 +346,43 @@ async fn zone_maps_skip_what_filters_exclude() {
         "SELECT station, ts FROM rising ORDER BY temp LIMIT 4".to_string(),
     ];
     agree(&plain, &cached, &top).await;
+    // Kept, a TopK's plan gets a new bound each run. One segment, three zones, each
+    // with one peak: the last run's bound (above the third peak) would prune the zone
+    // of the third peak.
+    let peaks = catalog
+        .create_table(crate::common::weather_spec("peaks"))
+        .await
+        .unwrap();
+    let rows = 3 * ZONE_ROWS;
+    let temp: Float64Array = (0..rows)
+        .map(|i| {
+            Some(match i % ZONE_ROWS {
+                10 => 100.0 - (i / ZONE_ROWS) as f64,
+                _ => 1.0,
+            })
+        })
+        .collect();
+    let b = RecordBatch::try_new(
+        crate::common::weather_spec("peaks").schema,
+        vec![
+            Arc::new(StringArray::from(vec!["s0"; rows])),
+            Arc::new(Int64Array::from_iter_values(0..rows as i64)),
+            Arc::new(temp),
+        ],
+    )
+    .unwrap();
+    write(&peaks, b).await;
+    let kept = engine(&catalog.clone().exclusive(), 64 << 20);
+    let mut top = top.to_vec();
+    top.push("SELECT ts, temp FROM peaks ORDER BY temp DESC LIMIT 3".to_string());
+    agree(&plain, &kept, &top).await;
+    for sql in &top {
+        assert_eq!(answer(&kept, sql).await, answer(&plain, sql).await, "{sql}");
+    }
+    assert!(
+        stat(&kept, "plan_hits").await >= 6,
+        "the TopKs' plans were kept"
+    );
     let plan = explain_analyze(&cached, &top[0]).await;
     assert!(plan.contains("zones_by=[temp DESC"), "{plan}");
     let segments = metric(&plan, "segments=");
