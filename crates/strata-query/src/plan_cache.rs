@@ -28,8 +28,8 @@
 //! ([`ExecutionPlan::reset_state`](datafusion::physical_plan::ExecutionPlan::reset_state)),
 //! and each TopK gets a new dynamic filter, which the cached scans it was pushed down
 //! to take in place of the old one (found by its expression id): the last run's bound
-//! would otherwise prune rows this run needs (a bound tied with the 10th row would
-//! skip them all).
+//! is strictly above the rows that run ended on, and would prune the zones that hold
+//! them.
 //!
 //! A plan that is one row of literals — `SELECT 1`, or a `count(*)` the optimizer
 //! answered from the segments' statistics — is kept as that row: a hit answers it
