@@ -251,22 +251,23 @@ pub fn reusable_statement(sql: &str, plan: &LogicalPlan) -> bool {
         }
         node.apply_expressions(|e| {
             e.apply(|e| {
-                if let Expr::ScalarFunction(f) = e
-                    && f.func.signature().volatility != Volatility::Immutable
-                {
-                    reusable = false;
-                    return Ok(TreeNodeRecursion::Stop);
-                }
-                Ok(TreeNodeRecursion::Continue)
+                reusable &= !matches!(e, Expr::ScalarFunction(f)
+                    if f.func.signature().volatility != Volatility::Immutable);
+                Ok(walk_on(reusable))
             })
         })?;
-        Ok(if reusable {
-            TreeNodeRecursion::Continue
-        } else {
-            TreeNodeRecursion::Stop
-        })
+        Ok(walk_on(reusable))
     });
     walked.is_ok() && reusable
+}
+
+/// Walks on while what was seen so far keeps a plan reusable.
+fn walk_on(reusable: bool) -> TreeNodeRecursion {
+    if reusable {
+        TreeNodeRecursion::Continue
+    } else {
+        TreeNodeRecursion::Stop
+    }
 }
 
 /// True when every operator of `plan` is one whose instances can be re-instantiated
@@ -278,21 +279,13 @@ fn reusable_physical(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let mut reusable = true;
     let walked: DfResult<_> = plan.apply(|node| {
         let dynamic = node.dynamic_expressions_produced();
-        if !REUSABLE.contains(&node.name())
-            || (!dynamic.is_empty() && node.downcast_ref::<SortExec>().is_none())
-        {
-            reusable = false;
-            return Ok(TreeNodeRecursion::Stop);
-        }
+        reusable &= REUSABLE.contains(&node.name())
+            && (dynamic.is_empty() || node.downcast_ref::<SortExec>().is_some());
         for d in dynamic {
-            match d.expression_id() {
-                Some(id) => {
-                    produced.insert(id);
-                }
-                None => reusable = false,
-            }
+            // One without an id (or seen twice) could not be told where it was pushed.
+            reusable &= d.expression_id().is_some_and(|id| produced.insert(id));
         }
-        Ok(TreeNodeRecursion::Continue)
+        Ok(walk_on(reusable))
     });
     if walked.is_err() || !reusable {
         return false;
@@ -312,21 +305,14 @@ fn reusable_physical(plan: &Arc<dyn ExecutionPlan>) -> bool {
                 .collect();
             node.apply_expressions(&mut |root| {
                 root.apply(|e| {
-                    if e.expression_id()
-                        .is_some_and(|id| produced.contains(&id) && !own.contains(&id))
-                    {
-                        reusable = false;
-                        return Ok(TreeNodeRecursion::Stop);
-                    }
-                    Ok(TreeNodeRecursion::Continue)
+                    reusable &= !e
+                        .expression_id()
+                        .is_some_and(|id| produced.contains(&id) && !own.contains(&id));
+                    Ok(walk_on(reusable))
                 })
             })?;
         }
-        Ok(if reusable {
-            TreeNodeRecursion::Continue
-        } else {
-            TreeNodeRecursion::Stop
-        })
+        Ok(walk_on(reusable))
     });
     walked.is_ok() && reusable
 }
