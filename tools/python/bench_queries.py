@@ -455,7 +455,7 @@ def main():
     p.add_argument("--build-id", required=True, help="rebuild the data when this changes")
     p.add_argument("--data", required=True)
     p.add_argument("--rows", default="10000000,50000000")
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--runs", type=int, default=15)
     p.add_argument("--latency-runs", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache-mb", type=int, help="the server's [query] cache_mb")
