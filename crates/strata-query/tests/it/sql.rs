@@ -1068,7 +1068,8 @@ async fn an_exclusive_catalog_resolves_an_unchanged_head_from_memory() {
         inner: MemoryMetaStore::new(),
         reads: Default::default(),
     });
-    let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
+    let counted = Arc::new(CountingBlobStore::new(Arc::new(MemoryBlobStore::new())));
+    let blobs: Arc<dyn BlobStore> = counted.clone();
     let catalog = Catalog::new(blobs, meta.clone()).exclusive();
     let e = engine(&catalog);
     for sql in [
@@ -1114,7 +1115,18 @@ async fn an_exclusive_catalog_resolves_an_unchanged_head_from_memory() {
     assert_eq!(count(&fresh, "SELECT sum(v) FROM r").await, 105);
     assert!(meta.reads() > before, "a first query resolves the head");
     let warmed = engine(&catalog);
+    counted.reset();
     assert_eq!(warmed.warm(16).await.unwrap(), 1);
+    // Its warm-up statement was planned and run, and read no segment nor queued a fill.
+    assert_eq!(
+        counted.snapshot().segments_read(),
+        0,
+        "warming reads no segment"
+    );
+    let stats = warmed.cache().stats();
+    assert_eq!((stats.fills_pending, stats.inserts), (0, 0));
+    let planned = "SELECT plan_misses FROM strata_cache()";
+    assert!(count(&warmed, planned).await > count(&engine(&catalog), planned).await);
     let before = meta.reads();
     assert_eq!(count(&warmed, "SELECT sum(v) FROM r").await, 105);
     assert_eq!(
