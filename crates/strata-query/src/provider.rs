@@ -388,7 +388,7 @@ impl StrataTable {
     }
 
     /// The primary key columns segments are sorted by.
-    fn sort_key(&self) -> Arc<[String]> {
+    pub(crate) fn sort_key(&self) -> Arc<[String]> {
         self.snapshot
             .table()
             .spec()

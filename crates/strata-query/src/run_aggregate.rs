@@ -33,7 +33,7 @@ use arrow::compute::{concat_batches, partition, take};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::common::config::{ConfigEntry, ConfigExtension, ConfigOptions, ExtensionOptions};
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -55,6 +55,7 @@ use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, InputOrderMode,
     Partitioning, PlanProperties, RecordBatchStream, SendableRecordBatchStream,
+    apply_expression_roots,
 };
 use futures::{Stream, StreamExt};
 
@@ -141,7 +142,7 @@ impl PhysicalOptimizerRule for RunAggregates {
                 None => Ok(Transformed::no(node)),
             }
         })
-        .map(|t| t.data)
+        .data()
     }
 
     fn name(&self) -> &str {
@@ -347,14 +348,7 @@ impl ExecutionPlan for RunAggregateExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
     ) -> DfResult<TreeNodeRecursion> {
-        for agg in &self.aggs {
-            for e in agg.expressions() {
-                if f(&e)? == TreeNodeRecursion::Stop {
-                    return Ok(TreeNodeRecursion::Stop);
-                }
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
+        apply_expression_roots(self.aggs.iter().flat_map(|a| a.expressions()), f)
     }
 
     #[allow(deprecated, reason = "required by the trait until it is removed")]
