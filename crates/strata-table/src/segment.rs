@@ -26,7 +26,7 @@ use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::{
     PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader, SortingColumn,
 };
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 use parquet::schema::types::ColumnPath;
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,12 @@ const PAGE_ROWS: usize = 20_000;
 /// 2× faster, a point query 15–25% faster, a full-scan `GROUP BY` 5–18% slower (a cost
 /// per row group and column); the files are as large.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// A data page is kept compressed only if zstd brings it below this fraction of its
+/// encoded size; otherwise it is stored raw (Parquet data page v2 marks each page).
+/// Dictionary-encoded measurements are bit-packed indices that zstd shrinks by a few
+/// percent at the price of a slow entropy decode: on the weather feed, raw pages made
+/// the segments 1.1% larger and a column's decode 23% faster (see `writer_properties`).
+const MIN_PAGE_COMPRESSION: f64 = 0.9;
 /// Rows handed to the writer between size checks.
 const WRITE_CHUNK_ROWS: usize = 16 * 1024;
 
@@ -330,6 +336,13 @@ fn lexsort_order(cols: &[&ArrayRef], dedupe: bool) -> Result<UInt32Array> {
 /// near-constant steps. A dictionary of a row group's ~100K distinct timestamps
 /// overflows and falls back to PLAIN (8 bytes a value); deltas of a regular series take
 /// a few bits a value.
+///
+/// Pages are Parquet data page v2, so each page says whether it is compressed: pages
+/// zstd shrinks by less than 10% ([`MIN_PAGE_COMPRESSION`]) are stored raw, and reading
+/// them skips decompression. Measured on the weather feed's 10M rows (8 segments,
+/// decoded on one thread): 61.96 MB against 61.26 MB, a measurement column decoded in
+/// 15.7 ms against 20.3. Other columns fall back to PLAIN when their dictionary
+/// overflows, as with v1 pages (v2's default would be DELTA_BYTE_ARRAY for strings).
 pub fn writer_properties(
     schema: &Schema,
     keys: &KeyCodec,
@@ -347,6 +360,9 @@ pub fn writer_properties(
         }
     }
     builder
+        .set_writer_version(WriterVersion::PARQUET_2_0)
+        .set_encoding(Encoding::PLAIN)
+        .set_data_page_v2_compression_ratio_threshold(MIN_PAGE_COMPRESSION)
         .set_compression(Compression::ZSTD(level))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_data_page_row_count_limit(PAGE_ROWS)
@@ -856,6 +872,55 @@ mod tests {
         let back = read_back(data);
         assert_eq!(back.num_rows(), n);
         assert_eq!(back.column(1).as_ref(), b.column(1).as_ref());
+    }
+
+    #[test]
+    fn pages_zstd_cannot_shrink_are_stored_raw() {
+        use parquet::column::page::Page;
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        // Whether each data page of the value column (v2 pages) is compressed.
+        fn compressed_pages(b: &RecordBatch) -> Vec<bool> {
+            let keys = KeyCodec::new(&b.schema(), &["k".into()], &["t".into()]).unwrap();
+            let segments = encode_segments("d", 0, &keys, b, &SegmentOptions::default()).unwrap();
+            let (_, data) = &segments[0];
+            assert_eq!(read_back(data).column(2).as_ref(), b.column(2).as_ref());
+            let reader = SerializedFileReader::new(data.clone()).unwrap();
+            let mut pages = reader
+                .get_row_group(0)
+                .unwrap()
+                .get_column_page_reader(2)
+                .unwrap();
+            let mut out = vec![];
+            while let Some(page) = pages.get_next_page().unwrap() {
+                match page {
+                    Page::DataPageV2 { is_compressed, .. } => out.push(is_compressed),
+                    Page::DictionaryPage { .. } => {}
+                    Page::DataPage { .. } => panic!("a v1 data page"),
+                }
+            }
+            assert!(!out.is_empty());
+            out
+        }
+        let n = 60_000;
+        let keys_col = vec!["station"; n];
+        let ts: Vec<i64> = (0..n as i64).collect();
+        // A repeating pattern: its dictionary indices compress well.
+        let pattern: Vec<i64> = (0..n as i64).map(|i| i % 7).collect();
+        let packed = compressed_pages(&batch(&keys_col, &ts, &pattern));
+        assert!(packed.iter().all(|&c| c), "{packed:?}");
+        // Distinct pseudo-random values: 16-bit indices of no pattern, which zstd leaves
+        // as they are.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<i64> = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as i64
+            })
+            .collect();
+        let raw = compressed_pages(&batch(&keys_col, &ts, &noise));
+        assert!(raw.iter().all(|&c| !c), "{raw:?}");
     }
 
     fn read_back(data: &Bytes) -> RecordBatch {
