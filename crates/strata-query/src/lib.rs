@@ -37,6 +37,7 @@ pub mod cancel;
 pub mod catalog;
 pub mod changes;
 pub mod dialect;
+mod dictionary_scan;
 pub mod engine;
 pub mod error;
 pub mod functions;

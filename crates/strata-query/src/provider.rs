@@ -43,7 +43,7 @@ use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicate
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
-use strata_table::segment::{deletion_selection, shard_of_rows};
+use strata_table::segment::{SegmentMeta, deletion_selection, shard_of_rows};
 use strata_table::{LiveSegment, Snapshot, Table, VersionSpec};
 use strata_types::Value;
 
@@ -364,7 +364,8 @@ impl StrataTable {
                 let mut file = PartitionedFile::new(s.meta.path.clone(), s.meta.bytes)
                     .with_statistics(Arc::new(segment_statistics(&schema, &stored, s)));
                 if let Some(sorted) = sorted {
-                    sorted.record(file.object_meta.location.as_ref(), &key);
+                    let written = written_schema(&stored, &s.meta);
+                    sorted.record(file.object_meta.location.as_ref(), &key, written);
                 }
                 if let Some(created) = chrono::DateTime::from_timestamp_millis(s.meta.created_ms) {
                     file.object_meta.last_modified = created;
@@ -411,6 +412,24 @@ impl StrataTable {
                 .flatten()
                 .is_some()
     }
+}
+
+/// The columns `segment` was written with, typed as stored: the stored schema when the
+/// segment has all its columns (columns are only ever added), else the fields its
+/// statistics name, in their order. `None` if one is unknown.
+fn written_schema(stored: &SchemaRef, segment: &SegmentMeta) -> Option<SchemaRef> {
+    let names = segment.columns.iter().map(|c| c.name.as_str());
+    if names
+        .clone()
+        .eq(stored.fields().iter().map(|f| f.name().as_str()))
+    {
+        return Some(stored.clone());
+    }
+    let fields = names
+        .map(|n| stored.field_with_name(n).ok().cloned())
+        .collect::<Option<Vec<Field>>>()?;
+    (!fields.is_empty())
+        .then(|| Arc::new(Schema::new_with_metadata(fields, stored.metadata().clone())))
 }
 
 /// `col = lit`, `lit = col`, `col IN (lits)` and ORs of those on one column: the column

@@ -28,9 +28,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
-use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
-use arrow::compute::{concat_batches, partition, take};
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::compute::{cast, concat_batches, partition, take};
+use arrow::datatypes::{DataType, Int32Type, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::common::config::{ConfigEntry, ConfigExtension, ConfigOptions, ExtensionOptions};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
@@ -41,6 +41,7 @@ use datafusion::execution::TaskContext;
 use datafusion::logical_expr::EmitTo;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
@@ -60,28 +61,44 @@ use datafusion::physical_plan::{
 use futures::{Stream, StreamExt};
 
 use crate::cached_scan::CachedScanExec;
+use crate::dictionary_scan::read_as_dictionary;
 
 /// Runs at least this long on average are aggregated run by run (an accumulator per
 /// run costs about a microsecond; scattering a row into a group index a few ns).
 const LONG_RUNS: usize = 256;
 
 /// The segment files the statement's Parquet scans read, each with the primary key
-/// columns its rows are sorted by. The engine puts a fresh one in each statement's
-/// options; the table provider fills it as it plans scans; [`RunAggregates`] reads it.
-/// Its clones (the statement's copies of its options) share it.
+/// columns its rows are sorted by and the columns it was written with. The engine puts
+/// a fresh one in each statement's options; the table provider fills it as it plans
+/// scans; [`RunAggregates`] reads it. Its clones (the statement's copies of its
+/// options) share it.
 #[derive(Debug, Default, Clone)]
-pub struct SortedFiles(Arc<Mutex<HashMap<String, Arc<[String]>>>>);
+pub struct SortedFiles(Arc<Mutex<HashMap<String, SortedFile>>>);
+
+/// What [`SortedFiles`] knows of one file.
+#[derive(Debug, Clone)]
+pub(crate) struct SortedFile {
+    /// The primary key columns its rows are sorted by.
+    pub key: Arc<[String]>,
+    /// Its columns as written (the stored types, before the engine's views), when
+    /// its metadata names them all.
+    pub schema: Option<SchemaRef>,
+}
 
 impl SortedFiles {
-    /// Records that the rows of the file at `path` are sorted by `key`.
-    pub fn record(&self, path: &str, key: &Arc<[String]>) {
-        self.0
-            .lock()
-            .expect("sorted files lock")
-            .insert(path.to_string(), key.clone());
+    /// Records that the rows of the file at `path` are sorted by `key` and that it
+    /// holds the columns of `schema`.
+    pub fn record(&self, path: &str, key: &Arc<[String]>, schema: Option<SchemaRef>) {
+        self.0.lock().expect("sorted files lock").insert(
+            path.to_string(),
+            SortedFile {
+                key: key.clone(),
+                schema,
+            },
+        );
     }
 
-    fn key_of(&self, path: &str) -> Option<Arc<[String]>> {
+    pub(crate) fn get(&self, path: &str) -> Option<SortedFile> {
         self.0.lock().expect("sorted files lock").get(path).cloned()
     }
 }
@@ -131,16 +148,19 @@ impl PhysicalOptimizerRule for RunAggregates {
             let Some(agg) = node.downcast_ref::<AggregateExec>() else {
                 return Ok(Transformed::no(node));
             };
-            match run_groups(agg, files) {
-                Some(groups) => Ok(Transformed::yes(Arc::new(RunAggregateExec::new(
-                    agg.input().clone(),
-                    groups,
-                    agg.aggr_expr().to_vec(),
-                    node.schema(),
-                ))
-                    as Arc<dyn ExecutionPlan>)),
-                None => Ok(Transformed::no(node)),
-            }
+            let Some(groups) = run_groups(agg, files) else {
+                return Ok(Transformed::no(node));
+            };
+            let input = match files {
+                Some(files) => dictionary_keys(agg, &groups, files),
+                None => agg.input().clone(),
+            };
+            Ok(Transformed::yes(Arc::new(RunAggregateExec::new(
+                input,
+                groups,
+                agg.aggr_expr().to_vec(),
+                node.schema(),
+            )) as Arc<dyn ExecutionPlan>))
         })
         .data()
     }
@@ -188,6 +208,34 @@ fn run_groups(agg: &AggregateExec, files: Option<&SortedFiles>) -> Option<Vec<us
     (prefix == sorted).then_some(groups)
 }
 
+/// `agg`'s input with its string group columns read as dictionaries where the scan
+/// under it allows (see [`crate::dictionary_scan`]) and no aggregate reads them.
+fn dictionary_keys(
+    agg: &AggregateExec,
+    groups: &[usize],
+    files: &SortedFiles,
+) -> Arc<dyn ExecutionPlan> {
+    let mut input = agg.input().clone();
+    for &g in groups {
+        let string = matches!(
+            input.schema().field(g).data_type(),
+            DataType::Utf8 | DataType::Utf8View
+        );
+        let aggregated = agg.aggr_expr().iter().any(|a| {
+            a.expressions()
+                .iter()
+                .any(|e| collect_columns(e).iter().any(|c| c.index() == g))
+        });
+        if string
+            && !aggregated
+            && let Some(read) = read_as_dictionary(&input, g, files)
+        {
+            input = read;
+        }
+    }
+    input
+}
+
 /// Types whose equal neighbours are one group key for sure (floats are left out:
 /// grouping tells `0.0` from `-0.0` and makes NaNs one group).
 fn run_comparable(t: &DataType) -> bool {
@@ -219,7 +267,7 @@ fn clustered_by(plan: &Arc<dyn ExecutionPlan>, files: Option<&SortedFiles>) -> O
         let files = files?;
         let mut key: Option<Arc<[String]>> = None;
         for file in config.file_groups.iter().flat_map(|g| g.iter()) {
-            let k = files.key_of(file.object_meta.location.as_ref())?;
+            let k = files.get(file.object_meta.location.as_ref())?.key;
             match &key {
                 Some(prev) if *prev != k => return None,
                 Some(_) => {}
@@ -327,7 +375,18 @@ impl DisplayAs for RunAggregateExec {
             "RunAggregateExec: gby=[{}], aggr=[{}]",
             groups.join(", "),
             aggs.join(", ")
-        )
+        )?;
+        let dictionaries: Vec<&str> = self
+            .groups
+            .iter()
+            .map(|&i| input.field(i))
+            .filter(|f| matches!(f.data_type(), DataType::Dictionary(_, _)))
+            .map(|f| f.name().as_str())
+            .collect();
+        if !dictionaries.is_empty() {
+            write!(f, ", dictionary=[{}]", dictionaries.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -419,12 +478,29 @@ impl RunAggregateStream {
             .iter()
             .map(|&i| batch.column(i).clone())
             .collect();
-        let runs = partition(&keys)?.ranges();
+        // A dictionary column (one batch, one dictionary of distinct values) has runs
+        // where its indices do.
+        let compared: Vec<ArrayRef> = keys
+            .iter()
+            .map(|k| match k.as_dictionary_opt::<Int32Type>() {
+                Some(d) => Arc::new(d.keys().clone()) as ArrayRef,
+                None => k.clone(),
+            })
+            .collect();
+        let runs = partition(&compared)?.ranges();
         self.runs.add(runs.len());
         let starts = UInt32Array::from_iter_values(runs.iter().map(|r| r.start as u32));
         let mut columns = keys
             .iter()
-            .map(|k| take(k.as_ref(), &starts, None))
+            .zip(self.schema.fields())
+            .map(|(k, field)| {
+                let firsts = take(k.as_ref(), &starts, None)?;
+                if firsts.data_type() == field.data_type() {
+                    Ok(firsts)
+                } else {
+                    cast(&firsts, field.data_type())
+                }
+            })
             .collect::<Result<Vec<_>, _>>()?;
         for (agg, exprs) in self.aggs.iter().zip(&self.args) {
             let args = exprs
