@@ -221,9 +221,10 @@ impl Engine {
     }
 
     /// Opens up to `max` datasets at their heads — each one's record, version log and
-    /// manifest — on the query runtime, so that the first query of each after a start
-    /// finds them in memory as later queries do (on an exclusive catalog; a shared one
-    /// resolves the head on every query anyway). A server calls it once it listens.
+    /// manifest, and its segments' footers and page indexes (into the Parquet metadata
+    /// cache, up to half its limit) — on the query runtime, so that the first query of
+    /// each after a start finds them in memory as later queries do (on an exclusive
+    /// catalog; a shared one resolves the head on every query anyway). A server calls it once it listens.
     /// Returns how many opened; a dataset that fails to open is left for its queries to
     /// report.
     pub async fn warm(&self, max: usize) -> Result<usize> {
@@ -244,6 +245,10 @@ impl Engine {
                     if let Ok(table) = engine.inner.schema.open(&head).await {
                         opened += 1;
                         warm_up = warm_up.or_else(|| warm_up_statement(&name, &table));
+                        // A first scan of a segment reads its footer and page index.
+                        if let Err(e) = table.load_segment_metadata(&engine.inner.state).await {
+                            debug!(dataset = %name, error = %e, "loading segment footers failed");
+                        }
                     }
                 }
                 Ok((opened, warm_up))

@@ -27,6 +27,7 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
+use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::sink::DataSinkExec;
 use datafusion::datasource::source::DataSourceExec;
@@ -43,6 +44,7 @@ use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicate
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
+use parquet::file::metadata::PageIndexPolicy;
 use strata_table::segment::{SegmentMeta, deletion_selection, shard_of_rows};
 use strata_table::{LiveSegment, Snapshot, Table, VersionSpec};
 use strata_types::Value;
@@ -361,14 +363,11 @@ impl StrataTable {
         let files: Vec<PartitionedFile> = segments
             .iter()
             .map(|s| {
-                let mut file = PartitionedFile::new(s.meta.path.clone(), s.meta.bytes)
+                let file = segment_file(&s.meta)
                     .with_statistics(Arc::new(segment_statistics(&schema, &stored, s)));
                 if let Some(sorted) = sorted {
                     let written = written_schema(&stored, &s.meta);
                     sorted.record(file.object_meta.location.as_ref(), &key, written);
-                }
-                if let Some(created) = chrono::DateTime::from_timestamp_millis(s.meta.created_ms) {
-                    file.object_meta.last_modified = created;
                 }
                 match &s.deleted {
                     Some(dv) if !dv.is_empty() => file.with_extension(ParquetRowSelection::new(
@@ -386,6 +385,32 @@ impl StrataTable {
             .with_limit(limit)
             .build();
         Ok(DataSourceExec::from_data_source(config))
+    }
+
+    /// Reads the footers and page indexes of the live segments into the runtime's
+    /// Parquet metadata cache, as their first scans would, until what it read takes
+    /// half the cache's limit. Returns how many segments it read.
+    pub async fn load_segment_metadata(&self, state: &dyn Session) -> DfResult<usize> {
+        self.ensure_store(state);
+        let env = state.runtime_env();
+        let store = env.object_store(&self.store_url)?;
+        let cache = env.cache_manager.get_file_metadata_cache();
+        let budget = cache.cache_limit() / 2;
+        let (mut loaded, mut bytes) = (0, 0);
+        for segment in self.snapshot.manifest().live_segments() {
+            if bytes >= budget {
+                break;
+            }
+            let file = segment_file(&segment.meta);
+            let metadata = DFParquetMetadata::new(store.as_ref(), &file.object_meta)
+                .with_file_metadata_cache(Some(cache.clone()))
+                .with_page_index_policy(Some(PageIndexPolicy::Optional))
+                .fetch_metadata()
+                .await?;
+            bytes += metadata.memory_size();
+            loaded += 1;
+        }
+        Ok(loaded)
     }
 
     /// The primary key columns segments are sorted by.
@@ -412,6 +437,16 @@ impl StrataTable {
                 .flatten()
                 .is_some()
     }
+}
+
+/// The file of `segment` as scans and the metadata cache know it (the cache checks an
+/// entry against the size and modification time).
+fn segment_file(segment: &SegmentMeta) -> PartitionedFile {
+    let mut file = PartitionedFile::new(segment.path.clone(), segment.bytes);
+    if let Some(created) = chrono::DateTime::from_timestamp_millis(segment.created_ms) {
+        file.object_meta.last_modified = created;
+    }
+    file
 }
 
 /// The columns `segment` was written with, typed as stored: the stored schema when the
