@@ -43,6 +43,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use strata_table::{Catalog, Table, VersionSpec};
 use tracing::{debug, info};
 
+use crate::bucket_aggregate::TimeBuckets;
 use crate::cache::SegmentCache;
 use crate::cancel::{self, CancelToken};
 use crate::catalog::{CATALOG, SCHEMA, StrataCatalog, StrataSchema, VersionedName};
@@ -171,6 +172,7 @@ impl Engine {
             .with_catalog_list(catalogs)
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(RunAggregates))
+            .with_physical_optimizer_rule(Arc::new(TimeBuckets))
             .build();
         overflow::install(&mut state)?;
         crate::aggregates::install(&mut state)?;

@@ -31,6 +31,7 @@
 //!   table columns missing from a file's schema).
 
 pub mod aggregates;
+pub mod bucket_aggregate;
 pub mod cache;
 pub mod cached_scan;
 pub mod cancel;

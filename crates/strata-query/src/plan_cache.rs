@@ -76,6 +76,7 @@ const REUSABLE: &[&str] = &[
     "SortExec(TopK)",
     "AggregateExec",
     "RunAggregateExec",
+    "BucketAggregateExec",
     "GlobalLimitExec",
     "LocalLimitExec",
     "UnionExec",

@@ -223,3 +223,84 @@ async fn string_keys_grouped_by_are_read_as_dictionaries() {
     )
     .await;
 }
+
+/// `GROUP BY date_bin(<fixed interval>, ts)` aggregates by arithmetic on the buckets
+/// (`BucketAggregateExec`) and answers as hashing does: with a filter, a nullable
+/// timestamp (its null group), an origin off the minute, over Parquet and cached
+/// columns; a month's buckets are not evenly spaced and stay hashed.
+#[tokio::test]
+async fn time_buckets_aggregate_as_hashing_does() {
+    let catalog = memory_catalog();
+    let plain = engine(&catalog, 0);
+    plain
+        .collect(
+            "CREATE TABLE m (k VARCHAR, ts TIMESTAMP, t2 TIMESTAMP, v DOUBLE, \
+             PRIMARY KEY ((k), ts)) WITH (shards = 2)",
+        )
+        .await
+        .unwrap();
+    let start = chrono::NaiveDate::from_ymd_opt(2026, 1, 31)
+        .unwrap()
+        .and_hms_opt(23, 30, 0)
+        .unwrap();
+    for part in 0..2 {
+        let mut values = vec![];
+        for k in 0..5 {
+            for i in (part * 300)..(part * 300 + 300) {
+                let ts = start + chrono::Duration::seconds(7 * i + k);
+                let t2 = if i % 5 == 0 {
+                    "NULL".to_string()
+                } else {
+                    format!("'{}'", ts + chrono::Duration::seconds(13))
+                };
+                values.push(format!("('s{k}', '{ts}', {t2}, {})", (i * 7 + k) % 23));
+            }
+        }
+        plain
+            .collect(&format!("INSERT INTO m VALUES {}", values.join(", ")))
+            .await
+            .unwrap();
+    }
+    let cached = engine(&catalog.clone().exclusive(), 64 << 20);
+    let aggregates = "count(*) AS n, avg(v) AS a, sum(v) AS s, min(v) AS lo";
+    let cases = [
+        ("date_bin(INTERVAL '1 minute', ts)", "", true),
+        ("date_bin(INTERVAL '1 minute', ts)", "WHERE v > 3", true),
+        ("date_bin(INTERVAL '90 seconds', t2)", "", true),
+        (
+            "date_bin(INTERVAL '1 minute', ts, TIMESTAMP '2026-01-01 00:00:07')",
+            "",
+            true,
+        ),
+        ("date_bin(INTERVAL '1 month', ts)", "", false),
+    ];
+    for (bucket, filter, by_buckets) in cases {
+        let sql = format!(
+            "SELECT CAST({bucket} AS VARCHAR) AS b, {aggregates} FROM m {filter} GROUP BY {bucket}"
+        );
+        let hashed = format!(
+            "SELECT CAST({bucket} AS VARCHAR) AS b, {aggregates} FROM m {filter} \
+             GROUP BY CAST({bucket} AS VARCHAR)"
+        );
+        let want = answer(&plain, &hashed).await;
+        assert!(want.len() > 1, "{hashed}: {want:?}");
+        assert!(
+            !physical_plan(&plain, &hashed)
+                .await
+                .contains("BucketAggregateExec")
+        );
+        for e in [&plain, &cached] {
+            let plan = physical_plan(e, &sql).await;
+            assert_eq!(
+                plan.contains("BucketAggregateExec"),
+                by_buckets,
+                "{sql}:\n{plan}"
+            );
+        }
+        assert_eq!(answer(&plain, &sql).await, want, "Parquet: {sql}");
+        assert_eq!(answer(&cached, &sql).await, want, "cold: {sql}");
+        settle(&cached).await;
+        assert_eq!(answer(&cached, &sql).await, want, "cached: {sql}");
+        assert_eq!(answer(&cached, &sql).await, want, "kept plan: {sql}");
+    }
+}
