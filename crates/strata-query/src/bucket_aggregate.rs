@@ -38,16 +38,18 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
 };
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, InputOrderMode,
-    PlanProperties, RecordBatchStream, SendableRecordBatchStream, apply_expression_roots,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+    RecordBatchStream, SendableRecordBatchStream, apply_expression_roots,
 };
 use futures::{Stream, StreamExt};
+
+use crate::run_aggregate::plain_partial;
 
 /// Slots of the dense table at most (4 MiB of group numbers): a wider spread of buckets
 /// hashes the rest.
@@ -99,19 +101,10 @@ impl PhysicalOptimizerRule for TimeBuckets {
 /// The bucket expression of `agg` and the buckets' width in its output's unit, when
 /// `agg` is a plain partial aggregation by one fixed-width `date_bin`.
 fn bucket_key(agg: &AggregateExec) -> Option<(Arc<dyn PhysicalExpr>, i64)> {
-    let plain = *agg.mode() == AggregateMode::Partial
-        && agg.group_expr().is_single()
-        && *agg.input_order_mode() == InputOrderMode::Linear
-        && agg.limit_options().is_none()
-        && agg.dynamic_expressions_produced().is_empty()
-        && agg.filter_expr().iter().all(Option::is_none)
-        && agg.aggr_expr().iter().all(|a| {
-            !a.is_distinct() && a.order_bys().is_empty() && a.groups_accumulator_supported()
-        });
     let [(key, _)] = agg.group_expr().expr() else {
         return None;
     };
-    if !plain {
+    if !plain_partial(agg) {
         return None;
     }
     let function = key.downcast_ref::<ScalarFunctionExpr>()?;

@@ -178,16 +178,7 @@ impl PhysicalOptimizerRule for RunAggregates {
 /// without grouping sets, filters, `DISTINCT`, ordered aggregates or a limit, grouping
 /// by plain columns that are exactly the leading key columns its input is clustered by.
 fn run_groups(agg: &AggregateExec, files: Option<&SortedFiles>) -> Option<Vec<usize>> {
-    let plain = *agg.mode() == AggregateMode::Partial
-        && agg.group_expr().is_single()
-        && *agg.input_order_mode() == InputOrderMode::Linear
-        && agg.limit_options().is_none()
-        && agg.dynamic_expressions_produced().is_empty()
-        && agg.filter_expr().iter().all(Option::is_none)
-        && agg.aggr_expr().iter().all(|a| {
-            !a.is_distinct() && a.order_bys().is_empty() && a.groups_accumulator_supported()
-        });
-    if !plain || agg.group_expr().expr().is_empty() {
+    if !plain_partial(agg) || agg.group_expr().expr().is_empty() {
         return None;
     }
     let input = agg.input_schema();
@@ -234,6 +225,21 @@ fn dictionary_keys(
         }
     }
     input
+}
+
+/// Whether `agg` is a partial aggregation another operator may take over: no grouping
+/// sets, filters, `DISTINCT`, ordered aggregates, limit or dynamic filters, and group
+/// accumulators for every aggregate.
+pub(crate) fn plain_partial(agg: &AggregateExec) -> bool {
+    *agg.mode() == AggregateMode::Partial
+        && agg.group_expr().is_single()
+        && *agg.input_order_mode() == InputOrderMode::Linear
+        && agg.limit_options().is_none()
+        && agg.dynamic_expressions_produced().is_empty()
+        && agg.filter_expr().iter().all(Option::is_none)
+        && agg.aggr_expr().iter().all(|a| {
+            !a.is_distinct() && a.order_bys().is_empty() && a.groups_accumulator_supported()
+        })
 }
 
 /// Types whose equal neighbours are one group key for sure (floats are left out:

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use strata_query::Engine;
+use strata_table::{Catalog, Table};
 use strata_types::{DatasetName, DatasetSpec};
 
 use crate::cache::{answer, engine, settle};
@@ -52,13 +53,8 @@ async fn physical_plan(engine: &Engine, sql: &str) -> String {
     answer(engine, &format!("EXPLAIN {sql}")).await.join("\n")
 }
 
-/// Aggregates and the same grouped by an expression of the key (hash aggregation).
-const AGGREGATES: &str = "count(*), count(temp), sum(n), avg(temp), min(sky), max(n), \
-                          min(temp), max(sky)";
-
-#[tokio::test]
-async fn aggregations_by_key_runs_answer_as_hashing_does() {
-    let catalog = memory_catalog();
+/// Table `w` of [`schema`], keyed by `(station, ts)`, in two shards.
+async fn stations(catalog: &Catalog) -> Table {
     let spec = DatasetSpec::new(
         DatasetName::new("w").unwrap(),
         schema(),
@@ -67,7 +63,17 @@ async fn aggregations_by_key_runs_answer_as_hashing_does() {
         2,
     )
     .unwrap();
-    let table = catalog.create_table(spec).await.unwrap();
+    catalog.create_table(spec).await.unwrap()
+}
+
+/// Aggregates and the same grouped by an expression of the key (hash aggregation).
+const AGGREGATES: &str = "count(*), count(temp), sum(n), avg(temp), min(sky), max(n), \
+                          min(temp), max(sky)";
+
+#[tokio::test]
+async fn aggregations_by_key_runs_answer_as_hashing_does() {
+    let catalog = memory_catalog();
+    let table = stations(&catalog).await;
     // Long runs: 6 stations × 3000 times; short ones: 400 stations × 2 times; an
     // upsert over part of the first and deletions.
     write(&table, rows(0..6, 0, 3000)).await;
@@ -137,15 +143,7 @@ async fn aggregations_by_key_runs_answer_as_hashing_does() {
 #[tokio::test]
 async fn string_keys_grouped_by_are_read_as_dictionaries() {
     let catalog = memory_catalog();
-    let spec = DatasetSpec::new(
-        DatasetName::new("w").unwrap(),
-        schema(),
-        vec!["station".into()],
-        vec!["ts".into()],
-        2,
-    )
-    .unwrap();
-    let table = catalog.create_table(spec).await.unwrap();
+    let table = stations(&catalog).await;
     write(&table, rows(0..6, 0, 3000)).await;
     write(&table, rows(100..300, 0, 3)).await;
     let plain = engine(&catalog, 0);
