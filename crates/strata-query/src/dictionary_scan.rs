@@ -8,7 +8,10 @@
 //! Parquet scan under it so that the column comes out as `Dictionary(Int32, Utf8)` — the
 //! indices as decoded, with the row group's dictionary shared by its batches — and the
 //! aggregation finds runs over the indices, turning only each run's first key into the
-//! output's type. Only operators that pass the column through untouched may sit
+//! output's type. Only files whose footers (cached: a server reads them at start) show
+//! every row group's column dictionary-encoded throughout qualify — where a writer fell
+//! back to plain values (keys of many values), the reader would hash each value into a
+//! dictionary. Only operators that pass the column through untouched may sit
 //! between (a filter or projection not reading it, round-robin repartitioning), and
 //! the scan's own predicate must not read it: everything else expects views.
 
@@ -128,7 +131,13 @@ fn dictionary_scan(
     for group in &config.file_groups {
         let mut out = Vec::with_capacity(group.len());
         for file in group.iter() {
-            let written = files.get(file.object_meta.location.as_ref())?.schema?;
+            let recorded = files.get(file.object_meta.location.as_ref())?;
+            // A key column that fell back to plain values would be hashed into a
+            // dictionary as it is read: slower than views.
+            if !recorded.dictionaries.iter().any(|d| d == name) {
+                return None;
+            }
+            let written = recorded.schema?;
             let hint = match hints.iter().find(|(w, _)| Arc::ptr_eq(w, &written)) {
                 Some((_, hint)) => hint.clone(),
                 None => {

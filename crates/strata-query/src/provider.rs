@@ -27,11 +27,14 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
-use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
+use datafusion::datasource::physical_plan::parquet::metadata::{
+    CachedParquetMetaData, DFParquetMetadata,
+};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::sink::DataSinkExec;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result as DfResult;
+use datafusion::execution::cache::cache_manager::FileMetadataCache;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::expr_rewriter::unnormalize_col;
@@ -44,6 +47,7 @@ use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicate
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
+use parquet::basic::Encoding;
 use parquet::file::metadata::PageIndexPolicy;
 use strata_table::segment::{SegmentMeta, deletion_selection, shard_of_rows};
 use strata_table::{LiveSegment, Snapshot, Table, VersionSpec};
@@ -360,6 +364,7 @@ impl StrataTable {
         // Each file's rows are sorted by the primary key (for aggregations by runs).
         let sorted = state.config_options().extensions.get::<SortedFiles>();
         let key = self.sort_key();
+        let footers = env.cache_manager.get_file_metadata_cache();
         let files: Vec<PartitionedFile> = segments
             .iter()
             .map(|s| {
@@ -367,7 +372,13 @@ impl StrataTable {
                     .with_statistics(Arc::new(segment_statistics(&schema, &stored, s)));
                 if let Some(sorted) = sorted {
                     let written = written_schema(&stored, &s.meta);
-                    sorted.record(file.object_meta.location.as_ref(), &key, written);
+                    let dictionaries = dictionary_columns(footers.as_ref(), &file, &key);
+                    sorted.record(
+                        file.object_meta.location.as_ref(),
+                        &key,
+                        written,
+                        dictionaries,
+                    );
                 }
                 match &s.deleted {
                     Some(dv) if !dv.is_empty() => file.with_extension(ParquetRowSelection::new(
@@ -447,6 +458,54 @@ fn segment_file(segment: &SegmentMeta) -> PartitionedFile {
         file.object_meta.last_modified = created;
     }
     file
+}
+
+/// The columns of `names` that every row group of `file` stores dictionary-encoded
+/// throughout (no page fell back to plain values), from its footer in the metadata
+/// cache; none when the footer is not there. Reading such a column as a dictionary
+/// hands over the decoded indices; reading a fallen-back one would hash every value.
+fn dictionary_columns(
+    footers: &FileMetadataCache,
+    file: &PartitionedFile,
+    names: &[String],
+) -> Arc<[String]> {
+    let Some(entry) = footers.get(&file.object_meta.location) else {
+        return Arc::from([]);
+    };
+    let Some(footer) = entry
+        .is_valid_for(&file.object_meta)
+        .then(|| {
+            entry
+                .file_metadata
+                .as_any()
+                .downcast_ref::<CachedParquetMetaData>()
+        })
+        .flatten()
+    else {
+        return Arc::from([]);
+    };
+    let footer = footer.parquet_metadata();
+    let columns = footer.file_metadata().schema_descr().columns();
+    names
+        .iter()
+        .filter(|name| {
+            let Some(i) = columns
+                .iter()
+                .position(|c| c.path().string() == name.as_str())
+            else {
+                return false;
+            };
+            footer.row_groups().iter().all(|rg| {
+                let chunk = rg.column(i);
+                chunk.dictionary_page_offset().is_some()
+                    && chunk.page_encoding_stats_mask().is_some_and(|mask| {
+                        mask.is_only(Encoding::RLE_DICTIONARY)
+                            || mask.is_only(Encoding::PLAIN_DICTIONARY)
+                    })
+            })
+        })
+        .cloned()
+        .collect()
 }
 
 /// The columns `segment` was written with, typed as stored: the stored schema when the

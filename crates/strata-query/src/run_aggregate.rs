@@ -83,17 +83,27 @@ pub(crate) struct SortedFile {
     /// Its columns as written (the stored types, before the engine's views), when
     /// its metadata names them all.
     pub schema: Option<SchemaRef>,
+    /// Its key columns stored dictionary-encoded throughout (as far as its footer,
+    /// when cached, says).
+    pub dictionaries: Arc<[String]>,
 }
 
 impl SortedFiles {
     /// Records that the rows of the file at `path` are sorted by `key` and that it
     /// holds the columns of `schema`.
-    pub fn record(&self, path: &str, key: &Arc<[String]>, schema: Option<SchemaRef>) {
+    pub fn record(
+        &self,
+        path: &str,
+        key: &Arc<[String]>,
+        schema: Option<SchemaRef>,
+        dictionaries: Arc<[String]>,
+    ) {
         self.0.lock().expect("sorted files lock").insert(
             path.to_string(),
             SortedFile {
                 key: key.clone(),
                 schema,
+                dictionaries,
             },
         );
     }
