@@ -301,30 +301,29 @@ impl Groups {
             + self.hashed.capacity() * (size_of::<(i64, u32)>() + 1)
     }
 
-    /// Group number of `key`; `hashed` is set when it came from the hash map.
-    fn group(&mut self, key: Option<i64>, hashed: &mut bool) -> usize {
+    /// Group number of `key`, and whether it came from the hash map.
+    fn group(&mut self, key: Option<i64>) -> (usize, bool) {
         let Some(key) = key else {
             let next = self.keys.len() as u32;
             let g = *self.null.get_or_insert(next);
             if g == next {
                 self.keys.push(None);
             }
-            return g as usize;
+            return (g as usize, false);
         };
         if let Some(i) = self.slot_index(key) {
             if self.slots[i] == EMPTY {
                 self.slots[i] = self.keys.len() as u32;
                 self.keys.push(Some(key));
             }
-            return self.slots[i] as usize;
+            return (self.slots[i] as usize, false);
         }
-        *hashed = true;
         let next = self.keys.len() as u32;
         let g = *self.hashed.entry(key).or_insert(next);
         if g == next {
             self.keys.push(Some(key));
         }
-        g as usize
+        (g as usize, true)
     }
 
     /// Index of `key`'s slot in `slots`, growing the table to hold it; `None` when the
@@ -396,8 +395,8 @@ impl BucketAggregateStream {
         let mut indices = Vec::with_capacity(rows);
         let mut hashed = 0;
         for key in keys.iter() {
-            let mut off_grid = false;
-            indices.push(self.groups.group(key, &mut off_grid));
+            let (group, off_grid) = self.groups.group(key);
+            indices.push(group);
             hashed += usize::from(off_grid);
         }
         self.hashed_rows.add(hashed);
@@ -550,30 +549,25 @@ mod tests {
         assert!(count_rows(16 << 10).await > 2 * 2_000);
     }
 
-    fn group(g: &mut Groups, key: Option<i64>) -> (usize, bool) {
-        let mut hashed = false;
-        (g.group(key, &mut hashed), hashed)
-    }
-
     #[test]
     fn keys_on_the_grid_index_a_table_that_grows_both_ways() {
         let mut g = Groups::new(60);
-        assert_eq!(group(&mut g, Some(6_000)), (0, false));
-        assert_eq!(group(&mut g, Some(6_060)), (1, false));
-        assert_eq!(group(&mut g, Some(6_000)), (0, false));
+        assert_eq!(g.group(Some(6_000)), (0, false));
+        assert_eq!(g.group(Some(6_060)), (1, false));
+        assert_eq!(g.group(Some(6_000)), (0, false));
         // Below the first key seen, and far above it.
-        assert_eq!(group(&mut g, Some(0)), (2, false));
-        assert_eq!(group(&mut g, Some(6_000 + 60 * 500)), (3, false));
-        assert_eq!(group(&mut g, Some(6_060)), (1, false));
-        assert_eq!(group(&mut g, Some(0)), (2, false));
-        assert_eq!(group(&mut g, None), (4, false));
-        assert_eq!(group(&mut g, None), (4, false));
+        assert_eq!(g.group(Some(0)), (2, false));
+        assert_eq!(g.group(Some(6_000 + 60 * 500)), (3, false));
+        assert_eq!(g.group(Some(6_060)), (1, false));
+        assert_eq!(g.group(Some(0)), (2, false));
+        assert_eq!(g.group(None), (4, false));
+        assert_eq!(g.group(None), (4, false));
         // Off the grid, and too far for the table: hashed, still one group each.
-        assert_eq!(group(&mut g, Some(6_001)), (5, true));
-        assert_eq!(group(&mut g, Some(6_001)), (5, true));
+        assert_eq!(g.group(Some(6_001)), (5, true));
+        assert_eq!(g.group(Some(6_001)), (5, true));
         let far = 6_000 + 60 * (MAX_SLOTS as i64 + 1);
-        assert_eq!(group(&mut g, Some(far)), (6, true));
-        assert_eq!(group(&mut g, Some(i64::MIN)), (7, true));
+        assert_eq!(g.group(Some(far)), (6, true));
+        assert_eq!(g.group(Some(i64::MIN)), (7, true));
         assert_eq!(g.len(), 8);
         let keys = g.take_keys();
         assert_eq!(
@@ -591,6 +585,6 @@ mod tests {
         );
         // Taken: the table starts afresh.
         assert_eq!(g.len(), 0);
-        assert_eq!(group(&mut g, Some(6_060)), (0, false));
+        assert_eq!(g.group(Some(6_060)), (0, false));
     }
 }

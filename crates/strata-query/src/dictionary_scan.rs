@@ -18,6 +18,8 @@
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::metadata::CachedParquetMetaData;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileSource, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_expr::PhysicalExpr;
@@ -28,8 +30,10 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use parquet::basic::Encoding;
+use strata_table::SegmentMeta;
 
-use crate::run_aggregate::SortedFiles;
+use crate::run_aggregate::{SortedFile, SortedFiles};
 
 /// The type a string key column is read as.
 pub(crate) fn dictionary_type() -> DataType {
@@ -134,10 +138,10 @@ fn dictionary_scan(
             let recorded = files.get(file.object_meta.location.as_ref())?;
             // A key column that fell back to plain values would be hashed into a
             // dictionary as it is read: slower than views.
-            if !recorded.dictionaries.iter().any(|d| d == name) {
+            if !dictionary_encoded(&recorded, file, name) {
                 return None;
             }
-            let written = recorded.schema?;
+            let written = written_schema(&recorded.stored, &recorded.segment)?;
             let hint = match hints.iter().find(|(w, _)| Arc::ptr_eq(w, &written)) {
                 Some((_, hint)) => hint.clone(),
                 None => {
@@ -187,4 +191,55 @@ fn with_dictionary(schema: &SchemaRef, name: &str, expected: DataType) -> Option
         fields,
         schema.metadata().clone(),
     )))
+}
+
+/// Whether every row group of `file` stores column `name` dictionary-encoded throughout
+/// (no page fell back to plain values), as its footer in the metadata cache says; false
+/// when the footer is not there.
+fn dictionary_encoded(recorded: &SortedFile, file: &PartitionedFile, name: &str) -> bool {
+    let Some(entry) = recorded.footers.get(&file.object_meta.location) else {
+        return false;
+    };
+    let Some(footer) = entry
+        .is_valid_for(&file.object_meta)
+        .then(|| {
+            entry
+                .file_metadata
+                .as_any()
+                .downcast_ref::<CachedParquetMetaData>()
+        })
+        .flatten()
+    else {
+        return false;
+    };
+    let footer = footer.parquet_metadata();
+    let columns = footer.file_metadata().schema_descr().columns();
+    let Some(i) = columns.iter().position(|c| c.path().string() == name) else {
+        return false;
+    };
+    footer.row_groups().iter().all(|rg| {
+        let chunk = rg.column(i);
+        chunk.dictionary_page_offset().is_some()
+            && chunk.page_encoding_stats_mask().is_some_and(|mask| {
+                mask.is_only(Encoding::RLE_DICTIONARY) || mask.is_only(Encoding::PLAIN_DICTIONARY)
+            })
+    })
+}
+
+/// The columns `segment` was written with, typed as stored: the stored schema when the
+/// segment has all its columns (columns are only ever added), else the fields its
+/// statistics name, in their order. `None` if one is unknown.
+fn written_schema(stored: &SchemaRef, segment: &SegmentMeta) -> Option<SchemaRef> {
+    let names = segment.columns.iter().map(|c| c.name.as_str());
+    if names
+        .clone()
+        .eq(stored.fields().iter().map(|f| f.name().as_str()))
+    {
+        return Some(stored.clone());
+    }
+    let fields = names
+        .map(|n| stored.field_with_name(n).ok().cloned())
+        .collect::<Option<Vec<Field>>>()?;
+    (!fields.is_empty())
+        .then(|| Arc::new(Schema::new_with_metadata(fields, stored.metadata().clone())))
 }

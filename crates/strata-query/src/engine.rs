@@ -226,9 +226,9 @@ impl Engine {
     /// manifest, and its segments' footers and page indexes (into the Parquet metadata
     /// cache, up to half its limit) — on the query runtime, so that the first query of
     /// each after a start finds them in memory as later queries do (on an exclusive
-    /// catalog; a shared one resolves the head on every query anyway). A server calls it once it listens.
-    /// Returns how many opened; a dataset that fails to open is left for its queries to
-    /// report.
+    /// catalog; a shared one resolves the head on every query anyway). A server calls
+    /// it once it listens. Returns how many opened; a dataset that fails to open is left
+    /// for its queries to report.
     pub async fn warm(&self, max: usize) -> Result<usize> {
         if !self.inner.catalog.is_exclusive() {
             return Ok(0);

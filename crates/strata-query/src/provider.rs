@@ -27,14 +27,11 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
-use datafusion::datasource::physical_plan::parquet::metadata::{
-    CachedParquetMetaData, DFParquetMetadata,
-};
+use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::sink::DataSinkExec;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result as DfResult;
-use datafusion::execution::cache::cache_manager::FileMetadataCache;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::expr_rewriter::unnormalize_col;
@@ -47,7 +44,6 @@ use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicate
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
-use parquet::basic::Encoding;
 use parquet::file::metadata::PageIndexPolicy;
 use strata_table::segment::{SegmentMeta, deletion_selection, shard_of_rows};
 use strata_table::{LiveSegment, Snapshot, Table, VersionSpec};
@@ -58,7 +54,7 @@ use crate::cached_scan::{CachedScanArgs, CachedScanExec, FillJob};
 use crate::error::{Error, Result};
 use crate::hooks::DatasetHooks;
 use crate::object_store::BlobObjectStore;
-use crate::run_aggregate::SortedFiles;
+use crate::run_aggregate::{SortedFile, SortedFiles};
 use crate::sink::StrataSink;
 use crate::views;
 
@@ -371,13 +367,14 @@ impl StrataTable {
                 let file = segment_file(&s.meta)
                     .with_statistics(Arc::new(segment_statistics(&schema, &stored, s)));
                 if let Some(sorted) = sorted {
-                    let written = written_schema(&stored, &s.meta);
-                    let dictionaries = dictionary_columns(footers.as_ref(), &file, &key);
                     sorted.record(
                         file.object_meta.location.as_ref(),
-                        &key,
-                        written,
-                        dictionaries,
+                        SortedFile {
+                            key: key.clone(),
+                            segment: s.meta.clone(),
+                            stored: stored.clone(),
+                            footers: footers.clone(),
+                        },
                     );
                 }
                 match &s.deleted {
@@ -458,72 +455,6 @@ fn segment_file(segment: &SegmentMeta) -> PartitionedFile {
         file.object_meta.last_modified = created;
     }
     file
-}
-
-/// The columns of `names` that every row group of `file` stores dictionary-encoded
-/// throughout (no page fell back to plain values), from its footer in the metadata
-/// cache; none when the footer is not there. Reading such a column as a dictionary
-/// hands over the decoded indices; reading a fallen-back one would hash every value.
-fn dictionary_columns(
-    footers: &FileMetadataCache,
-    file: &PartitionedFile,
-    names: &[String],
-) -> Arc<[String]> {
-    let Some(entry) = footers.get(&file.object_meta.location) else {
-        return Arc::from([]);
-    };
-    let Some(footer) = entry
-        .is_valid_for(&file.object_meta)
-        .then(|| {
-            entry
-                .file_metadata
-                .as_any()
-                .downcast_ref::<CachedParquetMetaData>()
-        })
-        .flatten()
-    else {
-        return Arc::from([]);
-    };
-    let footer = footer.parquet_metadata();
-    let columns = footer.file_metadata().schema_descr().columns();
-    names
-        .iter()
-        .filter(|name| {
-            let Some(i) = columns
-                .iter()
-                .position(|c| c.path().string() == name.as_str())
-            else {
-                return false;
-            };
-            footer.row_groups().iter().all(|rg| {
-                let chunk = rg.column(i);
-                chunk.dictionary_page_offset().is_some()
-                    && chunk.page_encoding_stats_mask().is_some_and(|mask| {
-                        mask.is_only(Encoding::RLE_DICTIONARY)
-                            || mask.is_only(Encoding::PLAIN_DICTIONARY)
-                    })
-            })
-        })
-        .cloned()
-        .collect()
-}
-
-/// The columns `segment` was written with, typed as stored: the stored schema when the
-/// segment has all its columns (columns are only ever added), else the fields its
-/// statistics name, in their order. `None` if one is unknown.
-fn written_schema(stored: &SchemaRef, segment: &SegmentMeta) -> Option<SchemaRef> {
-    let names = segment.columns.iter().map(|c| c.name.as_str());
-    if names
-        .clone()
-        .eq(stored.fields().iter().map(|f| f.name().as_str()))
-    {
-        return Some(stored.clone());
-    }
-    let fields = names
-        .map(|n| stored.field_with_name(n).ok().cloned())
-        .collect::<Option<Vec<Field>>>()?;
-    (!fields.is_empty())
-        .then(|| Arc::new(Schema::new_with_metadata(fields, stored.metadata().clone())))
 }
 
 /// `col = lit`, `lit = col`, `col IN (lits)` and ORs of those on one column: the column

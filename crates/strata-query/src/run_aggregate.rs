@@ -38,6 +38,7 @@ use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
+use datafusion::execution::cache::cache_manager::FileMetadataCache;
 use datafusion::logical_expr::EmitTo;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::expressions::Column;
@@ -59,6 +60,7 @@ use datafusion::physical_plan::{
     apply_expression_roots,
 };
 use futures::{Stream, StreamExt};
+use strata_table::SegmentMeta;
 
 use crate::cached_scan::CachedScanExec;
 use crate::dictionary_scan::read_as_dictionary;
@@ -67,45 +69,42 @@ use crate::dictionary_scan::read_as_dictionary;
 /// run costs about a microsecond; scattering a row into a group index a few ns).
 const LONG_RUNS: usize = 256;
 
-/// The segment files the statement's Parquet scans read, each with the primary key
-/// columns its rows are sorted by and the columns it was written with. The engine puts
-/// a fresh one in each statement's options; the table provider fills it as it plans
-/// scans; [`RunAggregates`] reads it. Its clones (the statement's copies of its
-/// options) share it.
+/// The segment files the statement's Parquet scans read, with what the provider knows
+/// of each (see [`SortedFile`]). The engine puts a fresh one in each statement's
+/// options; the table provider fills it as it plans scans; [`RunAggregates`] reads it.
+/// Its clones (the statement's copies of its options) share it.
 #[derive(Debug, Default, Clone)]
 pub struct SortedFiles(Arc<Mutex<HashMap<String, SortedFile>>>);
 
-/// What [`SortedFiles`] knows of one file.
-#[derive(Debug, Clone)]
-pub(crate) struct SortedFile {
+/// What [`SortedFiles`] knows of one segment file.
+#[derive(Clone)]
+pub struct SortedFile {
     /// The primary key columns its rows are sorted by.
     pub key: Arc<[String]>,
-    /// Its columns as written (the stored types, before the engine's views), when
-    /// its metadata names them all.
-    pub schema: Option<SchemaRef>,
-    /// Its key columns stored dictionary-encoded throughout (as far as its footer,
-    /// when cached, says).
-    pub dictionaries: Arc<[String]>,
+    /// Its metadata (the columns it was written with).
+    pub segment: Arc<SegmentMeta>,
+    /// The table's stored schema (the types its columns were written with).
+    pub stored: SchemaRef,
+    /// The runtime's Parquet footer cache, where its footer may be.
+    pub footers: Arc<FileMetadataCache>,
+}
+
+impl fmt::Debug for SortedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SortedFile")
+            .field("key", &self.key)
+            .field("segment", &self.segment.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SortedFiles {
-    /// Records that the rows of the file at `path` are sorted by `key` and that it
-    /// holds the columns of `schema`.
-    pub fn record(
-        &self,
-        path: &str,
-        key: &Arc<[String]>,
-        schema: Option<SchemaRef>,
-        dictionaries: Arc<[String]>,
-    ) {
-        self.0.lock().expect("sorted files lock").insert(
-            path.to_string(),
-            SortedFile {
-                key: key.clone(),
-                schema,
-                dictionaries,
-            },
-        );
+    /// Records what is known of the file at `path`.
+    pub fn record(&self, path: &str, file: SortedFile) {
+        self.0
+            .lock()
+            .expect("sorted files lock")
+            .insert(path.to_string(), file);
     }
 
     pub(crate) fn get(&self, path: &str) -> Option<SortedFile> {
@@ -218,19 +217,12 @@ fn dictionary_keys(
 ) -> Arc<dyn ExecutionPlan> {
     let mut input = agg.input().clone();
     for &g in groups {
-        let string = matches!(
-            input.schema().field(g).data_type(),
-            DataType::Utf8 | DataType::Utf8View
-        );
         let aggregated = agg.aggr_expr().iter().any(|a| {
             a.expressions()
                 .iter()
                 .any(|e| collect_columns(e).iter().any(|c| c.index() == g))
         });
-        if string
-            && !aggregated
-            && let Some(read) = read_as_dictionary(&input, g, files)
-        {
+        if !aggregated && let Some(read) = read_as_dictionary(&input, g, files) {
             input = read;
         }
     }
