@@ -571,6 +571,7 @@ mod allocator_tests {
     }
 
     #[allow(unsafe_code, reason = "mallinfo2 has no safe wrapper in libc or std")]
+    #[allow(clippy::print_stdout, reason = "the parent reads the child's output")]
     fn child(tune: bool) {
         if tune {
             super::tune_allocator();
