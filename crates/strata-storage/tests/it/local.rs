@@ -51,7 +51,8 @@ fn assert_corrupt<T: std::fmt::Debug>(r: Result<T, Error>, path: &str, reason_pa
     }
 }
 
-const BLOCK: u64 = 64 * 1024;
+/// The block each CRC covers in blobs written now.
+const BLOCK: u64 = 8 * 1024;
 
 #[tokio::test]
 async fn flipped_data_byte_fails_only_its_block() {
@@ -64,8 +65,8 @@ async fn flipped_data_byte_fails_only_its_block() {
     let file = dir.path().join("blobs").join(path);
     assert_eq!(
         fs::metadata(&file).unwrap().len(),
-        200 * 1024 + 4 * 4 + 32,
-        "data + 4 CRCs + footer"
+        200 * 1024 + 4 * 25 + 32,
+        "data + 25 CRCs + footer"
     );
 
     flip_byte(&file, BLOCK + 4_464);
@@ -119,7 +120,7 @@ async fn damaged_crc_table_or_footer_is_corrupt() {
     );
 
     // data_len field of the footer.
-    flip_byte(&blobs.join("t/footer"), n + 3 * 4 + 1);
+    flip_byte(&blobs.join("t/footer"), n + n.div_ceil(BLOCK) * 4 + 1);
     assert_corrupt(store.get("t/footer").await, "t/footer", "footer");
     assert_corrupt(store.head("t/footer").await, "t/footer", "footer");
 
