@@ -24,6 +24,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -477,6 +478,31 @@ struct RunAggregateStream {
     runs: Count,
 }
 
+/// The runs of equal values in `values` (what `partition` finds for one column without
+/// nulls, as over a dictionary's indices), checking whole chunks against the run's
+/// value at a time: group keys of sorted segments run long.
+fn runs_of<T: Copy + PartialEq>(values: &[T]) -> Vec<Range<usize>> {
+    const CHUNK: usize = 64;
+    let mut runs = Vec::new();
+    let mut start = 0;
+    while start < values.len() {
+        let value = values[start];
+        let mut end = start + 1;
+        // Not `all`: a fold without early exit compiles to vector compares.
+        while let Some(chunk) = values.get(end..end + CHUNK)
+            && chunk.iter().fold(true, |same, v| same & (*v == value))
+        {
+            end += CHUNK;
+        }
+        while end < values.len() && values[end] == value {
+            end += 1;
+        }
+        runs.push(start..end);
+        start = end;
+    }
+    runs
+}
+
 impl RunAggregateStream {
     /// One row of partial state per run of equal group keys in `batch`.
     fn aggregate(&self, batch: &RecordBatch) -> DfResult<RecordBatch> {
@@ -495,7 +521,12 @@ impl RunAggregateStream {
                 None => k.clone(),
             })
             .collect();
-        let runs = partition(&compared)?.ranges();
+        let runs = match compared.as_slice() {
+            [key] if key.null_count() == 0 && key.as_primitive_opt::<Int32Type>().is_some() => {
+                runs_of(key.as_primitive::<Int32Type>().values())
+            }
+            _ => partition(&compared)?.ranges(),
+        };
         self.runs.add(runs.len());
         let starts = UInt32Array::from_iter_values(runs.iter().map(|r| r.start as u32));
         let mut columns = keys
@@ -603,5 +634,36 @@ impl Stream for RunAggregateStream {
 impl RecordBatchStream for RunAggregateStream {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::Int32Array;
+
+    use super::*;
+
+    /// The chunked run finder finds what `partition` does, for runs shorter and longer
+    /// than a chunk, ending on and off chunk boundaries.
+    #[test]
+    fn runs_of_finds_what_partition_does() {
+        for lengths in [
+            vec![1],
+            vec![64],
+            vec![63, 1, 64, 65],
+            vec![1, 1, 1, 200, 3, 128, 129, 1],
+            vec![1000],
+            vec![5; 40],
+        ] {
+            let mut values = Vec::new();
+            for (i, n) in lengths.iter().enumerate() {
+                // Adjacent runs differ; a value comes back later.
+                values.extend(std::iter::repeat_n((i % 3) as i32, *n));
+            }
+            let array: ArrayRef = Arc::new(Int32Array::from(values.clone()));
+            let expected = partition(&[array]).unwrap().ranges();
+            assert_eq!(runs_of(&values), expected, "runs of {lengths:?}");
+        }
+        assert!(runs_of::<i32>(&[]).is_empty());
     }
 }
