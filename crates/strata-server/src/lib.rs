@@ -123,8 +123,9 @@ pub const MALLOC_MMAP_THRESHOLD: usize = 32 << 20;
 /// MiB and frees them when it ends. By default glibc hands the free top of a heap back
 /// to the system (`madvise`) once it exceeds 128 KiB, and gives each buffer above a
 /// threshold (128 KiB at first, raised as such buffers are freed) a `mmap` of its own,
-/// unmapped when freed; so the next query faults in and zeroes the same pages again: a point query read from Parquet took about 470
-/// page faults and 6.5 ms of CPU, a third of it in the kernel. With up to
+/// unmapped when freed; so the next query faults in and zeroes the same pages again: a
+/// point query read from Parquet took about 470 page faults and 6.5 ms of CPU, a third
+/// of it in the kernel. With up to
 /// [`MALLOC_TRIM_THRESHOLD`] of free memory kept and buffers below
 /// [`MALLOC_MMAP_THRESHOLD`] taken from the heap, it takes about 30 faults and 4.8 ms.
 /// What the process holds is still bounded: each heap keeps at most that much free,

@@ -455,16 +455,12 @@ pub fn encode_segments(
     opts: &SegmentOptions,
 ) -> Result<Vec<(SegmentMeta, Bytes)>> {
     let props = writer_properties(&batch.schema(), keys, opts);
-    let raw = incompressible_columns(dir, batch, &props)?;
-    let props = if raw.is_empty() {
-        props
-    } else {
-        raw.into_iter()
-            .fold(props.into_builder(), |b, column| {
-                b.set_column_compression(column, Compression::UNCOMPRESSED)
-            })
-            .build()
-    };
+    let props = incompressible_columns(dir, batch, &props)?
+        .into_iter()
+        .fold(props.into_builder(), |b, column| {
+            b.set_column_compression(column, Compression::UNCOMPRESSED)
+        })
+        .build();
     let mut out = Vec::new();
     let mut start = 0;
     while start < batch.num_rows() {
@@ -897,9 +893,7 @@ mod tests {
         use parquet::file::reader::{FileReader, SerializedFileReader};
         // The codec of each column, the same in every row group, and the rows read back.
         fn codecs(b: &RecordBatch) -> Vec<Compression> {
-            let keys = KeyCodec::new(&b.schema(), &["k".into()], &["t".into()]).unwrap();
-            let segments = encode_segments("d", 0, &keys, b, &SegmentOptions::default()).unwrap();
-            let (_, data) = &segments[0];
+            let data = &encode_first(b);
             assert_eq!(&read_back(data), b);
             let reader = SerializedFileReader::new(data.clone()).unwrap();
             let meta = reader.metadata();
@@ -919,17 +913,6 @@ mod tests {
         }
         let zstd =
             Compression::ZSTD(ZstdLevel::try_new(SegmentOptions::default().zstd_level).unwrap());
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut noise = |n: usize| -> Vec<i64> {
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as i64
-                })
-                .collect()
-        };
         let n = MIN_SAMPLED_WRITE + 1000;
         let keys_col = vec!["station"; n];
         let ts: Vec<i64> = (0..n as i64).collect();
@@ -977,9 +960,7 @@ mod tests {
             .collect();
         let vals: Vec<i64> = (0..n as i64).map(|i| i % 7).collect();
         let b = batch(&keys_col, &ts, &vals);
-        let keys = KeyCodec::new(&b.schema(), &["k".into()], &["t".into()]).unwrap();
-        let segments = encode_segments("d", 0, &keys, &b, &SegmentOptions::default()).unwrap();
-        let (_, data) = &segments[0];
+        let data = &encode_first(&b);
         let reader = SerializedFileReader::new(data.clone()).unwrap();
         let rg = reader.metadata().row_group(0);
         let encodings = |i: usize| rg.column(i).encodings().collect::<Vec<_>>();
@@ -1006,9 +987,7 @@ mod tests {
         use parquet::file::reader::{FileReader, SerializedFileReader};
         // Whether each data page of the value column (v2 pages) is compressed.
         fn compressed_pages(b: &RecordBatch) -> Vec<bool> {
-            let keys = KeyCodec::new(&b.schema(), &["k".into()], &["t".into()]).unwrap();
-            let segments = encode_segments("d", 0, &keys, b, &SegmentOptions::default()).unwrap();
-            let (_, data) = &segments[0];
+            let data = &encode_first(b);
             assert_eq!(read_back(data).column(2).as_ref(), b.column(2).as_ref());
             let reader = SerializedFileReader::new(data.clone()).unwrap();
             let mut pages = reader
@@ -1036,17 +1015,28 @@ mod tests {
         assert!(packed.iter().all(|&c| c), "{packed:?}");
         // Distinct pseudo-random values: 16-bit indices of no pattern, which zstd leaves
         // as they are.
+        let raw = compressed_pages(&batch(&keys_col, &ts, &noise(n)));
+        assert!(raw.iter().all(|&c| !c), "{raw:?}");
+    }
+
+    /// The first segment `encode_segments` makes of `b` (keyed by `k`, then `t`).
+    fn encode_first(b: &RecordBatch) -> Bytes {
+        let keys = KeyCodec::new(&b.schema(), &["k".into()], &["t".into()]).unwrap();
+        let segments = encode_segments("d", 0, &keys, b, &SegmentOptions::default()).unwrap();
+        segments.into_iter().next().unwrap().1
+    }
+
+    /// `n` distinct pseudo-random values (xorshift, fixed seed): no pattern zstd finds.
+    fn noise(n: usize) -> Vec<i64> {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<i64> = (0..n)
+        (0..n)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 x as i64
             })
-            .collect();
-        let raw = compressed_pages(&batch(&keys_col, &ts, &noise));
-        assert!(raw.iter().all(|&c| !c), "{raw:?}");
+            .collect()
     }
 
     fn read_back(data: &Bytes) -> RecordBatch {
