@@ -13,11 +13,20 @@ plain Parquet files (cached under --data, reused while the build is the same). T
 - DuckDB over Parquet and DataFusion over Parquet (the `datafusion` Python package): cold
   is the first run in a fresh connection/context, hot the runs after it.
 
+Strata's hot runs are measured through two standard clients: ADBC's Flight SQL driver
+(Go, loaded by `adbc_driver_flightsql`) and Arrow's C++ Flight client (`pyarrow.flight`)
+sending the same Flight SQL statement (GetFlightInfo on a CommandStatementQuery, then DoGet
+on its endpoint). Both pay the request's round trips; the ADBC driver also runs a full Go
+garbage collection each time a result stream is released (`runtime.GC()` in its
+ArrayStreamRelease; `GODEBUG=gctrace=1` prints one "(forced)" collection per query).
+
 Every system runs on --threads threads (2). Each query's hot time is the median of --runs
 runs after one warm-up; every system's answer is checked against Strata's (floats within a
 relative 1e-9) and the run stops if one differs. Also measured: `SELECT 1` and a point
-query (one station, one hour, one column) through ADBC, the median of --latency-runs. The
-operating system's page cache is warm for everyone (the files were just read or written).
+query (one station, one hour, one column) through both clients, the median of
+--latency-runs, and each client's floor against a Flight server that does nothing (in a
+process of its own). The operating system's page cache is warm for everyone (the files were
+just read or written).
 
 Prints one table per row count (milliseconds and ratios to DuckDB native and to DuckDB
 over Parquet) and the memory each system held; --json FILE also writes the figures.
@@ -112,18 +121,67 @@ def median_ms(run, runs):
     return statistics.median(samples)
 
 
-def adbc_floor(runs):
-    """The median of ADBC's GetFlightInfo + DoGet against a server that does nothing."""
+def serve_idle():
+    """`--idle-server`: serves IdleFlightServer on a free loopback port, prints the port and
+    stops when its standard input closes."""
     server = IdleFlightServer("grpc://127.0.0.1:0")
     threading.Thread(target=server.serve, daemon=True).start()
+    print(server.port, flush=True)
+    sys.stdin.read()
+    server.shutdown()
+
+
+def client_floors(runs):
+    """The medians of GetFlightInfo + DoGet against a server that does nothing, run in a
+    process of its own: through ADBC (`adbc_get_table_types`) and through the C++ client."""
+    idle = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--idle-server"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     try:
-        conn = flightsql.connect(f"grpc://127.0.0.1:{server.port}", autocommit=True)
+        uri = f"grpc://127.0.0.1:{int(idle.stdout.readline())}"
+        conn = flightsql.connect(uri, autocommit=True)
         try:
-            return median_ms(conn.adbc_get_table_types, runs)
+            adbc = median_ms(conn.adbc_get_table_types, runs)
         finally:
             conn.close()
+        client = flight.connect(uri)
+        try:
+            descriptor = flight.FlightDescriptor.for_command(b"table types")
+            native = median_ms(lambda: fetch_flight(client, descriptor), runs)
+        finally:
+            client.close()
+        return adbc, native
     finally:
-        server.shutdown()
+        idle.stdin.close()
+        idle.wait(60)
+
+
+def protobuf_field(number, data):
+    """One length-delimited protobuf field."""
+    out, n = bytearray([number << 3 | 2]), len(data)
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out) + data
+
+
+def statement_descriptor(sql):
+    """A Flight SQL CommandStatementQuery, packed in a protobuf Any, as a Flight descriptor."""
+    command = protobuf_field(1, sql.encode())
+    packed = protobuf_field(
+        1, b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery"
+    ) + protobuf_field(2, command)
+    return flight.FlightDescriptor.for_command(packed)
+
+
+def fetch_flight(client, descriptor):
+    """GetFlightInfo, then DoGet on each endpoint, as a Flight SQL client runs a statement."""
+    info = client.get_flight_info(descriptor)
+    tables = [client.do_get(e.ticket).read_all() for e in info.endpoints]
+    return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
 
 
 class Server:
@@ -139,6 +197,7 @@ class Server:
         self.proc = None
         self.conn = None
         self.cursors = {}
+        self.client = None
 
     def start(self):
         port = free_port()
@@ -158,6 +217,7 @@ class Server:
                 cur.execute("SELECT 1")
                 cur.fetch_arrow_table()
                 cur.close()
+                self.client = flight.connect(f"grpc://127.0.0.1:{port}")
                 return
             except Exception:
                 if self.conn is not None:
@@ -190,6 +250,10 @@ class Server:
         cur.execute(sql)
         return cur.fetch_arrow_table()
 
+    def flight_query(self, sql):
+        """Runs `sql` through Arrow's C++ Flight client on a kept connection."""
+        return fetch_flight(self.client, statement_descriptor(sql))
+
     def query_fresh(self, sql):
         """Runs `sql` on a new cursor (prepare, execute, fetch, close)."""
         cur = self.conn.cursor()
@@ -204,6 +268,10 @@ class Server:
             with contextlib.suppress(Exception):
                 cur.close()
         self.cursors = {}
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.close()
+            self.client = None
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.close()
@@ -310,8 +378,11 @@ def bench(args, rows):
             # queries after a start run while it is, at the speed of a cold cache).
             server.settle()
             t, answers[q["id"]] = hot(server.query, sql, args.runs)
+            t_flight, answer = hot(server.flight_query, sql, args.runs)
+            check(q, "Strata through the C++ Flight client", answers[q["id"]], answer)
             results[q["id"]]["strata_cold"] = cold
             results[q["id"]]["strata_hot"] = t
+            results[q["id"]]["strata_flight_hot"] = t_flight
         # Every query again on one server (hot), so its memory holds what all of them read.
         for q in queries:
             server.query(q["sql"].replace("{t}", "weather"))
@@ -324,17 +395,22 @@ def bench(args, rows):
         lat = {}
         point = queries[2]["sql"].replace("{t}", "weather").replace("SELECT *", "SELECT temperature")
         for name, sql in (("select_1", "SELECT 1"), ("point", point)):
-            for suffix, run in (("", server.query), ("_new_cursor", server.query_fresh)):
+            for suffix, run in (
+                ("", server.query),
+                ("_new_cursor", server.query_fresh),
+                ("_flight", server.flight_query),
+            ):
                 lat[name + suffix] = median_ms(lambda: run(sql), args.latency_runs)
         lat["table_types"] = median_ms(server.conn.adbc_get_table_types, args.latency_runs)
     finally:
         server.stop()
-    lat["table_types_idle_server"] = adbc_floor(args.latency_runs)
+    lat["table_types_idle_server"], lat["flight_idle_server"] = client_floors(args.latency_runs)
 
     if args.strata_only:
         for q in queries:
             r = results[q["id"]]
             print(f"{q['id']} {q['label'][:36]:36} hot {r['strata_hot'] * 1000:8.1f} ms"
+                  f" (flight {r['strata_flight_hot'] * 1000:8.1f})"
                   f"  cold {r['strata_cold'] * 1000:8.1f} ms")
         print(f"latency {lat}; {memory}")
         return {"rows": rows, "queries": results, "latency": lat, "memory": memory}
@@ -404,39 +480,54 @@ def check(q, system, strata, other):
 def report(rows, queries, results, lat, memory):
     ms = lambda s: f"{s * 1000:9.1f}"
     print(f"\n== {rows:,} rows of the weather feed (ms; ratios: Strata / peer)")
+    print("Strata hot through ADBC (adbc) and through Arrow's C++ Flight client (flight)")
     print(
-        f"{'query':38} {'strata':>9} {'duck nat':>9} {'duck pq':>9} {'df pq':>9}"
-        f" {'/nat':>6} {'/dpq':>6} | {'cold':>9} {'dpq cold':>9} {'df cold':>9} {'/dpq':>6}"
+        f"{'query':38} {'adbc':>9} {'flight':>9} {'duck nat':>9} {'duck pq':>9} {'df pq':>9}"
+        f" {'/nat':>6} {'fl/nat':>6} {'/dpq':>6} | {'cold':>9} {'dpq cold':>9} {'df cold':>9}"
+        f" {'/dpq':>6}"
     )
-    hot_ratios, cold_ratios = [], []
+    hot_ratios, flight_ratios, cold_ratios = [], [], []
     for q in queries:
         r = results[q["id"]]
         rn = r["strata_hot"] / r["duckdb_native_hot"]
+        rf = r["strata_flight_hot"] / r["duckdb_native_hot"]
         rp = r["strata_hot"] / r["duckdb_parquet_hot"]
         rc = r["strata_cold"] / r["duckdb_parquet_cold"]
-        r.update(hot_vs_native=rn, hot_vs_duckdb_parquet=rp, cold_vs_duckdb_parquet=rc)
+        r.update(
+            hot_vs_native=rn,
+            flight_hot_vs_native=rf,
+            hot_vs_duckdb_parquet=rp,
+            cold_vs_duckdb_parquet=rc,
+        )
         hot_ratios.append(rn)
+        flight_ratios.append(rf)
         cold_ratios.append(rc)
         label = f"{q['id']} {q['label']}"[:38]
         print(
-            f"{label:38} {ms(r['strata_hot'])} {ms(r['duckdb_native_hot'])}"
-            f" {ms(r['duckdb_parquet_hot'])} {ms(r['datafusion_parquet_hot'])}"
-            f" {rn:6.2f} {rp:6.2f} | {ms(r['strata_cold'])} {ms(r['duckdb_parquet_cold'])}"
+            f"{label:38} {ms(r['strata_hot'])} {ms(r['strata_flight_hot'])}"
+            f" {ms(r['duckdb_native_hot'])} {ms(r['duckdb_parquet_hot'])}"
+            f" {ms(r['datafusion_parquet_hot'])} {rn:6.2f} {rf:6.2f} {rp:6.2f} |"
+            f" {ms(r['strata_cold'])} {ms(r['duckdb_parquet_cold'])}"
             f" {ms(r['datafusion_parquet_cold'])} {rc:6.2f}"
         )
     print(
-        f"geometric mean, Strata hot / DuckDB native: {geomean(hot_ratios):.2f}"
-        f" (worst {max(hot_ratios):.2f}); Strata cold / DuckDB over Parquet cold:"
+        f"geometric mean, Strata hot / DuckDB native: {geomean(hot_ratios):.2f} through ADBC"
+        f" (worst {max(hot_ratios):.2f}), {geomean(flight_ratios):.2f} through the C++ Flight"
+        f" client (worst {max(flight_ratios):.2f}); Strata cold / DuckDB over Parquet cold:"
         f" {geomean(cold_ratios):.2f} (worst {max(cold_ratios):.2f})"
     )
+    f = lambda key: f"{lat[key] * 1000:.2f}"
     print(
         f"ADBC round trip (a cursor kept per query; a new cursor each time): SELECT 1"
-        f" {lat['select_1'] * 1000:.2f} ms ({lat['select_1_new_cursor'] * 1000:.2f}),"
-        f" point query (one station, one hour) {lat['point'] * 1000:.2f} ms"
-        f" ({lat['point_new_cursor'] * 1000:.2f}); the driver's floor, GetFlightInfo + DoGet"
-        f" (adbc_get_table_types) against a Flight server doing nothing:"
-        f" {lat['table_types_idle_server'] * 1000:.2f} ms (Strata"
-        f" {lat['table_types'] * 1000:.2f})"
+        f" {f('select_1')} ms ({f('select_1_new_cursor')}), point query (one station, one"
+        f" hour) {f('point')} ms ({f('point_new_cursor')}); the driver's floor, GetFlightInfo"
+        f" + DoGet (adbc_get_table_types) against a Flight server doing nothing:"
+        f" {f('table_types_idle_server')} ms (Strata {f('table_types')})"
+    )
+    print(
+        f"C++ Flight client round trip (a kept connection): SELECT 1 {f('select_1_flight')} ms,"
+        f" point query {f('point_flight')} ms; its floor against the server doing nothing:"
+        f" {f('flight_idle_server')} ms"
     )
     print(
         f"memory: strata server RSS {memory['strata_rss_mib']:.0f} MiB"
@@ -462,6 +553,9 @@ def main():
     p.add_argument("--strata-only", action="store_true", help="skip the peers")
     p.add_argument("--json")
     p.add_argument("--serve-arg", action="append", default=[], help="passed to strata serve")
+    p.add_argument("--idle-server", action="store_true", help=argparse.SUPPRESS)
+    if "--idle-server" in sys.argv[1:]:
+        return serve_idle()
     args = p.parse_args()
     figures = [bench(args, int(r.replace("_", ""))) for r in args.rows.split(",")]
     if args.json:
