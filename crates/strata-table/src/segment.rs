@@ -67,9 +67,12 @@ const SAMPLE_SLICES: usize = 8;
 /// Writes of fewer rows than this keep zstd for every column (sampling would be a
 /// large share of their cost; compaction rewrites them into larger segments).
 const MIN_SAMPLED_WRITE: usize = 4 * SAMPLE_ROWS;
-/// A column with fewer encoded bytes than this in the sample keeps zstd (too little to
-/// judge by: an all-null stretch, say).
-const MIN_SAMPLE_BYTES: i64 = 16 * 1024;
+/// A column that zstd shrinks by fewer bytes than this in the sample (half a row group's
+/// rows) is written uncompressed too, however large the fraction: the contexts cost the
+/// same for a small column chunk as for a large one, a few KiB more to read cost less.
+/// On the weather feed this is the sorted key column (`station`: a dictionary page and
+/// long runs of one index, that zstd leaves at ~1.03 of their size).
+const MIN_SAMPLE_SAVING: i64 = 4 * 1024;
 
 /// What a version record and a manifest know about a segment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -505,8 +508,9 @@ pub fn encode_segments(
     Ok(out)
 }
 
-/// The columns of `batch` to write uncompressed: those zstd shrinks by less than
-/// [`MIN_COLUMN_COMPRESSION`] in a sample written with `props`. None for writes of
+/// The columns of `batch` to write uncompressed: those zstd leaves above
+/// [`MIN_COLUMN_COMPRESSION`] of their encoded size, or shrinks by fewer than
+/// [`MIN_SAMPLE_SAVING`] bytes, in a sample written with `props`. None for writes of
 /// fewer than [`MIN_SAMPLED_WRITE`] rows.
 fn incompressible_columns(
     dir: &str,
@@ -537,8 +541,8 @@ fn incompressible_columns(
                 let chunk = rg.column(c);
                 (z + chunk.compressed_size(), e + chunk.uncompressed_size())
             });
-            encoded >= MIN_SAMPLE_BYTES
-                && compressed as f64 >= MIN_COLUMN_COMPRESSION * encoded as f64
+            encoded - compressed < MIN_SAMPLE_SAVING
+                || compressed as f64 >= MIN_COLUMN_COMPRESSION * encoded as f64
         })
         .map(|c| columns.column(c).path().clone())
         .collect())
@@ -913,11 +917,14 @@ mod tests {
         }
         let zstd =
             Compression::ZSTD(ZstdLevel::try_new(SegmentOptions::default().zstd_level).unwrap());
+        let raw = Compression::UNCOMPRESSED;
         let n = MIN_SAMPLED_WRITE + 1000;
+        // One key and consecutive timestamps: a few hundred encoded bytes, of which zstd
+        // could save only a few, so they are written raw too.
         let keys_col = vec!["station"; n];
         let ts: Vec<i64> = (0..n as i64).collect();
         let random = codecs(&batch(&keys_col, &ts, &noise(n)));
-        assert_eq!(random, vec![zstd, zstd, Compression::UNCOMPRESSED]);
+        assert_eq!(random, vec![raw, raw, raw]);
         // Mostly zero, as rainfall is: long runs of one dictionary index, which zstd
         // shrinks.
         let rain: Vec<i64> = noise(n)
@@ -925,7 +932,7 @@ mod tests {
             .map(|v| if v % 10 == 0 { v & 0xff } else { 0 })
             .collect();
         let packed = codecs(&batch(&keys_col, &ts, &rain));
-        assert_eq!(packed, vec![zstd, zstd, zstd]);
+        assert_eq!(packed, vec![raw, raw, zstd]);
         // Too few rows to sample.
         let n = MIN_SAMPLED_WRITE - 1;
         let few = codecs(&batch(&keys_col[..n], &ts[..n], &noise(n)));
