@@ -13,12 +13,13 @@ plain Parquet files (cached under --data, reused while the build is the same). T
 - DuckDB over Parquet and DataFusion over Parquet (the `datafusion` Python package): cold
   is the first run in a fresh connection/context, hot the runs after it.
 
-Strata's hot runs are measured through two standard clients: ADBC's Flight SQL driver
-(Go, loaded by `adbc_driver_flightsql`) and Arrow's C++ Flight client (`pyarrow.flight`)
-sending the same Flight SQL statement (GetFlightInfo on a CommandStatementQuery, then DoGet
-on its endpoint). Both pay the request's round trips; the ADBC driver also runs a full Go
-garbage collection each time a result stream is released (`runtime.GC()` in its
-ArrayStreamRelease; `GODEBUG=gctrace=1` prints one "(forced)" collection per query).
+Strata's hot and cold runs are measured through two standard clients: ADBC's Flight SQL
+driver (Go, loaded by `adbc_driver_flightsql`) and Arrow's C++ Flight client
+(`pyarrow.flight`) sending the same Flight SQL statement (GetFlightInfo on a
+CommandStatementQuery, then DoGet on its endpoint). Both pay the request's round trips;
+the ADBC driver also runs a full Go garbage collection each time a result stream is
+released (`runtime.GC()` in its ArrayStreamRelease; `GODEBUG=gctrace=1` prints one
+"(forced)" collection per query).
 
 Every system runs on --threads threads (2). Each query's hot time is the median of --runs
 runs after one warm-up; every system's answer is checked against Strata's (floats within a
