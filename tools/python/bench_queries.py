@@ -181,8 +181,7 @@ def statement_descriptor(sql):
 def fetch_flight(client, descriptor):
     """GetFlightInfo, then DoGet on each endpoint, as a Flight SQL client runs a statement."""
     info = client.get_flight_info(descriptor)
-    tables = [client.do_get(e.ticket).read_all() for e in info.endpoints]
-    return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
+    return pa.concat_tables([client.do_get(e.ticket).read_all() for e in info.endpoints])
 
 
 class Server:

@@ -125,9 +125,9 @@ pub const MALLOC_MMAP_THRESHOLD: usize = 32 << 20;
 /// threshold (128 KiB at first, raised as such buffers are freed) a `mmap` of its own,
 /// unmapped when freed; so the next query faults in and zeroes the same pages again: a
 /// point query read from Parquet took about 470 page faults and 6.5 ms of CPU, a third
-/// of it in the kernel. With up to
-/// [`MALLOC_TRIM_THRESHOLD`] of free memory kept and buffers below
-/// [`MALLOC_MMAP_THRESHOLD`] taken from the heap, it takes about 30 faults and 4.8 ms.
+/// of it in the kernel. With up to [`MALLOC_TRIM_THRESHOLD`] of free memory kept and
+/// buffers below [`MALLOC_MMAP_THRESHOLD`] taken from the heap, it takes about 30 faults
+/// and 4.8 ms.
 /// What the process holds is still bounded: each heap keeps at most that much free,
 /// on top of the cache's `cache_mb` and the queries' memory limit.
 ///

@@ -889,9 +889,9 @@ mod tests {
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::Field;
 
-    /// A column zstd cannot shrink (judged on a sample) is written uncompressed, so
-    /// reading it creates no zstd contexts; compressible columns, columns too small to
-    /// judge and writes too small to sample keep zstd.
+    /// A column zstd cannot shrink by 5% or by 4 KiB (judged on a sample) is written
+    /// uncompressed, so reading it creates no zstd contexts; compressible columns and
+    /// writes too small to sample keep zstd.
     #[test]
     fn columns_zstd_cannot_shrink_are_written_uncompressed() {
         use parquet::file::reader::{FileReader, SerializedFileReader};
