@@ -65,7 +65,7 @@ use datafusion::prelude::SessionContext;
 pub use datafusion;
 
 pub use catalog::VersionedName;
-pub use engine::{Access, Engine, Prepared, QueryConfig};
+pub use engine::{Access, Engine, Prepared, QueryConfig, Warmed};
 pub use error::{Error, Result};
 pub use hooks::{CatalogHooks, DatasetHooks, HookError};
 pub use object_store::BlobObjectStore;

@@ -345,6 +345,17 @@ fn flight_stream(stream: SendableRecordBatchStream) -> Response<DoGetStream> {
     Response::new(Box::pin(data))
 }
 
+/// Encodes `batches` as Flight data as [`flight_stream`] would, and drops the messages.
+pub(crate) async fn encode_discarding(batches: Vec<RecordBatch>) {
+    let Some(schema) = batches.first().map(|b| b.schema()) else {
+        return;
+    };
+    let mut data = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(futures::stream::iter(batches.into_iter().map(Ok)));
+    while let Some(Ok(_)) = data.next().await {}
+}
+
 fn batch_stream(batch: RecordBatch) -> Response<DoGetStream> {
     let data = FlightDataEncoderBuilder::new()
         .with_schema(batch.schema())

@@ -1116,7 +1116,7 @@ async fn an_exclusive_catalog_resolves_an_unchanged_head_from_memory() {
     assert!(meta.reads() > before, "a first query resolves the head");
     let warmed = engine(&catalog);
     counted.reset();
-    assert_eq!(warmed.warm(16).await.unwrap(), 1);
+    assert_eq!(warmed.warm(16).await.unwrap().datasets, 1);
     // It read the segments' footers; its warm-up statement was planned and run, and
     // queued no fill.
     assert!(counted.snapshot().segments_read() > 0, "footers read");
@@ -1131,7 +1131,7 @@ async fn an_exclusive_catalog_resolves_an_unchanged_head_from_memory() {
         before,
         "warmed: nothing read to find the head"
     );
-    assert_eq!(warmed.warm(0).await.unwrap(), 0);
+    assert_eq!(warmed.warm(0).await.unwrap().datasets, 0);
     // A warmed engine's first scan reads no footer or page index: fewer ranges than the
     // same first scan of an engine that was not warmed.
     let values: Vec<String> = (0..2000).map(|i| format!("('k{i:04}', {i})")).collect();
@@ -1152,6 +1152,64 @@ async fn an_exclusive_catalog_resolves_an_unchanged_head_from_memory() {
         first.get_range_calls + first.ranges < unwarmed.get_range_calls + unwarmed.ranges,
         "warmed {first:?}, not warmed {unwarmed:?}"
     );
+}
+
+/// A starting server's warm-up also reads a dataset's first row through the Parquet
+/// reader (so a first query does not run that code for the first time), and keeps
+/// nothing: with a segment cache configured, nothing is inserted or queued to fill, and
+/// it reads a few pages, not the dataset.
+#[tokio::test]
+async fn warming_reads_one_row_and_fills_no_cache() {
+    let counted = Arc::new(CountingBlobStore::new(Arc::new(MemoryBlobStore::new())));
+    let meta: Arc<dyn MetaStore> = Arc::new(MemoryMetaStore::new());
+    let catalog = Catalog::new(counted.clone() as Arc<dyn BlobStore>, meta).exclusive();
+    let e = engine(&catalog);
+    e.collect("CREATE TABLE r (k VARCHAR, v BIGINT, PRIMARY KEY (k))")
+        .await
+        .unwrap();
+    for s in 0..6 {
+        let values: Vec<String> = (0..2000).map(|i| format!("('k{s}{i:04}', {i})")).collect();
+        e.collect(&format!("INSERT INTO r VALUES {}", values.join(", ")))
+            .await
+            .unwrap();
+    }
+    let written = counted.snapshot().bytes_written;
+    let cached = || {
+        Engine::new(
+            catalog.clone(),
+            QueryConfig {
+                cache_bytes: 64 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let warmed = cached();
+    counted.reset();
+    let done = warmed.warm(16).await.unwrap();
+    assert_eq!(done.datasets, 1);
+    let rows: usize = done.rows.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 1, "{:?}", done.rows);
+    assert_eq!(done.rows[0].num_columns(), 2);
+    let read = counted.snapshot();
+    assert!(read.segments_read() == 6, "every footer: {read:?}");
+    assert!(
+        read.bytes_read < written / 2,
+        "a few pages: {} of {written} bytes",
+        read.bytes_read
+    );
+    let stats = warmed.cache().stats();
+    assert_eq!(
+        (stats.inserts, stats.fills_pending, stats.used_bytes),
+        (0, 0, 0)
+    );
+    // The first query is answered as by an engine not warmed, and is the one that
+    // queues the fill.
+    let scan = "SELECT count(*) FROM r WHERE v >= 1000";
+    assert_eq!(count(&warmed, scan).await, 6000);
+    assert_eq!(count(&cached(), scan).await, 6000);
+    let stats = warmed.cache().stats();
+    assert!(stats.fills_pending + stats.inserts > 0, "{stats:?}");
 }
 
 /// `sum`, `avg` and `count` of `DOUBLE` columns over whole segments come from the
