@@ -1155,20 +1155,34 @@ async fn an_exclusive_catalog_resolves_an_unchanged_head_from_memory() {
 }
 
 /// A starting server's warm-up also reads a dataset's first row through the Parquet
-/// reader (so a first query does not run that code for the first time), and keeps
-/// nothing: with a segment cache configured, nothing is inserted or queued to fill, and
-/// it reads a few pages, not the dataset.
+/// reader and looks that row up by its key (so a first query does not run that code
+/// for the first time), and keeps nothing: with a segment cache configured, nothing is
+/// inserted or queued to fill, and it reads a few pages, not the dataset.
 #[tokio::test]
 async fn warming_reads_one_row_and_fills_no_cache() {
     let counted = Arc::new(CountingBlobStore::new(Arc::new(MemoryBlobStore::new())));
     let meta: Arc<dyn MetaStore> = Arc::new(MemoryMetaStore::new());
     let catalog = Catalog::new(counted.clone() as Arc<dyn BlobStore>, meta).exclusive();
     let e = engine(&catalog);
-    e.collect("CREATE TABLE r (k VARCHAR, v BIGINT, PRIMARY KEY (k)) WITH (shards = 1)")
-        .await
+    e.collect(
+        "CREATE TABLE r (k VARCHAR, t TIMESTAMP, v BIGINT, PRIMARY KEY ((k), t)) \
+         WITH (shards = 1)",
+    )
+    .await
+    .unwrap();
+    let start = chrono::NaiveDate::from_ymd_opt(2026, 3, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
         .unwrap();
-    for s in 0..6 {
-        let values: Vec<String> = (0..2000).map(|i| format!("('k{s}{i:04}', {i})")).collect();
+    // Twelve small segments (one page per column): the warm-up reads every footer and
+    // the pages of at most three of them.
+    for s in 0..12 {
+        let values: Vec<String> = (0..4000)
+            .map(|i| {
+                let t = start + chrono::Duration::seconds(i);
+                format!("('k{s:02}{i:04}', '{t}', {})", i * 7919 % 100_003)
+            })
+            .collect();
         e.collect(&format!("INSERT INTO r VALUES {}", values.join(", ")))
             .await
             .unwrap();
@@ -1190,9 +1204,11 @@ async fn warming_reads_one_row_and_fills_no_cache() {
     assert_eq!(done.datasets, 1);
     let rows: usize = done.rows.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 1, "{:?}", done.rows);
-    assert_eq!(done.rows[0].num_columns(), 2);
+    assert_eq!(done.rows[0].num_columns(), 3);
+    // Then a point lookup of that row's key (`k` equal, `t` in a range), which finds it.
+    assert_eq!(done.looked_up, 1);
     let read = counted.snapshot();
-    assert_eq!(read.segments_read(), 6, "every footer: {read:?}");
+    assert_eq!(read.segments_read(), 12, "every footer: {read:?}");
     assert!(
         read.bytes_read < written / 2,
         "a few pages: {} of {written} bytes",
@@ -1206,8 +1222,9 @@ async fn warming_reads_one_row_and_fills_no_cache() {
     // The first query is answered as by an engine not warmed, and is the one that
     // queues the fill.
     let scan = "SELECT count(*) FROM r WHERE v >= 1000";
-    assert_eq!(count(&warmed, scan).await, 6000);
-    assert_eq!(count(&cached(), scan).await, 6000);
+    let expected = 12 * (0..4000).filter(|i| i * 7919 % 100_003 >= 1000).count() as i64;
+    assert_eq!(count(&warmed, scan).await, expected);
+    assert_eq!(count(&cached(), scan).await, expected);
     let stats = warmed.cache().stats();
     assert!(stats.fills_pending + stats.inserts > 0, "{stats:?}");
 }
