@@ -6,13 +6,16 @@ plain Parquet files (cached under --data, reused while the build is the same). T
 
 - Strata: `strata serve` on a free loopback port over that directory, queried through ADBC
   Flight SQL (one connection, as a dashboard keeps). Cold: the first run of a query after a
-  server restart (the server is restarted before each query's cold run; each client has
-  connected and run `SELECT 1` first, as DuckDB's connection is opened untimed). Hot: runs
-  after that, on the same server.
+  server restart (each client has connected and run `SELECT 1` first, as DuckDB's
+  connection is opened untimed). Hot: runs after that, on the same server.
 - DuckDB native: the Parquet files loaded into an in-memory DuckDB table (CREATE TABLE AS),
   queried in process. Only hot runs (it has no cold state besides the load).
 - DuckDB over Parquet and DataFusion over Parquet (the `datafusion` Python package): cold
   is the first run in a fresh connection/context, hot the runs after it.
+
+Cold times are the median of --cold-runs rounds (5); in each round every query runs cold
+through Strata's two clients and then through DuckDB over Parquet, one after the other,
+so both sides meet the machine in the same state (DataFusion's cold run is one run).
 
 Strata's hot and cold runs are measured through two standard clients: ADBC's Flight SQL
 driver (Go, loaded by `adbc_driver_flightsql`) and Arrow's C++ Flight client
@@ -291,6 +294,24 @@ class Server:
         self.proc = None
 
 
+def duckdb_over_parquet(parquet, threads):
+    """A fresh in-memory DuckDB connection with the Parquet files as the view `weather`."""
+    con = duckdb.connect(config={"threads": threads})
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"CREATE VIEW weather AS SELECT * FROM read_parquet('{parquet}')")
+    return con
+
+
+def duckdb_parquet_cold(parquet, sql, threads):
+    """The first run of `sql` in a fresh connection (opening it is not timed): seconds,
+    and the answer."""
+    con = duckdb_over_parquet(parquet, threads)
+    try:
+        return timed(lambda s: con.sql(s).to_arrow_table(), duckdb_sql(sql))
+    finally:
+        con.close()
+
+
 def duckdb_sql(sql):
     # DuckDB calls DataFusion's date_bin time_bucket.
     return sql.replace("date_bin(", "time_bucket(")
@@ -368,7 +389,8 @@ def bench(args, rows):
     results = {q["id"]: {"label": q["label"]} for q in queries}
     memory = {}
 
-    # Strata, cold then hot, through ADBC Flight SQL.
+    # Strata hot, each query on a server started for it, through ADBC Flight SQL and the
+    # C++ client (its answers checked against the ADBC ones).
     server = Server(
         args.strata, os.path.join(out, "strata"), args.threads, args.cache_mb, args.serve_arg
     )
@@ -378,24 +400,15 @@ def bench(args, rows):
             server.stop()
             server.start()
             sql = q["sql"].replace("{t}", "weather")
-            cold, _ = timed(server.query, sql)
-            # Hot: once what the cold run queued for the cache is decoded (the first
+            answers[q["id"]] = server.query(sql)
+            # Hot: once what the first run queued for the cache is decoded (the first
             # queries after a start run while it is, at the speed of a cold cache).
             server.settle()
             t, answers[q["id"]] = hot(server.query, sql, args.runs)
             t_flight, answer = hot(server.flight_query, sql, args.runs)
             check(q, "Strata through the C++ Flight client", answers[q["id"]], answer)
-            results[q["id"]]["strata_cold"] = cold
             results[q["id"]]["strata_hot"] = t
             results[q["id"]]["strata_flight_hot"] = t_flight
-        # Cold again, through the C++ client (its answers checked against the ADBC ones).
-        for q in queries:
-            server.stop()
-            server.start()
-            sql = q["sql"].replace("{t}", "weather")
-            cold, answer = timed(server.flight_query, sql)
-            check(q, "Strata through the C++ Flight client, cold", answers[q["id"]], answer)
-            results[q["id"]]["strata_flight_cold"] = cold
         # Every query again on one server (hot), so its memory holds what all of them read.
         for q in queries:
             server.query(q["sql"].replace("{t}", "weather"))
@@ -415,6 +428,31 @@ def bench(args, rows):
             ):
                 lat[name + suffix] = median_ms(lambda: run(sql), args.latency_runs)
         lat["table_types"] = median_ms(server.conn.adbc_get_table_types, args.latency_runs)
+        # Cold, --cold-runs rounds. A round runs each query once after a server restart
+        # through each client, then once in a fresh DuckDB connection over the Parquet
+        # files: the two sides alternate, so both meet the machine as it is at the time
+        # (single cold runs here vary by ±30%). Each cold time is the median of its runs.
+        samples = {q["id"]: {"adbc": [], "flight": [], "duckdb": []} for q in queries}
+        for _ in range(args.cold_runs):
+            for q in queries:
+                sql = q["sql"].replace("{t}", "weather")
+                for client, run in (("adbc", server.query), ("flight", server.flight_query)):
+                    server.stop()
+                    server.start()
+                    t, answer = timed(run, sql)
+                    check(q, f"Strata cold ({client})", answers[q["id"]], answer)
+                    samples[q["id"]][client].append(t)
+                if not args.strata_only:
+                    t, answer = duckdb_parquet_cold(parquet, sql, args.threads)
+                    check(q, "DuckDB over Parquet, cold", answers[q["id"]], answer)
+                    samples[q["id"]]["duckdb"].append(t)
+        for q in queries:
+            r, x = results[q["id"]], samples[q["id"]]
+            r["strata_cold"] = statistics.median(x["adbc"])
+            r["strata_flight_cold"] = statistics.median(x["flight"])
+            if x["duckdb"]:
+                r["duckdb_parquet_cold"] = statistics.median(x["duckdb"])
+            r["cold_runs"] = x
     finally:
         server.stop()
     lat["table_types_idle_server"], lat["flight_idle_server"] = client_floors(args.latency_runs)
@@ -429,16 +467,12 @@ def bench(args, rows):
         print(f"latency {lat}; {memory}")
         return {"rows": rows, "queries": results, "latency": lat, "memory": memory}
 
-    # DuckDB over Parquet: cold in a fresh connection per query, then hot.
+    # DuckDB over Parquet, hot (in a fresh connection per query; its cold runs are above).
     for q in queries:
-        con = duckdb.connect(config={"threads": args.threads})
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute(f"CREATE VIEW weather AS SELECT * FROM read_parquet('{parquet}')")
+        con = duckdb_over_parquet(parquet, args.threads)
         sql = duckdb_sql(q["sql"].replace("{t}", "weather"))
         run = lambda s: con.sql(s).to_arrow_table()
-        cold, _ = timed(run, sql)
         t, answer = hot(run, sql, args.runs)
-        results[q["id"]]["duckdb_parquet_cold"] = cold
         results[q["id"]]["duckdb_parquet_hot"] = t
         check(q, "DuckDB over Parquet", answers[q["id"]], answer)
         con.close()
@@ -567,6 +601,9 @@ def main():
     p.add_argument("--rows", default="10000000,50000000")
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--latency-runs", type=int, default=200)
+    p.add_argument(
+        "--cold-runs", type=int, default=5, help="cold runs per query and system (the median)"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache-mb", type=int, help="the server's [query] cache_mb")
     p.add_argument("--strata-only", action="store_true", help="skip the peers")
