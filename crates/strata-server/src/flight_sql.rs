@@ -69,6 +69,7 @@ use strata_ingest::{Ingester, IpcGuard, IpcRefusal};
 use strata_query::catalog::{CATALOG, SCHEMA};
 use strata_query::datafusion::common::ScalarValue;
 use strata_query::datafusion::physical_plan::SendableRecordBatchStream;
+use strata_query::datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use strata_query::datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use strata_query::dialect::StrataDialect;
 use strata_query::{Access, Engine, Prepared};
@@ -345,14 +346,14 @@ fn flight_stream(stream: SendableRecordBatchStream) -> Response<DoGetStream> {
     Response::new(Box::pin(data))
 }
 
-/// Encodes `batches` as Flight data as [`flight_stream`] would, and drops the messages.
+/// Encodes `batches` as Flight data through [`flight_stream`], and drops the messages.
 pub(crate) async fn encode_discarding(batches: Vec<RecordBatch>) {
     let Some(schema) = batches.first().map(|b| b.schema()) else {
         return;
     };
-    let mut data = FlightDataEncoderBuilder::new()
-        .with_schema(schema)
-        .build(futures::stream::iter(batches.into_iter().map(Ok)));
+    let batches = futures::stream::iter(batches.into_iter().map(Ok));
+    let stream = RecordBatchStreamAdapter::new(schema, batches);
+    let mut data = flight_stream(Box::pin(stream)).into_inner();
     while let Some(Ok(_)) = data.next().await {}
 }
 

@@ -355,8 +355,8 @@ impl Server {
         let incoming = conn::incoming(listener, limits);
         // The datasets' heads in memory before their first queries (on the query
         // runtime, a bounded number; a failure is left for the queries to meet), and
-        // the row the warm-up read encoded as an answer is (Arrow IPC for each column
-        // type), so the first query's answer is not the encoder's first.
+        // the row the warm-up read encoded as a query's answer is (Arrow IPC for each
+        // column type), so that the first query's answer is not the encoder's first.
         let warming = engine.clone();
         tokio::spawn(async move {
             match warming.warm(WARM_DATASETS).await {
